@@ -13,9 +13,10 @@ Fixtures:
                             use_regex=True)], decoder ByteLevel, the 17 control tokens as special
                             added tokens (normalized=False). We do NOT use
                             AutoTokenizer.from_pretrained(gguf_file=...): transformers' GGUF converter
-                            drops the Digits step (it emits a plain ByteLevel pre-tokenizer), so it
-                            tokenizes " 2024" as "Ġ2","0","2","4" instead of "Ġ","2","0","2","4" like
-                            the real model. The script prints how many cases differ between the two.
+                            drops the Digits step (it emits a plain ByteLevel pre-tokenizer), so e.g.
+                            " ½" becomes "ĠÂ","½" instead of "Ġ","Â½", and "\n\n4" splits its
+                            newlines differently from the real model. The script prints how many
+                            texts differ between the two.
                             Chat-template goldens come from transformers' apply_chat_template with the
                             GGUF's own template (tokenizer.chat_template).
   <flavour>.tokenizer.json  Tiny tokenizers trained here (BpeTrainer / sentencepiece) on Python's
@@ -179,6 +180,22 @@ def golden_cases(tok, texts):
     return cases
 
 
+def decode_cases(tok, n_vocab, seed, n=40):
+    """HF decode() of random id sequences, many of them partial UTF-8 byte runs, to pin down the
+    lossy UTF-8 / byte-fallback assembly of decode()."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        length = rng.randint(1, 12)
+        hi = 300 if i % 2 == 0 else n_vocab  # low ids are the byte / single-char tokens
+        ids = [rng.randrange(0, min(hi, n_vocab)) for _ in range(length)]
+        out.append({"ids": ids, "decoded": tok.decode(ids, skip_special_tokens=False),
+                    "decoded_skip_special": tok.decode(ids, skip_special_tokens=True)})
+    return out
+
+
 def write_json(name, obj):
     path = os.path.join(OUT, name)
     with open(path, "w", encoding="utf-8") as f:
@@ -261,7 +278,7 @@ def gen_smollm2(model_path, para, long_doc):
         "source": "tokenizers BPE rebuilt from the GGUF vocab/merges with SmolLM2's pre-tokenizer "
                   "Sequence[Digits(individual_digits), ByteLevel]",
         "bos_id": meta["bos_id"], "eos_id": meta["eos_id"], "n_vocab": meta["n_vocab"],
-        "cases": cases})
+        "cases": cases, "decode_cases": decode_cases(tok, meta["n_vocab"], 1)})
     return meta
 
 
@@ -292,6 +309,13 @@ def gen_bytelevel_flavours(corpus, para):
     l3pre = pre.Sequence([pre.Split(Regex(LLAMA3_RE), behavior="isolated", invert=False),
                           pre.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False)])
     l3 = train_bytelevel(corpus, l3pre, 1200, [], ignore_merges=True)
+    # A vocabulary word that the merges cannot build (tiktoken-converted vocabularies such as
+    # Llama-3's have these): only ignore_merges emits it as one token. Model ids must stay
+    # contiguous (tokenizers re-numbers added tokens after them on load), so it goes in before
+    # the specials.
+    j = json.loads(l3.to_str())
+    j["model"]["vocab"]["Ġqwertzuiop"] = len(j["model"]["vocab"])
+    l3 = Tokenizer.from_str(json.dumps(j))
     l3_specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
                    "<|end_header_id|>", "<|eot_id|>"]
     l3.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in l3_specials])
@@ -326,11 +350,15 @@ def gen_bytelevel_flavours(corpus, para):
             texts.append(("tool_call", "<tool_call>{\"name\": \"f\"}</tool_call>"))
         else:
             texts.append(("decomposed", "cafe\u0301 n\u0303"))
+        if name == "llama3":
+            texts.append(("ignore_merges", "say qwertzuiop now"))
         tok.save(os.path.join(OUT, f"{name}.tokenizer.json"))
         cfg = dict(cfg)
         cfg["chat_template"] = ""
         write_json(f"{name}.tokenizer_config.json", cfg)
-        write_json(f"{name}.golden.json", {"cases": golden_cases(tok, texts)})
+        write_json(f"{name}.golden.json", {"cases": golden_cases(tok, texts),
+                                           "decode_cases": decode_cases(tok, tok.get_vocab_size(),
+                                                                        len(name))})
         print(f"  wrote {name}.tokenizer.json "
               f"({os.path.getsize(os.path.join(OUT, name + '.tokenizer.json')) / 1024:.0f} KiB)")
 
@@ -409,7 +437,7 @@ def gen_spm(corpus, para):
         ref = c.get("ids_no_parse_special", c["ids"])
         agree += ref == c["ids_sentencepiece"]
     print(f"  HF-converted tokenizer agrees with sentencepiece on {agree}/{len(cases)} texts")
-    write_json("spm.golden.json", {"cases": cases})
+    write_json("spm.golden.json", {"cases": cases, "decode_cases": decode_cases(tok, n, 7)})
     write_json("spm.model.json", {"tokens": pieces, "scores": scores, "token_types": types,
                                   "bos_id": sp.bos_id(), "eos_id": sp.eos_id(),
                                   "unk_id": sp.unk_id(), "add_space_prefix": True})

@@ -170,7 +170,8 @@ def run_prompt(model, tok, name: str, text: str, want_k_layers: list[int]) -> tu
     rec["greedy"] = {"ids": new, "text": tok.decode(new)}
     kdbg = {}
     for L in want_k_layers:
-        kpost = cache_keys(out.past_key_values, L)[0, :, -1, :].numpy()  # [n_kv, D] HF layout
+        cache = out.cache if "cache" in out else out.past_key_values
+        kpost = cache_keys(cache, L)[0, :, -1, :].numpy()  # [n_kv, D] HF layout
         kdbg[L] = (kpre[L], kpost)
     return rec, kdbg
 

@@ -47,11 +47,24 @@ LLAMA="$SRC/vendor/llama.cpp"
 [ -f "$LLAMA/CMakeLists.txt" ] || { echo "error: no vendored llama.cpp in $SRC" >&2; exit 1; }
 
 BUILD="$WORKDIR/build"
+# GGML_NATIVE=ON means -march=native, which on Sapphire Rapids also enables
+# ggml's AMX path; in this vendored version that path dies with a general
+# protection fault in ggml_backend_amx_mul_mat on our Q4_1 model (seen on the
+# project's Xeon VMs although the kernel grants AMX tile permission). GCC/Clang
+# honour explicit -mno-* ISA flags over -march regardless of order, so this
+# keeps every other native ISA extension (AVX-512, VNNI, ...) and drops AMX.
+NO_AMX=""
+if echo | "${CC:-cc}" -march=native -dM -E - 2>/dev/null | grep -q __AMX_TILE__; then
+  NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+  log "host has AMX: building with $NO_AMX"
+fi
 log "configuring (CPU only, Release, GGML_NATIVE=ON, BLAS off)"
 # LLAMA_CURL=OFF: no network at run time and libcurl headers may be absent.
 # LLAMA_BUILD_TESTS/SERVER off to keep the 2-core build short.
 cmake -S "$LLAMA" -B "$BUILD" -G Ninja \
   -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_C_FLAGS="$NO_AMX" \
+  -DCMAKE_CXX_FLAGS="$NO_AMX" \
   -DGGML_NATIVE=ON \
   -DGGML_BLAS=OFF \
   -DGGML_CUDA=OFF \
@@ -76,6 +89,7 @@ cmake --build "$BUILD" -j"$JOBS" --target llama-bench llama-perplexity "$CLI_TAR
 BENCH="$BUILD/bin/llama-bench"
 [ -x "$BENCH" ] || { echo "error: $BENCH not built" >&2; exit 1; }
 # Record what was built, for the results JSON.
-echo "llama-cpp-python $VERSION" >"$BUILD/bin/SQZ_BUILD_INFO"
+echo "llama-cpp-python $VERSION (vendored llama.cpp), CPU, Release, GGML_NATIVE=ON${NO_AMX:+, $NO_AMX}" \
+  >"$BUILD/bin/SQZ_BUILD_INFO"
 log "done"
 echo "$BENCH"

@@ -32,7 +32,7 @@ Result<std::unique_ptr<Engine>> Engine::create(const EngineParams& p) {
   e->n_ctx_ = p.n_ctx > 0 ? p.n_ctx : train;
   if (e->n_ctx_ > (int64_t)1 << 24)
     return Error(Code::kInvalidArgument, "context size {} too large", e->n_ctx_);
-  e->chat_ = chat_template_detect(e->file_->tokenizer.chat_template);
+  e->chat_ = chat_template_parse(e->file_->tokenizer.chat_template);
   uint64_t h = fnv1a64(e->file_->tokenizer.model);
   h = fnv1a64(e->file_->tokenizer.pre, h);
   for (const auto& t : e->file_->tokenizer.tokens) h = fnv1a64(t, h);
@@ -44,8 +44,11 @@ Result<std::unique_ptr<Engine>> Engine::create(const EngineParams& p) {
 std::string Engine::render_chat(const std::vector<ChatMessage>& msgs,
                                 bool add_generation_prompt) const {
   const int32_t bos = tok_->bos();
-  const std::string bos_text = bos >= 0 ? file_->tokenizer.tokens[(size_t)bos] : std::string();
-  return chat_template_apply(chat_, msgs, add_generation_prompt, bos_text);
+  const int32_t eos = tok_->eos();
+  const auto& tokens = file_->tokenizer.tokens;
+  const std::string bos_text = bos >= 0 && bos < (int32_t)tokens.size() ? tokens[(size_t)bos] : std::string();
+  const std::string eos_text = eos >= 0 && eos < (int32_t)tokens.size() ? tokens[(size_t)eos] : std::string("</s>");
+  return chat_template_apply(chat_, msgs, add_generation_prompt, bos_text, eos_text);
 }
 
 Result<GenerateResult> Engine::generate(const std::vector<int32_t>& prompt,

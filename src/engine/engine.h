@@ -56,7 +56,7 @@ class Engine {
   const Tokenizer& tokenizer() const { return *tok_; }
   const EngineParams& params() const { return params_; }
   int64_t n_ctx() const { return n_ctx_; }
-  ChatTemplate chat_template() const { return chat_; }
+  ChatTemplate chat_template() const { return chat_.kind; }
   uint64_t tokenizer_hash() const { return tokenizer_hash_; }
 
   // Render a chat prompt with the model's template.
@@ -71,7 +71,7 @@ class Engine {
   std::unique_ptr<LlamaModel> model_;
   std::unique_ptr<Tokenizer> tok_;
   int64_t n_ctx_ = 0;
-  ChatTemplate chat_ = ChatTemplate::kChatML;
+  ChatTemplateInfo chat_;
   uint64_t tokenizer_hash_ = 0;
 };
 

@@ -100,8 +100,8 @@ class Parser {
   // Parses one value of type `type` into `out`. `path` holds array indices for messages.
   Status read_value(uint32_t type, const std::string& key, int depth, MetaValue& out) {
     if (++n_values_ > kMaxMetaValues)
-      return Error(Code::kFormat, "{}: metadata '{}': more than {} metadata values in total",
-                   name_, key, kMaxMetaValues);
+      return Error(Code::kFormat, "{}: metadata '{}': more than {} metadata values in total", name_,
+                   key, kMaxMetaValues);
     auto field = [&] { return fmt::format("metadata '{}'{}", key, index_suffix()); };
     switch (type) {
       case kU8:
@@ -175,8 +175,8 @@ class Parser {
                    "{}: {}: array of {} {} elements cannot fit in the {} bytes left in the file",
                    name_, field(), n, value_type_name(elem_type), remaining());
     if (n > kMaxMetaValues - n_values_)
-      return Error(Code::kFormat, "{}: {}: more than {} metadata values in total", name_,
-                   field(), kMaxMetaValues);
+      return Error(Code::kFormat, "{}: {}: more than {} metadata values in total", name_, field(),
+                   kMaxMetaValues);
     auto arr = std::make_shared<MetaArray>();
     arr->elem_type = elem_type;
     arr->values.resize((size_t)n);
@@ -212,11 +212,11 @@ const TensorView* find_tensor(const ModelFile& mf, const std::string& name) {
 }
 
 // Unwraps Result<std::optional<T>> into `var` (left unchanged when the key is absent).
-#define SQZ_META_INTO(var, expr)                       \
-  do {                                                 \
-    auto _r = (expr);                                  \
-    if (!_r.ok()) return _r.status();                  \
-    if (_r.value().has_value()) var = *_r.value();     \
+#define SQZ_META_INTO(var, expr)                   \
+  do {                                             \
+    auto _r = (expr);                              \
+    if (!_r.ok()) return _r.status();              \
+    if (_r.value().has_value()) var = *_r.value(); \
   } while (0)
 
 Status fill_config(ModelFile& mf) {
@@ -236,7 +236,8 @@ Status fill_config(ModelFile& mf) {
   auto req_int = [&](const char* suffix, int64_t hi, int& dst) -> Status {
     auto r = meta_int(mf, a + suffix, 1, hi);
     if (!r.ok()) return r.status();
-    if (!r.value()) return Error(Code::kFormat, "{}: metadata '{}{}' is missing", mf.path, a, suffix);
+    if (!r.value())
+      return Error(Code::kFormat, "{}: metadata '{}{}' is missing", mf.path, a, suffix);
     dst = (int)*r.value();
     return Status::Ok();
   };
@@ -283,8 +284,9 @@ Status fill_config(ModelFile& mf) {
   SQZ_META_INTO(eps, meta_float(mf, a + "attention.layer_norm_rms_epsilon"));
   SQZ_META_INTO(theta, meta_float(mf, a + "rope.freq_base"));
   if (!(eps > 0 && eps < 1))
-    return Error(Code::kFormat, "{}: metadata '{}attention.layer_norm_rms_epsilon' = {} is not in (0, 1)",
-                 mf.path, a, eps);
+    return Error(Code::kFormat,
+                 "{}: metadata '{}attention.layer_norm_rms_epsilon' = {} is not in (0, 1)", mf.path,
+                 a, eps);
   if (!(theta > 1 && std::isfinite(theta) && theta < 1e12))
     return Error(Code::kFormat, "{}: metadata '{}rope.freq_base' = {} is not a sane rope base",
                  mf.path, a, theta);
@@ -326,8 +328,10 @@ Status fill_config(ModelFile& mf) {
     if (nv == 0)
       if (const TensorView* e = find_tensor(mf, "token_embd.weight")) nv = e->ne[1];
     if (nv <= 0 || nv > INT32_MAX)
-      return Error(Code::kFormat, "{}: vocabulary size unknown (no tokenizer.ggml.tokens, "
-                   "'{}vocab_size' or token_embd.weight)", mf.path, a);
+      return Error(Code::kFormat,
+                   "{}: vocabulary size unknown (no tokenizer.ggml.tokens, "
+                   "'{}vocab_size' or token_embd.weight)",
+                   mf.path, a);
     c.n_vocab = (int)nv;
   }
   return Status::Ok();
@@ -361,8 +365,8 @@ Status fill_tokenizer(ModelFile& mf) {
     SQZ_ASSIGN_OR_RETURN(const MetaArray* arr, meta_array(mf, key));
     if (!arr) return Status::Ok();
     if (arr->elem_type != kString)
-      return Error(Code::kFormat, "{}: metadata '{}': expected an array of string, got {}",
-                   mf.path, key, value_type_name(arr->elem_type));
+      return Error(Code::kFormat, "{}: metadata '{}': expected an array of string, got {}", mf.path,
+                   key, value_type_name(arr->elem_type));
     dst.reserve(arr->values.size());
     for (const auto& v : arr->values) dst.push_back(std::get<std::string>(v));
     return Status::Ok();
@@ -407,8 +411,8 @@ Status fill_tokenizer(ModelFile& mf) {
       t.token_types.reserve(n_tok);
       for (size_t i = 0; i < n_tok; i++) {
         const MetaValue& v = arr->values[i];
-        const int64_t x = is_signed ? std::get<int64_t>(v) : (int64_t)std::min<uint64_t>(
-                                                                 std::get<uint64_t>(v), 1u << 30);
+        const int64_t x = is_signed ? std::get<int64_t>(v)
+                                    : (int64_t)std::min<uint64_t>(std::get<uint64_t>(v), 1u << 30);
         if (x < 0 || x > 6)
           return Error(Code::kFormat,
                        "{}: metadata 'tokenizer.ggml.token_type'[{}] = {} is not a token type "
@@ -456,8 +460,8 @@ Result<std::unique_ptr<ModelFile>> gguf_open_memory(const uint8_t* data, size_t 
   uint8_t magic[4] = {0, 0, 0, 0};
   if (!p.get(magic)) return p.truncated("magic", 4);
   if (std::memcmp(magic, kMagic, 4) != 0)
-    return Error(Code::kFormat, "{}: bad magic {:02x} {:02x} {:02x} {:02x} (expected 'GGUF')",
-                 name, magic[0], magic[1], magic[2], magic[3]);
+    return Error(Code::kFormat, "{}: bad magic {:02x} {:02x} {:02x} {:02x} (expected 'GGUF')", name,
+                 magic[0], magic[1], magic[2], magic[3]);
   uint32_t version = 0;
   if (!p.get(version)) return p.truncated("version", 4);
   if (version != 2 && version != 3) {
@@ -493,8 +497,9 @@ Result<std::unique_ptr<ModelFile>> gguf_open_memory(const uint8_t* data, size_t 
     SQZ_RETURN_IF_ERROR(p.read_value(type, key, 0, v));
     if (key == "general.alignment") {
       if (type != kU32)
-        return Error(Code::kFormat, "{}: metadata 'general.alignment' has type {} (expected uint32)",
-                     name, value_type_name(type));
+        return Error(Code::kFormat,
+                     "{}: metadata 'general.alignment' has type {} (expected uint32)", name,
+                     value_type_name(type));
       const uint64_t al = std::get<uint64_t>(v);
       if (al == 0 || (al & (al - 1)) != 0)
         return Error(Code::kFormat, "{}: metadata 'general.alignment' = {} is not a power of two",
@@ -519,8 +524,7 @@ Result<std::unique_ptr<ModelFile>> gguf_open_memory(const uint8_t* data, size_t 
       return Error(Code::kFormat, "{}: {}: duplicate tensor name", name, tn);
     uint32_t n_dims = 0;
     if (!p.get(n_dims)) return p.truncated(tn + " n_dims", 4);
-    if (n_dims > 4)
-      return Error(Code::kFormat, "{}: {}: n_dims {} exceeds 4", name, tn, n_dims);
+    if (n_dims > 4) return Error(Code::kFormat, "{}: {}: n_dims {} exceeds 4", name, tn, n_dims);
     t.n_dims = (int)n_dims;
     int64_t nel = 1;
     for (uint32_t d = 0; d < n_dims; d++) {

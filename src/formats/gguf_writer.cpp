@@ -10,20 +10,24 @@ namespace sqz {
 using namespace gguf;
 
 namespace {
-uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
+uint64_t align_up(uint64_t x, uint64_t a) {
+  return (x + a - 1) / a * a;
+}
 }  // namespace
 
 GgufWriter::GgufWriter(uint32_t alignment) : alignment_(alignment) {
   if (alignment == 0 || (alignment & (alignment - 1)) != 0) {
-    err_ = Error(Code::kInvalidArgument, "GGUF writer: alignment {} is not a power of two",
-                 alignment);
+    err_ =
+        Error(Code::kInvalidArgument, "GGUF writer: alignment {} is not a power of two", alignment);
     alignment_ = kDefaultAlignment;
   }
   // Readers assume 32 unless told, so only a non-default alignment needs the key.
   if (alignment_ != kDefaultAlignment) add_u32("general.alignment", alignment_);
 }
 
-GgufWriter::~GgufWriter() { abort_stream(); }
+GgufWriter::~GgufWriter() {
+  abort_stream();
+}
 
 template <typename T>
 void GgufWriter::put(const T& v) {
@@ -34,13 +38,17 @@ void GgufWriter::put(const T& v) {
 
 void GgufWriter::put_str(const std::string& s) {
   put<uint64_t>(s.size());
-  kv_.insert(kv_.end(), s.begin(), s.end());
+  if (s.empty()) return;
+  const size_t at = kv_.size();
+  kv_.resize(at + s.size());
+  std::memcpy(kv_.data() + at, s.data(), s.size());
 }
 
 bool GgufWriter::begin_key(const std::string& key, uint32_t type) {
   if (!err_.ok()) return false;
   if (fp_) {
-    err_ = Error(Code::kInvalidArgument, "GGUF writer: metadata '{}' added after begin_stream", key);
+    err_ =
+        Error(Code::kInvalidArgument, "GGUF writer: metadata '{}' added after begin_stream", key);
     return false;
   }
   if (!keys_.insert(key).second) {
@@ -118,7 +126,8 @@ void GgufWriter::add_array_u32(const std::string& k, const std::vector<uint32_t>
 void GgufWriter::add_value(const std::string& key, uint32_t type, const MetaValue& v) {
   if (type >= kValueTypeCount) {
     if (err_.ok())
-      err_ = Error(Code::kInvalidArgument, "GGUF writer: metadata '{}': unknown type {}", key, type);
+      err_ =
+          Error(Code::kInvalidArgument, "GGUF writer: metadata '{}': unknown type {}", key, type);
     return;
   }
   if (!begin_key(key, type)) return;
@@ -232,7 +241,8 @@ void GgufWriter::put_value(uint32_t type, const MetaValue& v, int depth) {
 
 Status GgufWriter::declare(const std::string& name, DType type, const std::vector<int64_t>& ne) {
   SQZ_RETURN_IF_ERROR(err_);
-  if (fp_) return Error(Code::kInvalidArgument, "GGUF writer: tensor '{}' added after begin_stream", name);
+  if (fp_)
+    return Error(Code::kInvalidArgument, "GGUF writer: tensor '{}' added after begin_stream", name);
   const DTypeTraits* tr = dtype_traits(type);
   if (!tr) return Error(Code::kInvalidArgument, "GGUF writer: tensor '{}': invalid type", name);
   if (ne.empty() || ne.size() > 4)
@@ -285,8 +295,13 @@ Status GgufWriter::add_tensor_info(const std::string& name, DType type,
 
 std::vector<uint8_t> GgufWriter::header() const {
   std::vector<uint8_t> h;
+  // resize + memcpy rather than vector::insert: GCC 12 raises a false -Wstringop-overflow
+  // on the insert form, which breaks -Werror builds.
   auto put_h = [&](const void* p, size_t n) {
-    h.insert(h.end(), (const uint8_t*)p, (const uint8_t*)p + n);
+    if (n == 0) return;
+    const size_t at = h.size();
+    h.resize(at + n);
+    std::memcpy(h.data() + at, p, n);
   };
   const uint32_t version = 3;
   const uint64_t n_tensors = tensors_.size();

@@ -29,8 +29,8 @@ struct TensorView {
 
 // Metadata value: the GGUF value types collapsed to what callers need.
 struct MetaArray;
-using MetaValue = std::variant<uint64_t, int64_t, double, bool, std::string,
-                               std::shared_ptr<MetaArray>>;
+using MetaValue =
+    std::variant<uint64_t, int64_t, double, bool, std::string, std::shared_ptr<MetaArray>>;
 struct MetaArray {
   uint32_t elem_type = 0;  // GGUF type id of the elements
   std::vector<MetaValue> values;
@@ -50,14 +50,15 @@ struct ModelConfig {
   int n_ctx_train = 0;
   float rms_eps = 1e-5f;
   float rope_theta = 10000.0f;
-  bool rope_neox = false;  // true: rotate halves (HF layout); false: rotate adjacent pairs (GGUF llama)
+  bool rope_neox =
+      false;  // true: rotate halves (HF layout); false: rotate adjacent pairs (GGUF llama)
   // Llama-3 style frequency scaling ("rope_type": "llama3"); factor 0 = disabled.
   float rope_scale_factor = 0.0f;
   float rope_low_freq_factor = 1.0f;
   float rope_high_freq_factor = 4.0f;
   int rope_orig_ctx = 8192;
-  bool qkv_bias = false;        // Qwen2
-  bool tied_embeddings = false; // output.weight missing -> use token_embd.weight
+  bool qkv_bias = false;         // Qwen2
+  bool tied_embeddings = false;  // output.weight missing -> use token_embd.weight
 };
 
 // Everything the tokenizer needs, independent of the source format.
@@ -65,8 +66,9 @@ struct TokenizerData {
   std::string model;  // "gpt2" (byte-level BPE) or "llama" (SentencePiece)
   std::string pre;    // pre-tokenizer: "smollm", "llama-bpe", "qwen2", "gpt2", "default" ...
   std::vector<std::string> tokens;
-  std::vector<float> scores;        // SentencePiece scores (empty for BPE)
-  std::vector<int32_t> token_types; // GGUF token types: 1 normal, 2 unknown, 3 control, 4 user, 6 byte
+  std::vector<float> scores;  // SentencePiece scores (empty for BPE)
+  std::vector<int32_t>
+      token_types;  // GGUF token types: 1 normal, 2 unknown, 3 control, 4 user, 6 byte
   std::vector<std::string> merges;  // "a b" pairs, BPE only, in rank order
   int32_t bos_id = -1;
   int32_t eos_id = -1;
@@ -97,7 +99,8 @@ class ModelFile {
   const TensorView* find(const std::string& name) const;
   // Tensor that must exist with the given shape (ggml order, trailing dims 1); error names
   // the file and tensor on a missing tensor or shape mismatch.
-  Result<const TensorView*> require(const std::string& name, std::initializer_list<int64_t> ne) const;
+  Result<const TensorView*> require(const std::string& name,
+                                    std::initializer_list<int64_t> ne) const;
 };
 
 // Opens a GGUF file (v2 or v3). Never crashes on malformed input: returns kFormat /

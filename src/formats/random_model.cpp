@@ -15,9 +15,9 @@ namespace {
 
 // Merges of the built-in vocabulary, in rank order. Each result is also a token.
 constexpr const char* kMerges[][2] = {
-    {"Ġ", "t"},   {"h", "e"},  {"i", "n"}, {"e", "r"}, {"Ġ", "a"}, {"o", "n"},
-    {"r", "e"},   {"Ġt", "he"}, {"a", "t"}, {"e", "n"}, {"Ġ", "s"}, {"o", "u"},
-    {"i", "s"},   {"Ġ", "w"},  {"in", "g"}, {"Ġ", "i"},
+    {"Ġ", "t"}, {"h", "e"},   {"i", "n"},  {"e", "r"}, {"Ġ", "a"}, {"o", "n"},
+    {"r", "e"}, {"Ġt", "he"}, {"a", "t"},  {"e", "n"}, {"Ġ", "s"}, {"o", "u"},
+    {"i", "s"}, {"Ġ", "w"},   {"in", "g"}, {"Ġ", "i"},
 };
 constexpr int kNumMerges = (int)(sizeof(kMerges) / sizeof(kMerges[0]));
 constexpr const char* kSpecials[] = {"<|endoftext|>", "<|im_start|>", "<|im_end|>"};
@@ -64,18 +64,22 @@ uint64_t splitmix64(uint64_t& s) {
 }
 
 // One independent stream per (seed, tensor, row) so rows can be generated in parallel and the
-// output does not depend on scheduling. splitmix64 + Box-Muller: hand-written because
-// std::normal_distribution is several times slower and not reproducible across libstdc++
-// versions, and benchmark models need billions of samples.
+// output does not depend on scheduling. splitmix64 + Marsaglia's polar method in float:
+// hand-written because std::normal_distribution is not reproducible across standard libraries
+// and, like double Box-Muller, is 2-3x slower; benchmark models need billions of samples.
 void fill_normal(float* dst, int64_t n, float std, uint64_t seed, uint64_t tensor, uint64_t row) {
   uint64_t s = seed ^ (tensor * 0xD1B54A32D192ED03ull) ^ (row * 0x8CB92BA72F3D8DD7ull);
   splitmix64(s);
-  for (int64_t i = 0; i < n; i += 2) {
-    const double u1 = ((splitmix64(s) >> 11) + 1) * 0x1.0p-53;  // (0, 1]
-    const double u2 = (splitmix64(s) >> 11) * 0x1.0p-53;        // [0, 1)
-    const double r = std::sqrt(-2.0 * std::log(u1)) * std;
-    dst[i] = (float)(r * std::cos(2 * M_PI * u2));
-    if (i + 1 < n) dst[i + 1] = (float)(r * std::sin(2 * M_PI * u2));
+  for (int64_t i = 0; i < n;) {
+    const uint64_t z = splitmix64(s);
+    // Two uniforms in [-1, 1) from the two 32-bit halves.
+    const float x = (float)(int32_t)(uint32_t)z * 0x1.0p-31f;
+    const float y = (float)(int32_t)(uint32_t)(z >> 32) * 0x1.0p-31f;
+    const float q = x * x + y * y;
+    if (q >= 1.0f || q == 0.0f) continue;  // rejection: ~21% of pairs
+    const float f = std * std::sqrt(-2.0f * std::log(q) / q);
+    dst[i++] = x * f;
+    if (i < n) dst[i++] = y * f;
   }
 }
 
@@ -110,7 +114,7 @@ Status stream_tensor(GgufWriter& w, const Spec& s, uint64_t index, const RandomM
   std::vector<uint8_t> out;
   for (int64_t r0 = 0; r0 < s.ne1; r0 += rows_per_chunk) {
     const int64_t nr = std::min(rows_per_chunk, s.ne1 - r0);
-    tmp.resize((size_t)(nr * s.ne0));  // [nr, ne0] f32
+    tmp.resize((size_t)(nr * s.ne0));    // [nr, ne0] f32
     out.resize((size_t)nr * row_bytes);  // [nr, row_bytes] encoded
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < nr; r++) {
@@ -128,7 +132,9 @@ Status stream_tensor(GgufWriter& w, const Spec& s, uint64_t index, const RandomM
 
 }  // namespace
 
-int random_model_min_vocab() { return kNumSpecials + 256 + kNumMerges; }
+int random_model_min_vocab() {
+  return kNumSpecials + 256 + kNumMerges;
+}
 
 TokenizerData random_model_tokenizer(int n_vocab, const std::string& pre) {
   TokenizerData t;

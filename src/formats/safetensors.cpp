@@ -12,6 +12,7 @@
 #include <set>
 #include <sstream>
 
+#include "core/fp16.h"
 #include "core/mmap_file.h"
 
 #if __has_include("tokenizer/hf_json.h")
@@ -75,8 +76,8 @@ Status json_int(const json& j, const std::string& name, const char* key, int64_t
   return Status::Ok();
 }
 
-Status json_req_int(const json& j, const std::string& name, const char* key, int64_t lo,
-                    int64_t hi, int& out) {
+Status json_req_int(const json& j, const std::string& name, const char* key, int64_t lo, int64_t hi,
+                    int& out) {
   std::optional<int64_t> v;
   SQZ_RETURN_IF_ERROR(json_int(j, name, key, lo, hi, v));
   if (!v) return Error(Code::kFormat, "{}: '{}' is missing", name, key);
@@ -110,8 +111,7 @@ Result<ModelConfig> hf_config_impl(const std::string& text, const std::string& n
   std::string hf_arch;
   if (auto it = j.find("architectures"); it != j.end() && !it->is_null()) {
     if (!it->is_array() || it->empty() || !(*it)[0].is_string())
-      return Error(Code::kFormat, "{}: 'architectures' must be a non-empty array of strings",
-                   name);
+      return Error(Code::kFormat, "{}: 'architectures' must be a non-empty array of strings", name);
     hf_arch = (*it)[0].get<std::string>();
   }
   std::string model_type;
@@ -137,8 +137,7 @@ Result<ModelConfig> hf_config_impl(const std::string& text, const std::string& n
   SQZ_RETURN_IF_ERROR(json_req_int(j, name, "num_hidden_layers", 1, 1 << 16, c.n_layer));
   SQZ_RETURN_IF_ERROR(json_req_int(j, name, "num_attention_heads", 1, 1 << 16, c.n_head));
   SQZ_RETURN_IF_ERROR(json_req_int(j, name, "intermediate_size", 1, 1 << 24, c.n_ff));
-  SQZ_RETURN_IF_ERROR(
-      json_req_int(j, name, "max_position_embeddings", 1, 1 << 30, c.n_ctx_train));
+  SQZ_RETURN_IF_ERROR(json_req_int(j, name, "max_position_embeddings", 1, 1 << 30, c.n_ctx_train));
   std::optional<int64_t> kv, hd;
   SQZ_RETURN_IF_ERROR(json_int(j, name, "num_key_value_heads", 1, c.n_head, kv));
   c.n_head_kv = kv ? (int)*kv : c.n_head;
@@ -216,8 +215,8 @@ constexpr DtypeInfo kDtypes[] = {
 Status parse_memory_impl(const uint8_t* data, size_t size, const std::string& name,
                          std::vector<TensorView>& out, std::vector<std::vector<uint8_t>>& owned) {
   if (size < 8)
-    return Error(Code::kFormat, "{}: truncated: header length needs 8 bytes, file size is {}",
-                 name, size);
+    return Error(Code::kFormat, "{}: truncated: header length needs 8 bytes, file size is {}", name,
+                 size);
   uint64_t n = 0;
   std::memcpy(&n, data, 8);
   if (n > size - 8)
@@ -249,15 +248,15 @@ Status parse_memory_impl(const uint8_t* data, size_t size, const std::string& na
       return Error(Code::kFormat, "{}: {}: 'shape' missing or not an array", name, tn);
     if (off == v.end() || !off->is_array() || off->size() != 2 || !(*off)[0].is_number_unsigned() ||
         !(*off)[1].is_number_unsigned())
-      return Error(Code::kFormat, "{}: {}: 'data_offsets' must be two non-negative integers",
-                   name, tn);
+      return Error(Code::kFormat, "{}: {}: 'data_offsets' must be two non-negative integers", name,
+                   tn);
     const std::string dts = dt->get<std::string>();
     const DtypeInfo* info = nullptr;
     for (const auto& d : kDtypes)
       if (dts == d.name) info = &d;
     if (!info)
-      return Error(Code::kUnsupported, "{}: {}: dtype '{}' is not supported (F32, F16, BF16)",
-                   name, tn, dts);
+      return Error(Code::kUnsupported, "{}: {}: dtype '{}' is not supported (F32, F16, BF16)", name,
+                   tn, dts);
     if (sh->size() > 4)
       return Error(Code::kFormat, "{}: {}: {} dims exceed 4", name, tn, sh->size());
     TensorView t;
@@ -304,14 +303,10 @@ std::string hf_tensor_name_to_gguf(const std::string& s) {
   if (s == "model.norm.weight") return "output_norm.weight";
   if (s == "lm_head.weight") return "output.weight";
   static const std::pair<const char*, const char*> kLayer[] = {
-      {"input_layernorm", "attn_norm"},
-      {"self_attn.q_proj", "attn_q"},
-      {"self_attn.k_proj", "attn_k"},
-      {"self_attn.v_proj", "attn_v"},
-      {"self_attn.o_proj", "attn_output"},
-      {"post_attention_layernorm", "ffn_norm"},
-      {"mlp.gate_proj", "ffn_gate"},
-      {"mlp.up_proj", "ffn_up"},
+      {"input_layernorm", "attn_norm"},    {"self_attn.q_proj", "attn_q"},
+      {"self_attn.k_proj", "attn_k"},      {"self_attn.v_proj", "attn_v"},
+      {"self_attn.o_proj", "attn_output"}, {"post_attention_layernorm", "ffn_norm"},
+      {"mlp.gate_proj", "ffn_gate"},       {"mlp.up_proj", "ffn_up"},
       {"mlp.down_proj", "ffn_down"},
   };
   const std::string prefix = "model.layers.";
@@ -388,6 +383,22 @@ Result<std::unique_ptr<ModelFile>> open_impl(const std::string& dir) {
       if (!gguf_names.insert(t.name).second)
         return Error(Code::kFormat, "{}: tensor '{}' maps to '{}', which already exists", shard,
                      hf_name, t.name);
+      if (t.n_dims <= 1 && (t.type == DType::kF16 || t.type == DType::kBF16)) {
+        // Norm weights and biases are F32 in every GGUF, and the model reads them as float*;
+        // widening these few small vectors here keeps that true for BF16/F16 checkpoints.
+        const int64_t n = t.nelements();
+        std::vector<uint8_t> buf((size_t)n * sizeof(float));
+        float* dst = reinterpret_cast<float*>(buf.data());
+        for (int64_t i = 0; i < n; i++) {
+          uint16_t h;
+          std::memcpy(&h, (const uint8_t*)t.data + 2 * i, 2);
+          dst[i] = t.type == DType::kF16 ? fp16_to_fp32(h) : bf16_to_fp32(h);
+        }
+        mf->owned.push_back(std::move(buf));
+        t.data = mf->owned.back().data();
+        t.type = DType::kF32;
+        t.nbytes = (size_t)n * sizeof(float);
+      }
       mf->tensors.push_back(std::move(t));
     }
     mf->mappings.push_back(std::move(map));
@@ -432,8 +443,7 @@ Result<std::unique_ptr<ModelFile>> open_impl(const std::string& dir) {
     SQZ_ASSIGN_OR_RETURN(tok_cfg_text, read_text_file(tok_cfg_path));
   }
   auto tok = tokenizer_data_from_hf_json(tok_text, tok_cfg_text);
-  if (!tok.ok())
-    return Status(tok.status().code(), tok_path + ": " + tok.status().message());
+  if (!tok.ok()) return Status(tok.status().code(), tok_path + ": " + tok.status().message());
   mf->tokenizer = std::move(tok).value();
   if (mf->tokenizer.chat_template.empty() && !tok_cfg_text.empty()) {
     json tc = json::parse(tok_cfg_text, nullptr, false);

@@ -12,6 +12,8 @@
 #include <cstring>
 #include <limits>
 
+#include "core/fp16.h"
+
 namespace sqz::cpu {
 
 namespace hn = hwy::HWY_NAMESPACE;
@@ -21,6 +23,8 @@ using VF = hn::Vec<DF>;
 namespace {
 
 constexpr int kMaxLanes = HWY_MAX_BYTES / sizeof(float);
+// Rows per register tile: 8 with 32 vector registers (AVX-512), 4 otherwise (AVX2's 16).
+constexpr int kRows = HWY_MAX_BYTES >= 64 ? 8 : 4;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // R rows of X against every centroid, keeping per SIMD lane the best and second-best dot and the
@@ -104,9 +108,9 @@ void argmax_all(const float* X, int64_t n, int64_t d, int64_t ldx, const float* 
                 int32_t* best, float* best_dot, float* second_dot) {
   const int64_t kp = centroid_padded_cols(k);
   int64_t i = 0;
-  for (; i + 4 <= n; i += 4)
-    argmax_rows<4, kSecond>(X + i * ldx, d, ldx, Ct, k, kp, best + i, best_dot + i,
-                            kSecond ? second_dot + i : nullptr);
+  for (; i + kRows <= n; i += kRows)
+    argmax_rows<kRows, kSecond>(X + i * ldx, d, ldx, Ct, k, kp, best + i, best_dot + i,
+                                kSecond ? second_dot + i : nullptr);
   for (; i < n; i++)
     argmax_rows<1, kSecond>(X + i * ldx, d, ldx, Ct, k, kp, best + i, best_dot + i,
                             kSecond ? second_dot + i : nullptr);
@@ -149,7 +153,9 @@ void dots_rows(const float* X, int64_t d, int64_t ldx, const float* Ct, int64_t 
 
 }  // namespace
 
-int64_t centroid_tile_cols() { return 2 * (int64_t)hn::Lanes(DF()); }
+int64_t centroid_tile_cols() {
+  return 2 * (int64_t)hn::Lanes(DF());
+}
 
 void centroids_transpose(const float* C, int64_t k, int64_t d, int64_t ldc, float* Ct) {
   const int64_t kp = centroid_padded_cols(k);
@@ -176,7 +182,8 @@ void centroid_dots(const float* X, int64_t n, int64_t d, int64_t ldx, const floa
   if (n <= 0 || j1 <= j0) return;
   const int64_t kp = centroid_padded_cols(k);
   int64_t i = 0;
-  for (; i + 4 <= n; i += 4) dots_rows<4>(X + i * ldx, d, ldx, Ct, kp, j0, j1, S + i * lds, lds);
+  for (; i + kRows <= n; i += kRows)
+    dots_rows<kRows>(X + i * ldx, d, ldx, Ct, kp, j0, j1, S + i * lds, lds);
   for (; i < n; i++) dots_rows<1>(X + i * ldx, d, ldx, Ct, kp, j0, j1, S + i * lds, lds);
 }
 
@@ -194,32 +201,46 @@ float row_dot(const float* a, const float* b, int64_t d) {
   return s;
 }
 
-void kpp_min_update(const float* Xt, int64_t n, int64_t ldt, int64_t d, const float* c,
-                    float* mind) {
+float kpp_min_update(const uint16_t* Xt, int64_t n, int64_t ldt, int64_t d, const float* c,
+                     float* mind) {
   const DF df;
+  const hn::Rebind<hwy::float16_t, DF> dh;
   const int64_t N = (int64_t)hn::Lanes(df);
   const VF one = hn::Set(df, 1.0f);
+  VF tot = hn::Zero(df);
+  const hwy::float16_t* X16 = reinterpret_cast<const hwy::float16_t*>(Xt);
+  auto ld = [&](const hwy::float16_t* p) { return hn::PromoteTo(df, hn::LoadU(dh, p)); };
   int64_t i = 0;
   for (; i + 4 * N <= n; i += 4 * N) {
     VF a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
     for (int64_t t = 0; t < d; t++) {
       const VF ct = hn::Set(df, c[t]);
-      const float* row = Xt + t * ldt + i;
-      a0 = hn::MulAdd(ct, hn::LoadU(df, row), a0);
-      a1 = hn::MulAdd(ct, hn::LoadU(df, row + N), a1);
-      a2 = hn::MulAdd(ct, hn::LoadU(df, row + 2 * N), a2);
-      a3 = hn::MulAdd(ct, hn::LoadU(df, row + 3 * N), a3);
+      const hwy::float16_t* row = X16 + t * ldt + i;
+      a0 = hn::MulAdd(ct, ld(row), a0);
+      a1 = hn::MulAdd(ct, ld(row + N), a1);
+      a2 = hn::MulAdd(ct, ld(row + 2 * N), a2);
+      a3 = hn::MulAdd(ct, ld(row + 3 * N), a3);
     }
-    hn::StoreU(hn::Min(hn::LoadU(df, mind + i), hn::Sub(one, a0)), df, mind + i);
-    hn::StoreU(hn::Min(hn::LoadU(df, mind + i + N), hn::Sub(one, a1)), df, mind + i + N);
-    hn::StoreU(hn::Min(hn::LoadU(df, mind + i + 2 * N), hn::Sub(one, a2)), df, mind + i + 2 * N);
-    hn::StoreU(hn::Min(hn::LoadU(df, mind + i + 3 * N), hn::Sub(one, a3)), df, mind + i + 3 * N);
+    const VF m0 = hn::Min(hn::LoadU(df, mind + i), hn::Sub(one, a0));
+    const VF m1 = hn::Min(hn::LoadU(df, mind + i + N), hn::Sub(one, a1));
+    const VF m2 = hn::Min(hn::LoadU(df, mind + i + 2 * N), hn::Sub(one, a2));
+    const VF m3 = hn::Min(hn::LoadU(df, mind + i + 3 * N), hn::Sub(one, a3));
+    hn::StoreU(m0, df, mind + i);
+    hn::StoreU(m1, df, mind + i + N);
+    hn::StoreU(m2, df, mind + i + 2 * N);
+    hn::StoreU(m3, df, mind + i + 3 * N);
+    const VF z = hn::Zero(df);
+    tot = hn::Add(tot, hn::Add(hn::Add(hn::Max(m0, z), hn::Max(m1, z)),
+                               hn::Add(hn::Max(m2, z), hn::Max(m3, z))));
   }
+  float total = hn::GetLane(hn::SumOfLanes(df, tot));
   for (; i < n; i++) {
     float s = 0.0f;
-    for (int64_t t = 0; t < d; t++) s += c[t] * Xt[t * ldt + i];
+    for (int64_t t = 0; t < d; t++) s += c[t] * fp16_to_fp32(Xt[t * ldt + i]);
     mind[i] = std::min(mind[i], 1.0f - s);
+    total += std::max(0.0f, mind[i]);
   }
+  return total;
 }
 
 }  // namespace sqz::cpu

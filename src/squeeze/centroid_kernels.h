@@ -42,8 +42,10 @@ float row_dot(const float* a, const float* b, int64_t d);
 
 // k-means++ distance update against one new centre c ([d]):
 // mind[i] = min(mind[i], 1 - sum_t c[t] * Xt[t * ldt + i]) for i < n.
-// Xt: [d, ldt] transposed points (ldt >= n), so the loop runs along points with no reductions.
-void kpp_min_update(const float* Xt, int64_t n, int64_t ldt, int64_t d, const float* c,
-                    float* mind);
+// Xt: [d, ldt] transposed points (ldt >= n) in f16, so the loop runs along points with no
+// reductions and the whole matrix stays in L2 (seeding only needs approximate distances; the
+// chosen centres are exact f32 rows). Returns sum_i max(0, mind[i]) after the update.
+float kpp_min_update(const uint16_t* Xt, int64_t n, int64_t ldt, int64_t d, const float* c,
+                     float* mind);
 
 }  // namespace sqz::cpu

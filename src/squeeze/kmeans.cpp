@@ -5,6 +5,7 @@
 #include <limits>
 #include <random>
 
+#include "core/fp16.h"
 #include "squeeze/centroid_kernels.h"
 
 namespace sqz {
@@ -21,10 +22,13 @@ uint64_t mix64(uint64_t x) {
 
 // Uniform in [0, 1) from the top 53 bits; std::uniform_real_distribution is not specified
 // bit-for-bit across standard libraries and packs should not depend on the toolchain.
-double uniform01(std::mt19937_64& rng) { return (double)(rng() >> 11) * 0x1.0p-53; }
+double uniform01(std::mt19937_64& rng) {
+  return (double)(rng() >> 11) * 0x1.0p-53;
+}
 
-// Pick an index with probability proportional to p[i] >= 0 (sum `total` > 0).
-int64_t sample_index(const double* p, int64_t n, double total, double u) {
+// Pick an index with probability proportional to max(0, p[i]) (sum `total` > 0); -1 if none.
+template <typename T>
+int64_t sample_index(const T* p, int64_t n, double total, double u) {
   const double r = u * total;
   double cum = 0.0;
   int64_t last_pos = -1;
@@ -41,6 +45,9 @@ int64_t sample_index(const double* p, int64_t n, double total, double u) {
 // unit vectors are off by <= ~d * 2^-24 (8e-6 at d = 128); with this margin a row is only
 // skipped when the full comparison would certainly pick the same centroid.
 constexpr float kPruneEps = 1e-4f;
+// Same idea for the half-gap test, on distances (sqrt turns a ~1e-6 dot error into <= 1e-3
+// only for near-zero distances, where the test passes by a wide margin anyway).
+constexpr float kGapEps = 1e-3f;
 
 }  // namespace
 
@@ -70,9 +77,9 @@ void kmeanspp_init(const float* X, const float* w, int64_t n, int64_t d, int k, 
                    float* C) {
   std::mt19937_64 rng(seed);
   // Points transposed so each new centre updates all distances in one vector pass.
-  std::vector<float> Xt((size_t)(d * n));
+  std::vector<uint16_t> Xt((size_t)(d * n));
   for (int64_t i = 0; i < n; i++)
-    for (int64_t t = 0; t < d; t++) Xt[(size_t)(t * n + i)] = X[i * d + t];
+    for (int64_t t = 0; t < d; t++) Xt[(size_t)(t * n + i)] = fp32_to_fp16(X[i * d + t]);
   std::vector<double> p((size_t)n);
   double wtotal = 0.0;
   for (int64_t i = 0; i < n; i++) {
@@ -87,21 +94,25 @@ void kmeanspp_init(const float* X, const float* w, int64_t n, int64_t d, int k, 
   };
   std::vector<float> mind((size_t)n, std::numeric_limits<float>::max());
   int64_t pick = pick_by_weight();
+  double total = 0.0;
   for (int c = 0; c < k; c++) {
     if (c > 0) {
-      double total = 0.0;
-      for (int64_t i = 0; i < n; i++) {
-        const double wi = w ? std::max(0.0, (double)w[i]) : 1.0;
-        p[(size_t)i] = wi * std::max(0.0f, mind[(size_t)i]);
-        total += p[(size_t)i];
+      if (w) {
+        total = 0.0;
+        for (int64_t i = 0; i < n; i++) {
+          p[(size_t)i] = std::max(0.0, (double)w[i]) * std::max(0.0f, mind[(size_t)i]);
+          total += p[(size_t)i];
+        }
+        pick = total > 0.0 ? sample_index(p.data(), n, total, uniform01(rng)) : -1;
+      } else {
+        pick = total > 0.0 ? sample_index(mind.data(), n, total, uniform01(rng)) : -1;
       }
       // total == 0: every point coincides with a chosen centre (duplicates); any point will
       // do, the empty-cluster repair in Lloyd takes care of the rest.
-      pick = total > 0.0 ? sample_index(p.data(), n, total, uniform01(rng)) : pick_by_weight();
-      if (pick < 0) pick = 0;
+      if (pick < 0) pick = pick_by_weight();
     }
     std::copy(X + pick * d, X + (pick + 1) * d, C + (int64_t)c * d);
-    cpu::kpp_min_update(Xt.data(), n, n, d, C + (int64_t)c * d, mind.data());
+    total = cpu::kpp_min_update(Xt.data(), n, n, d, C + (int64_t)c * d, mind.data());
   }
 }
 
@@ -119,6 +130,11 @@ KmeansResult kmeans_lloyd(const float* X, const float* w, int64_t n, int64_t d, 
   std::vector<int64_t> counts((size_t)k);
   std::vector<double> sums((size_t)k * d);
   std::vector<float> delta((size_t)k, 0.0f);
+  std::vector<float> cnorm((size_t)k, 0.0f);       // [k] |c_j|^2 (1 or 0)
+  std::vector<float> half_gap2((size_t)k, -1.0f);  // [k] (half distance to nearest centroid)^2
+  std::vector<float> cc;                           // [k, k] centroid dot products
+  for (int j = 0; j < k; j++)
+    cnorm[(size_t)j] = cpu::row_dot(C.data() + (int64_t)j * d, C.data() + (int64_t)j * d, d);
   std::vector<int64_t> redo;
   std::vector<float> Xg, gbd, gsd;
   std::vector<int32_t> gbest;
@@ -153,13 +169,35 @@ KmeansResult kmeans_lloyd(const float* X, const float* w, int64_t n, int64_t d, 
           dmax2 = delta[(size_t)j];
         }
       }
+      // Second test (Hamerly's): a point closer to its centroid than half the distance from
+      // that centroid to its nearest other centroid cannot be closer to any other (triangle
+      // inequality). Distances equal dot order only between unit centroids, so the test is off
+      // while a zero centroid exists.
+      bool all_unit = true;
+      for (int j = 0; j < k && all_unit; j++) all_unit = cnorm[(size_t)j] > 0.5f;
+      if (all_unit && k > 1) {
+        cc.resize((size_t)k * (size_t)k);
+        cpu::centroid_dots(C.data(), k, d, d, Ct.data(), k, 0, k, cc.data(), k);
+        for (int a = 0; a < k; a++) {
+          float best_cos = -1.0f;
+          for (int j = 0; j < k; j++)
+            if (j != a) best_cos = std::max(best_cos, cc[(size_t)a * k + j]);
+          // |c_a - c_j|^2 = 2 - 2 cos for unit centroids; half of it, shrunk by the margin.
+          const float half = 0.5f * std::sqrt(std::max(0.0f, 2.0f - 2.0f * best_cos));
+          const float h = std::max(0.0f, half - kGapEps);
+          half_gap2[(size_t)a] = h * h;
+        }
+      } else {
+        std::fill(half_gap2.begin(), half_gap2.end(), -1.0f);
+      }
       redo.clear();
       for (int64_t i = 0; i < n; i++) {
         const int32_t a = assign[(size_t)i];
         const float other = a == jmax ? dmax2 : dmax;
         const float own = cpu::row_dot(X + i * d, C.data() + (int64_t)a * d, d);
         const float ub = sd[(size_t)i] + other;
-        if (own >= ub + kPruneEps) {
+        const float dist2 = std::max(0.0f, 2.0f - 2.0f * own);  // unit point and centroid
+        if (own >= ub + kPruneEps || (nonzero[(size_t)i] && dist2 <= half_gap2[(size_t)a])) {
           bd[(size_t)i] = own;
           sd[(size_t)i] = ub;
         } else {
@@ -235,6 +273,7 @@ KmeansResult kmeans_lloyd(const float* X, const float* w, int64_t n, int64_t d, 
       } else {
         std::fill(c, c + d, 0.0f);
       }
+      cnorm[(size_t)j] = ss > 0.0 && std::isfinite(ss) ? 1.0f : 0.0f;
       double dd = 0.0;
       const float* o = Cold.data() + (int64_t)j * d;
       for (int64_t t = 0; t < d; t++) dd += ((double)c[t] - o[t]) * ((double)c[t] - o[t]);

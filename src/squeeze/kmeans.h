@@ -14,9 +14,9 @@
 namespace sqz {
 
 struct KmeansOptions {
-  int max_iters = 25;   // cap on assignment steps
-  double tol = 1e-4;    // stop when (J_prev - J) <= tol * J_prev
-  bool prune = true;    // skip rows whose assignment provably cannot change (exactness kept)
+  int max_iters = 25;  // cap on assignment steps
+  double tol = 1e-4;   // stop when (J_prev - J) <= tol * J_prev
+  bool prune = true;   // skip rows whose assignment provably cannot change (exactness kept)
 };
 
 struct KmeansResult {
@@ -24,7 +24,7 @@ struct KmeansResult {
   std::vector<float> centroids;   // [k, d] unit (or zero) directions of the final assignment
   std::vector<double> objective;  // [iters] J after each assignment step (+ empty repair)
   int iters = 0;
-  int64_t full_rows = 0;          // rows compared against every centroid, summed over steps
+  int64_t full_rows = 0;  // rows compared against every centroid, summed over steps
 };
 
 // out[i] = x_i / |x_i| (zero rows stay zero). x: [n, d] with row stride ldx; out: [n, d].

@@ -260,9 +260,10 @@ void bpe_merge(std::vector<int32_t>& ids, const MergeMap& merges) {
   ids.resize(w);
 }
 
-Result<MergeMap> build_merge_map(const std::vector<std::string>& merges,
-                                 const StringMap<int32_t>& vocab) {
-  MergeMap map;
+Status build_merge_map(const std::vector<std::string>& merges, const StringMap<int32_t>& vocab,
+                       MergeMap* out) {
+  MergeMap& map = *out;
+  map.clear();
   map.reserve(merges.size() * 2);
   std::string joined;
   for (size_t r = 0; r < merges.size(); r++) {
@@ -281,10 +282,12 @@ Result<MergeMap> build_merge_map(const std::vector<std::string>& merges,
       map.emplace(pair_key(a->second, b->second), MergeInfo{(int32_t)r, c->second});
     }
     if (!found)
-      return Error(Code::kFormat, "tokenizer merge {} (\"{}\") does not name two tokens whose "
-                   "concatenation is in the vocabulary", r, m);
+      return Error(Code::kFormat,
+                   "tokenizer merge {} (\"{}\") does not name two tokens whose "
+                   "concatenation is in the vocabulary",
+                   r, m);
   }
-  return map;
+  return Status::Ok();
 }
 
 std::string py_strip(std::string_view s) {
@@ -309,6 +312,32 @@ std::string py_strip(std::string_view s) {
   return std::string(s.substr(b, e - b));
 }
 
+void TokenizerBase::init_base(const TokenizerData& d) {
+  tokens_ = d.tokens;
+  types_ = d.token_types;
+  if (types_.empty()) types_.assign(tokens_.size(), kNormal);
+  vocab_.reserve(tokens_.size() * 2);
+  for (size_t i = 0; i < tokens_.size(); i++) vocab_.emplace(tokens_[i], (int32_t)i);
+  bos_ = d.bos_id;
+  eos_ = d.eos_id;
+  unk_ = d.unk_id;
+  add_bos_ = d.add_bos;
+  add_eos_ = d.add_eos;
+  eot_ = d.eot_id;
+  if (eot_ < 0) {
+    // Chat models end a turn with a dedicated control token even when the file only names eos.
+    for (const char* s : {"<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"}) {
+      auto it = vocab_.find(std::string_view(s));
+      if (it != vocab_.end() && types_[it->second] == kControl) {
+        eot_ = it->second;
+        break;
+      }
+    }
+  }
+  if (eot_ < 0) eot_ = eos_;
+  specials_.build(tokens_, types_);
+}
+
 }  // namespace tok
 
 // ---------------------------------------------------------------------------------------------
@@ -323,8 +352,11 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::create(const TokenizerData& data) 
                  data.token_types.size());
   if (!data.scores.empty() && data.scores.size() != n)
     return Error(Code::kFormat, "tokenizer has {} tokens but {} scores", n, data.scores.size());
-  for (auto [name, id] : {std::pair{"bos", data.bos_id}, {"eos", data.eos_id},
-                          {"eot", data.eot_id}, {"unk", data.unk_id}, {"pad", data.pad_id}}) {
+  for (auto [name, id] : {std::pair{"bos", data.bos_id},
+                          {"eos", data.eos_id},
+                          {"eot", data.eot_id},
+                          {"unk", data.unk_id},
+                          {"pad", data.pad_id}}) {
     if (id < -1 || id >= (int64_t)n)
       return Error(Code::kFormat, "tokenizer {} id {} outside the vocabulary of {}", name, id, n);
   }

@@ -12,6 +12,7 @@
 
 namespace sqz {
 
+// encode/decode/token_to_piece are const and safe to call from several threads at once.
 class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
@@ -47,5 +48,18 @@ ChatTemplate chat_template_detect(const std::string& jinja_source);
 // Renders messages; add_generation_prompt appends the assistant header.
 std::string chat_template_apply(ChatTemplate t, const std::vector<ChatMessage>& msgs,
                                 bool add_generation_prompt, const std::string& bos_text);
+
+// What a template source says beyond its family, needed to reproduce its output exactly.
+struct ChatTemplateInfo {
+  ChatTemplate kind = ChatTemplate::kChatML;
+  // ChatML templates that insert a system turn when the conversation does not start with one
+  // (SmolLM2: "You are a helpful AI assistant named SmolLM, trained by Hugging Face").
+  std::string default_system;
+};
+ChatTemplateInfo chat_template_parse(const std::string& jinja_source);
+// Exact rendering for a parsed template. eos_text closes assistant turns in Llama-2.
+std::string chat_template_apply(const ChatTemplateInfo& t, const std::vector<ChatMessage>& msgs,
+                                bool add_generation_prompt, const std::string& bos_text,
+                                const std::string& eos_text = "</s>");
 
 }  // namespace sqz

@@ -59,7 +59,7 @@ using StringMap = std::unordered_map<std::string, V, StringHash, std::equal_to<>
 // ---- special / added tokens ----
 // One piece of input after splitting on special tokens: either a token id or a text span.
 struct Fragment {
-  int32_t id;          // >= 0: a special token; -1: text [begin, begin + len)
+  int32_t id;  // >= 0: a special token; -1: text [begin, begin + len)
   size_t begin = 0;
   size_t len = 0;
 };
@@ -101,11 +101,40 @@ void bpe_merge(std::vector<int32_t>& ids, const MergeMap& merges);
 
 // Parses "a b" merge strings against a vocabulary. Tokens may in principle contain spaces, so
 // the split point is the space for which both halves are tokens.
-Result<MergeMap> build_merge_map(const std::vector<std::string>& merges,
-                                 const StringMap<int32_t>& vocab);
+Status build_merge_map(const std::vector<std::string>& merges, const StringMap<int32_t>& vocab,
+                       MergeMap* out);
 
 // Python str.strip(): trims Unicode white space (str.isspace) from both ends.
 std::string py_strip(std::string_view s);
+
+// State and accessors common to both tokenizer kinds: the vocabulary, token types, special ids
+// and the special-token splitter.
+class TokenizerBase : public Tokenizer {
+ public:
+  int32_t n_vocab() const override { return (int32_t)tokens_.size(); }
+  int32_t bos() const override { return bos_; }
+  int32_t eos() const override { return eos_; }
+  int32_t eot() const override { return eot_; }
+  bool is_control(int32_t id) const override {
+    return id >= 0 && id < n_vocab() && types_[id] == kControl;
+  }
+  int32_t token_id(std::string_view piece) const override {
+    auto it = vocab_.find(piece);
+    return it == vocab_.end() ? -1 : it->second;
+  }
+
+ protected:
+  void init_base(const TokenizerData& d);
+  // Tokens that decode(skip_special=true) drops: HF's "special" added tokens.
+  bool is_skippable(int32_t id) const { return types_[id] == kControl || types_[id] == kUnknown; }
+
+  std::vector<std::string> tokens_;  // [n_vocab] token text as stored in the model file
+  std::vector<int32_t> types_;       // [n_vocab] TokenType
+  StringMap<int32_t> vocab_;         // text -> id (first id wins on duplicates)
+  int32_t bos_ = -1, eos_ = -1, eot_ = -1, unk_ = -1;
+  bool add_bos_ = false, add_eos_ = false;
+  SpecialMatcher specials_;
+};
 
 // Implementations (bpe_tokenizer.cpp, spm_tokenizer.cpp).
 Result<std::unique_ptr<Tokenizer>> create_byte_level_bpe(const TokenizerData& data);

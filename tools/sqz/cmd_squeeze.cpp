@@ -52,8 +52,8 @@ Result<AskParams> ask_params(const SqueezeFlags& f, const GenFlags& g, const Pac
     return Error(Code::kInvalidArgument, "--percentile and --budget are exclusive");
   ap.select.percentile = f.percentile >= 0 ? f.percentile : 0.9;
   ap.budget = f.budget;
-  ap.select.levels = f.levels > 0 ? f.levels : (pack.n_coarse_total() > 0 ? 2 : 1);
-  if (ap.select.levels == 2 && pack.n_coarse_total() == 0)
+  ap.select.levels = f.levels > 0 ? f.levels : (pack.n_coarse() > 0 ? 2 : 1);
+  if (ap.select.levels == 2 && pack.n_coarse() == 0)
     return Error(Code::kInvalidArgument, "--levels 2: the pack has no coarse centroids (compiled with --coarse 0)");
   ap.select.block = f.block;
   return ap;

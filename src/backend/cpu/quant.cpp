@@ -3,11 +3,12 @@
 //
 // The scalar code is both the fallback for hosts without AVX-512 and the baseline the tests
 // compare the SIMD kernels against; it is written for clarity, not speed.
+#include "backend/cpu/quant.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 
-#include "backend/cpu/quant.h"
 #include "backend/cpu/quant_blocks.h"
 #include "backend/cpu/quant_impl.h"
 
@@ -15,12 +16,18 @@ namespace sqz::cpu {
 
 namespace {
 
-inline float h2f(f16_t h) { return fp16_to_fp32(h); }
-inline f16_t f2h(float f) { return fp32_to_fp16(f); }
+inline float h2f(f16_t h) {
+  return fp16_to_fp32(h);
+}
+inline f16_t f2h(float f) {
+  return fp32_to_fp16(f);
+}
 
 // Round to nearest, ties to even (the default FP environment), which is what the SIMD
 // quantizers' cvtps2dq does, so scalar and SIMD activations quantize identically. Callers clamp.
-inline int iround(float x) { return (int)std::lrint(x); }
+inline int iround(float x) {
+  return (int)std::lrint(x);
+}
 
 // Smallest f16 >= v for finite v >= 0 (so a scale rounded to f16 never shrinks the range it
 // has to cover; that keeps the quantizers free of clipping).
@@ -32,7 +39,9 @@ f16_t f16_ceil(float v) {
 
 // ---------------------------------------------------------------- dequantize (scalar)
 
-void dq_f32(const void* src, float* dst, int64_t n) { std::memcpy(dst, src, n * sizeof(float)); }
+void dq_f32(const void* src, float* dst, int64_t n) {
+  std::memcpy(dst, src, n * sizeof(float));
+}
 void dq_f16(const void* src, float* dst, int64_t n) {
   const f16_t* s = (const f16_t*)src;
   for (int64_t i = 0; i < n; i++) dst[i] = h2f(s[i]);
@@ -176,7 +185,9 @@ void dq_q8_k(const void* src, float* dst, int64_t n) {
 // rounded *up* when stored in reduced precision so no element is ever clipped; the error is
 // then at most half a quantization step (plus the rounding of the scale itself).
 
-void q_f32(const float* src, void* dst, int64_t n) { std::memcpy(dst, src, n * sizeof(float)); }
+void q_f32(const float* src, void* dst, int64_t n) {
+  std::memcpy(dst, src, n * sizeof(float));
+}
 void q_f16(const float* src, void* dst, int64_t n) {
   f16_t* d = (f16_t*)dst;
   for (int64_t i = 0; i < n; i++) d[i] = f2h(src[i]);
@@ -459,13 +470,13 @@ float vd_bf16(int64_t n, const void* w, const void* x) {
 }
 float vd_q4_0(int64_t n, const void* w, const void* x) {
   const BlockQ4_0* a = (const BlockQ4_0*)w;
-  const BlockQ8_0* b = (const BlockQ8_0*)x;
+  const BlockQ8_1* b = (const BlockQ8_1*)x;
   float s = 0;
   for (int64_t i = 0; i < n / kQK; i++) {
     int acc = 0;
     for (int j = 0; j < 16; j++)
       acc += ((a[i].qs[j] & 15) - 8) * b[i].qs[j] + ((a[i].qs[j] >> 4) - 8) * b[i].qs[j + 16];
-    s += h2f(a[i].d) * h2f(b[i].d) * (float)acc;
+    s += h2f(a[i].d) * b[i].d * (float)acc;
   }
   return s;
 }
@@ -483,7 +494,7 @@ float vd_q4_1(int64_t n, const void* w, const void* x) {
 }
 float vd_q5_0(int64_t n, const void* w, const void* x) {
   const BlockQ5_0* a = (const BlockQ5_0*)w;
-  const BlockQ8_0* b = (const BlockQ8_0*)x;
+  const BlockQ8_1* b = (const BlockQ8_1*)x;
   float s = 0;
   for (int64_t i = 0; i < n / kQK; i++) {
     const uint32_t qh = load_u32(a[i].qh);
@@ -493,7 +504,7 @@ float vd_q5_0(int64_t n, const void* w, const void* x) {
       const int hi = (a[i].qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4);
       acc += (lo - 16) * b[i].qs[j] + (hi - 16) * b[i].qs[j + 16];
     }
-    s += h2f(a[i].d) * h2f(b[i].d) * (float)acc;
+    s += h2f(a[i].d) * b[i].d * (float)acc;
   }
   return s;
 }
@@ -515,12 +526,12 @@ float vd_q5_1(int64_t n, const void* w, const void* x) {
 }
 float vd_q8_0(int64_t n, const void* w, const void* x) {
   const BlockQ8_0* a = (const BlockQ8_0*)w;
-  const BlockQ8_0* b = (const BlockQ8_0*)x;
+  const BlockQ8_1* b = (const BlockQ8_1*)x;
   float s = 0;
   for (int64_t i = 0; i < n / kQK; i++) {
     int acc = 0;
     for (int j = 0; j < kQK; j++) acc += a[i].qs[j] * b[i].qs[j];
-    s += h2f(a[i].d) * h2f(b[i].d) * (float)acc;
+    s += h2f(a[i].d) * b[i].d * (float)acc;
   }
   return s;
 }
@@ -613,11 +624,11 @@ constexpr TypeFns kFns[] = {
     {DType::kF32, DType::kF32, dq_f32, q_f32, vd_f32},
     {DType::kF16, DType::kF32, dq_f16, q_f16, vd_f16},
     {DType::kBF16, DType::kF32, dq_bf16, q_bf16, vd_bf16},
-    {DType::kQ4_0, DType::kQ8_0, dq_q4_0, q_q4_0, vd_q4_0},
+    {DType::kQ4_0, DType::kQ8_1, dq_q4_0, q_q4_0, vd_q4_0},
     {DType::kQ4_1, DType::kQ8_1, dq_q4_1, q_q4_1, vd_q4_1},
-    {DType::kQ5_0, DType::kQ8_0, dq_q5_0, q_q5_0, vd_q5_0},
+    {DType::kQ5_0, DType::kQ8_1, dq_q5_0, q_q5_0, vd_q5_0},
     {DType::kQ5_1, DType::kQ8_1, dq_q5_1, q_q5_1, vd_q5_1},
-    {DType::kQ8_0, DType::kQ8_0, dq_q8_0, q_q8_0, vd_q8_0},
+    {DType::kQ8_0, DType::kQ8_1, dq_q8_0, q_q8_0, vd_q8_0},
     {DType::kQ8_1, DType::kInvalid, dq_q8_1, q_q8_1, nullptr},
     {DType::kQ4_K, DType::kQ8_K, dq_q4_k, q_q4_k, vd_q4_k},
     {DType::kQ5_K, DType::kQ8_K, dq_q5_k, q_q5_k, vd_q5_k},
@@ -685,6 +696,10 @@ void dequantize_row_bf16(DType t, const void* src, uint16_t* dst, int64_t n) {
 
 void quantize_row(DType t, const float* src, void* dst, int64_t n) {
   if (detail::QuantFn f = detail::simd_quant_fn(t)) return f(src, dst, n);
+  if (const TypeFns* f = fns(t)) f->q(src, dst, n);
+}
+
+void quantize_row_scalar(DType t, const float* src, void* dst, int64_t n) {
   if (const TypeFns* f = fns(t)) f->q(src, dst, n);
 }
 

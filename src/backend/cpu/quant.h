@@ -17,9 +17,10 @@ void dequantize_row(DType t, const void* src, float* dst, int64_t n);
 // Supports the same types as dequantize_row (Q8_1/Q8_K too). n multiple of block size.
 void quantize_row(DType t, const float* src, void* dst, int64_t n);
 
-// The activation format that weight type `t` is dotted against: Q8_0 for Q4_0/Q5_0/Q8_0,
-// Q8_1 for Q4_1/Q5_1 (its s = d*sum(q) turns the "+m" term into one multiply per block, as in
-// ggml), Q8_K for the K-quants, F32 for float weights; kInvalid for anything else.
+// The activation format that weight type `t` is dotted against: Q8_1 for all 32-element block
+// types (its s = d*sum(q) turns a per-block offset - Q4_1's +m, Q4_0's -8, Q8_0's +128 unsigned
+// bias of the VNNI kernel - into one multiply per block; ggml uses Q8_0 for the _0 types), Q8_K
+// for the K-quants, F32 for float weights; kInvalid for anything else.
 DType vec_dot_type(DType t);
 
 // dot(w_row[0..n), x[0..n)) where w_row is of type `t` and x is already quantized to
@@ -41,6 +42,7 @@ void dequantize_row_bf16(DType t, const void* src, uint16_t* dst, int64_t n);
 // The portable scalar kernels behind dequantize_row / vec_dot. Exposed so the tests can check
 // the SIMD paths against them on machines where the SIMD path is what the dispatch picks.
 void dequantize_row_scalar(DType t, const void* src, float* dst, int64_t n);
+void quantize_row_scalar(DType t, const float* src, void* dst, int64_t n);
 float vec_dot_scalar(DType t, int64_t n, const void* w_row, const void* x);
 
 }  // namespace sqz::cpu

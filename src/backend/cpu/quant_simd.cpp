@@ -5,7 +5,7 @@
 // Every kernel here has a scalar twin in quant.cpp that the tests compare it against.
 //
 // Layout conventions are in quant_blocks.h. The int8 dots use VPDPBUSD, whose first operand is
-// unsigned: 4-/5-/6-bit codes are unsigned already; signed weights (Q8_0) use |w| * sign(w)x.
+// unsigned: 4-/5-/6-bit codes are unsigned already; signed Q8_0 weights are biased by +128.
 #include <cstring>
 
 #include "backend/cpu/quant.h"
@@ -16,6 +16,10 @@
     defined(__AVX512DQ__) && defined(__AVX512VNNI__) && defined(__F16C__)
 #define SQZ_QUANT_AVX512 1
 #include <immintrin.h>
+// GCC 12 warns about the deliberately undefined upper lanes of _mm512_castsi256_si512 and
+// friends once they are inlined here (GCC PR 105593); the lanes are always overwritten.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
 namespace sqz::cpu::detail {
@@ -23,30 +27,8 @@ namespace sqz::cpu::detail {
 #if defined(SQZ_QUANT_AVX512)
 namespace {
 
-inline float h2f(f16_t h) { return _cvtsh_ss(h); }
-
-// [a (8 lanes) | b (8 lanes)] as a float vector: per-block scales for two 32-blocks whose int32
-// partial sums occupy the low and high halves of a 512-bit register.
-inline __m512 two_scales(float a, float b) {
-  return _mm512_insertf32x8(_mm512_set1_ps(a), _mm256_set1_ps(b), 1);
-}
-
-// Nibbles of two 16-byte blocks as 64 bytes [lo(a) | hi(a) | lo(b) | hi(b)], i.e. elements
-// 0..31 of block a then of block b, matching two consecutive 32-byte activation blocks.
-inline __m512i unpack_nibbles_2(const uint8_t* a, const uint8_t* b) {
-  const __m256i ab = _mm256_inserti128_si256(
-      _mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)a)),
-      _mm_loadu_si128((const __m128i*)b), 1);
-  const __m512i aabb =
-      _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 1, 0, 1, 2, 3, 2, 3), _mm512_castsi256_si512(ab));
-  const __m512i shifted = _mm512_srlv_epi64(aabb, _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4));
-  return _mm512_and_si512(shifted, _mm512_set1_epi8(0x0f));
-}
-
-// Two 32-byte activation blocks at a stride of `stride` bytes, as one 512-bit register.
-inline __m512i load_2x32(const int8_t* a, const int8_t* b) {
-  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)a)),
-                            _mm256_loadu_si256((const __m256i*)b), 1);
+inline float h2f(f16_t h) {
+  return _cvtsh_ss(h);
 }
 
 // ---------------------------------------------------------------- float weights
@@ -62,7 +44,8 @@ inline __m512 maskz_f16(__mmask16 m, const f16_t* p) {
   return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
 }
 inline __m512 maskz_bf16(__mmask16 m, const bf16_t* p) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+  return _mm512_castsi512_ps(
+      _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
 }
 
 // Four independent accumulators hide the FMA latency; the tail uses a masked load.
@@ -85,8 +68,12 @@ float dot_float(int64_t n, const void* w, const void* x) {
   }
   return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc1), _mm512_add_ps(acc2, acc3)));
 }
-inline __m512 loadu_f32(const float* p) { return _mm512_loadu_ps(p); }
-inline __m512 maskz_f32(__mmask16 m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
+inline __m512 loadu_f32(const float* p) {
+  return _mm512_loadu_ps(p);
+}
+inline __m512 maskz_f32(__mmask16 m, const float* p) {
+  return _mm512_maskz_loadu_ps(m, p);
+}
 
 float vd_f32(int64_t n, const void* w, const void* x) {
   return dot_float<float, loadu_f32, maskz_f32>(n, w, x);
@@ -99,96 +86,190 @@ float vd_bf16(int64_t n, const void* w, const void* x) {
 }
 
 // ---------------------------------------------------------------- 32-element blocks
+// All five formats dot against Q8_1 activations, two blocks per iteration:
+//   sum_j w_j x_j = d_w d_x sum_j c_j q_j + off_w s_x     (s_x = d_x sum_j q_j, stored by Q8_1)
+// with c the unsigned code VPDPBUSD needs and off_w the block's constant: Q4_1/Q5_1: m;
+// Q4_0: -8 d; Q5_0: -16 d; Q8_0: -128 d (its signed codes are biased to c = q + 128 = q ^ 0x80).
+// The scale work for both blocks is one 4-wide multiply: [d0 off0 d1 off1] * [dx0 sx0 dx1 sx1].
 
-float vd_q4_0(int64_t n, const void* w, const void* x) {
-  const BlockQ4_0* a = (const BlockQ4_0*)w;
-  const BlockQ8_0* b = (const BlockQ8_0*)x;
-  const int64_t nb = n / kQK;
-  const __m512i eight = _mm512_set1_epi8(8);
-  __m512 acc = _mm512_setzero_ps();
-  int64_t i = 0;
-  for (; i + 2 <= nb; i += 2) {
-    const __m512i q = unpack_nibbles_2(a[i].qs, a[i + 1].qs);
-    const __m512i y = load_2x32(b[i].qs, b[i + 1].qs);
-    // sum (q - 8) y = sum q y - sum 8 y: two VPDPBUSD keep the unsigned operand unsigned.
-    const __m512i dot = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), q, y),
-                                         _mm512_dpbusd_epi32(_mm512_setzero_si512(), eight, y));
-    const __m512 s = two_scales(h2f(a[i].d) * h2f(b[i].d), h2f(a[i + 1].d) * h2f(b[i + 1].d));
-    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc);
+template <class Block, bool kHasM, int kOffset>
+inline __m128 pair_terms(const Block* a, const BlockQ8_1* b) {
+  __m128 w;
+  if constexpr (kHasM) {  // d and m are adjacent f16s
+    uint32_t v0, v1;
+    std::memcpy(&v0, &a[0].d, 4);
+    std::memcpy(&v1, &a[1].d, 4);
+    w = _mm_cvtph_ps(_mm_insert_epi32(_mm_cvtsi32_si128((int)v0), (int)v1, 1));
+  } else {
+    const uint32_t v0 = (uint32_t)a[0].d * 0x10001u, v1 = (uint32_t)a[1].d * 0x10001u;
+    w = _mm_mul_ps(_mm_cvtph_ps(_mm_insert_epi32(_mm_cvtsi32_si128((int)v0), (int)v1, 1)),
+                   _mm_setr_ps(1.0f, (float)kOffset, 1.0f, (float)kOffset));
   }
-  float sum = _mm512_reduce_add_ps(acc);
-  for (; i < nb; i++) {  // odd block count
-    int dot = 0;
-    for (int j = 0; j < 16; j++)
-      dot += ((a[i].qs[j] & 15) - 8) * b[i].qs[j] + ((a[i].qs[j] >> 4) - 8) * b[i].qs[j + 16];
-    sum += h2f(a[i].d) * h2f(b[i].d) * (float)dot;
-  }
-  return sum;
+  // Q8_1's (d, s) pairs are adjacent f32s: one 8-byte load per block.
+  const __m128d xb = _mm_loadh_pd(_mm_load_sd((const double*)&b[0].d), (const double*)&b[1].d);
+  return _mm_mul_ps(w, _mm_castpd_ps(xb));  // [S0 M0 S1 M1]
 }
 
-float vd_q4_1(int64_t n, const void* w, const void* x) {
-  const BlockQ4_1* a = (const BlockQ4_1*)w;
+// The same for four blocks at once, [S0 M0 S1 M1 S2 M2 S3 M3]: the weight scales are picked out
+// of two 64-byte loads with one word permute (masked so nothing past the 4 blocks is touched:
+// the row may end at the end of the mapping), the activation (d, s) pairs likewise.
+template <class Block, bool kHasM, int kOffset>
+inline __m256 quad_terms(const Block* a, const BlockQ8_1* b) {
+  constexpr int kS = (int)sizeof(Block);  // bytes per block (even, so d sits on a word boundary)
+  constexpr int kBytes = 4 * kS;
+  constexpr uint64_t kMask1 = kBytes >= 128 ? ~0ull : ((1ull << (kBytes - 64)) - 1);
+  const __m512i lo = _mm512_loadu_si512(a);
+  const __m512i hi = _mm512_maskz_loadu_epi8(kMask1, (const uint8_t*)a + 64);
+  constexpr int w0 = 0, w1 = kS / 2, w2 = kS, w3 = 3 * kS / 2;  // word index of each block's d
+  alignas(64) static constexpr int16_t kIdx[32] = {
+      w0, kHasM ? w0 + 1 : w0, w1, kHasM ? w1 + 1 : w1,
+      w2, kHasM ? w2 + 1 : w2, w3, kHasM ? w3 + 1 : w3};
+  const __m512i idx = _mm512_load_si512(kIdx);
+  __m256 w = _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutex2var_epi16(lo, idx, hi)));
+  if constexpr (!kHasM)
+    w = _mm256_mul_ps(w, _mm256_setr_ps(1, kOffset, 1, kOffset, 1, kOffset, 1, kOffset));
+  // Q8_1 blocks are 40 bytes = 10 dwords: (d, s) at dwords 0,1 / 10,11 / 20,21 / 30,31.
+  const __m512i xlo = _mm512_loadu_si512(b);
+  const __m512i xhi = _mm512_loadu_si512((const uint8_t*)b + 64);
+  const __m512i xidx = _mm512_setr_epi32(0, 1, 10, 11, 20, 21, 30, 31, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m256 xs =
+      _mm512_castps512_ps256(_mm512_castsi512_ps(_mm512_permutex2var_epi32(xlo, xidx, xhi)));
+  return _mm256_mul_ps(w, xs);
+}
+
+// Nibbles of blocks a, b as [lo(a) | hi(a) | lo(b) | hi(b)] (broadcast loads, no lane inserts).
+inline __m512i codes_q4(const uint8_t* a, const uint8_t* b) {
+  const __m512i aabb =
+      _mm512_mask_broadcast_i32x4(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i*)a)),
+                                  0xff00, _mm_loadu_si128((const __m128i*)b));
+  return _mm512_and_si512(_mm512_srlv_epi64(aabb, _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4)),
+                          _mm512_set1_epi8(0x0f));
+}
+// Two 32-byte runs as one register, merged by a masked broadcast load.
+inline __m512i load_2x32b(const int8_t* a, const int8_t* b) {
+  return _mm512_mask_broadcast_i64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)a)),
+                                     0xf0, _mm256_loadu_si256((const __m256i*)b));
+}
+
+// 5th bits: bit j of qh is element j, so the two blocks' qh words form a 64-bit byte mask.
+inline __m512i high_bits_5(const uint8_t* qha, const uint8_t* qhb) {
+  uint32_t ha, hb;
+  std::memcpy(&ha, qha, 4);
+  std::memcpy(&hb, qhb, 4);
+  return _mm512_maskz_mov_epi8(_cvtu64_mask64(ha | ((uint64_t)hb << 32)), _mm512_set1_epi8(0x10));
+}
+
+struct CodesQ4_0 {
+  static __m512i get(const BlockQ4_0* a) { return codes_q4(a[0].qs, a[1].qs); }
+};
+struct CodesQ4_1 {
+  static __m512i get(const BlockQ4_1* a) { return codes_q4(a[0].qs, a[1].qs); }
+};
+struct CodesQ5_0 {
+  static __m512i get(const BlockQ5_0* a) {
+    return _mm512_or_si512(codes_q4(a[0].qs, a[1].qs), high_bits_5(a[0].qh, a[1].qh));
+  }
+};
+struct CodesQ5_1 {
+  static __m512i get(const BlockQ5_1* a) {
+    return _mm512_or_si512(codes_q4(a[0].qs, a[1].qs), high_bits_5(a[0].qh, a[1].qh));
+  }
+};
+struct CodesQ8_0 {
+  static __m512i get(const BlockQ8_0* a) {
+    return _mm512_xor_si512(load_2x32b(a[0].qs, a[1].qs), _mm512_set1_epi8((char)0x80));
+  }
+};
+
+template <class Block, class Codes, bool kHasM, int kOffset, DType kType>
+float vd_block32(int64_t n, const void* w, const void* x) {
+  const Block* a = (const Block*)w;
   const BlockQ8_1* b = (const BlockQ8_1*)x;
   const int64_t nb = n / kQK;
-  __m512 acc = _mm512_setzero_ps();
-  float sum_m = 0;  // sum of m_w * s_x: the "+m" part of every block
+  // Broadcast S of block 0/1 (2/3) of a quad over int32 lanes 0-7 / 8-15.
+  const __m512i sel01 = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
+  const __m512i sel23 = _mm512_setr_epi32(4, 4, 4, 4, 4, 4, 4, 4, 6, 6, 6, 6, 6, 6, 6, 6);
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  __m256 accm = _mm256_setzero_ps();  // odd lanes collect the M terms
   int64_t i = 0;
+  for (; i + 4 <= nb; i += 4) {
+    const __m512 t = _mm512_castps256_ps512(quad_terms<Block, kHasM, kOffset>(a + i, b + i));
+    const __m512i d0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), Codes::get(a + i),
+                                           load_2x32b(b[i].qs, b[i + 1].qs));
+    const __m512i d1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), Codes::get(a + i + 2),
+                                           load_2x32b(b[i + 2].qs, b[i + 3].qs));
+    acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), _mm512_permutexvar_ps(sel01, t), acc0);
+    acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d1), _mm512_permutexvar_ps(sel23, t), acc1);
+    accm = _mm256_add_ps(accm, _mm512_castps512_ps256(t));
+  }
+  __m128 accm2 = _mm_add_ps(_mm256_castps256_ps128(accm), _mm256_extractf128_ps(accm, 1));
   for (; i + 2 <= nb; i += 2) {
-    const __m512i q = unpack_nibbles_2(a[i].qs, a[i + 1].qs);
-    const __m512i y = load_2x32(b[i].qs, b[i + 1].qs);
-    const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, y);
-    const __m512 s = two_scales(h2f(a[i].d) * b[i].d, h2f(a[i + 1].d) * b[i + 1].d);
-    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc);
-    sum_m += h2f(a[i].m) * b[i].s + h2f(a[i + 1].m) * b[i + 1].s;
+    const __m128 t0 = pair_terms<Block, kHasM, kOffset>(a + i, b + i);
+    const __m512i d0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), Codes::get(a + i),
+                                           load_2x32b(b[i].qs, b[i + 1].qs));
+    acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0),
+                           _mm512_permutexvar_ps(sel01, _mm512_castps128_ps512(t0)), acc0);
+    accm2 = _mm_add_ps(accm2, t0);
   }
-  float sum = _mm512_reduce_add_ps(acc) + sum_m;
-  for (; i < nb; i++) {
-    int dot = 0;
-    for (int j = 0; j < 16; j++)
-      dot += (a[i].qs[j] & 15) * b[i].qs[j] + (a[i].qs[j] >> 4) * b[i].qs[j + 16];
-    sum += h2f(a[i].d) * b[i].d * (float)dot + h2f(a[i].m) * b[i].s;
-  }
+  float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+  alignas(16) float m[4];
+  _mm_store_ps(m, accm2);
+  sum += m[1] + m[3];
+  if (i < nb) sum += vec_dot_scalar(kType, kQK, a + i, b + i);  // odd block count
   return sum;
 }
 
+float vd_q4_0(int64_t n, const void* w, const void* x) {
+  return vd_block32<BlockQ4_0, CodesQ4_0, false, -8, DType::kQ4_0>(n, w, x);
+}
+float vd_q4_1(int64_t n, const void* w, const void* x) {
+  return vd_block32<BlockQ4_1, CodesQ4_1, true, 0, DType::kQ4_1>(n, w, x);
+}
+float vd_q5_0(int64_t n, const void* w, const void* x) {
+  return vd_block32<BlockQ5_0, CodesQ5_0, false, -16, DType::kQ5_0>(n, w, x);
+}
+float vd_q5_1(int64_t n, const void* w, const void* x) {
+  return vd_block32<BlockQ5_1, CodesQ5_1, true, 0, DType::kQ5_1>(n, w, x);
+}
 float vd_q8_0(int64_t n, const void* w, const void* x) {
-  const BlockQ8_0* a = (const BlockQ8_0*)w;
-  const BlockQ8_0* b = (const BlockQ8_0*)x;
-  const int64_t nb = n / kQK;
-  __m512 acc = _mm512_setzero_ps();
-  int64_t i = 0;
-  for (; i + 2 <= nb; i += 2) {
-    const __m512i q = load_2x32(a[i].qs, a[i + 1].qs);
-    const __m512i y = load_2x32(b[i].qs, b[i + 1].qs);
-    // |q| * (y with q's sign): |-128| reads as unsigned 128, so even -128 weights are exact.
-    const __m512i yq = _mm512_mask_sub_epi8(y, _mm512_movepi8_mask(q), _mm512_setzero_si512(), y);
-    const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(q), yq);
-    const __m512 s = two_scales(h2f(a[i].d) * h2f(b[i].d), h2f(a[i + 1].d) * h2f(b[i + 1].d));
-    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc);
-  }
-  float sum = _mm512_reduce_add_ps(acc);
-  for (; i < nb; i++) {
-    int dot = 0;
-    for (int j = 0; j < kQK; j++) dot += a[i].qs[j] * b[i].qs[j];
-    sum += h2f(a[i].d) * h2f(b[i].d) * (float)dot;
-  }
-  return sum;
+  return vd_block32<BlockQ8_0, CodesQ8_0, false, -128, DType::kQ8_0>(n, w, x);
 }
 
 // ---------------------------------------------------------------- K-quants
+
+// All eight 6-bit scales (bytes 0-7 of *sc) and mins (*mn) of a Q4_K/Q5_K block with word
+// operations (same layout as unpack_k_scale): sc[0..3] / mn[0..3] are the low 6 bits of bytes
+// 0-3 / 4-7; sc[4..7] / mn[4..7] take their low nibble from bytes 8-11 (low / high nibble) and
+// their top two bits from the top bits of bytes 0-3 / 4-7.
+inline void unpack_k_scales_8(const uint8_t* s, uint64_t* sc, uint64_t* mn) {
+  uint32_t w0, w1, w2;
+  std::memcpy(&w0, s, 4);
+  std::memcpy(&w1, s + 4, 4);
+  std::memcpy(&w2, s + 8, 4);
+  const uint32_t sc_lo = w0 & 0x3f3f3f3fu, mn_lo = w1 & 0x3f3f3f3fu;
+  const uint32_t sc_hi = (w2 & 0x0f0f0f0fu) | (((w0 >> 6) & 0x03030303u) << 4);
+  const uint32_t mn_hi = ((w2 >> 4) & 0x0f0f0f0fu) | (((w1 >> 6) & 0x03030303u) << 4);
+  *sc = sc_lo | ((uint64_t)sc_hi << 32);
+  *mn = mn_lo | ((uint64_t)mn_hi << 32);
+}
 
 float vd_q4_k(int64_t n, const void* w, const void* x) {
   const BlockQ4_K* a = (const BlockQ4_K*)w;
   const BlockQ8_K* b = (const BlockQ8_K*)x;
   const __m512i low4 = _mm512_set1_epi8(0x0f);
+  const __m512i half_sel = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
   __m512 acc = _mm512_setzero_ps();
-  float sum_m = 0;
+  __m256 accm = _mm256_setzero_ps();
   for (int64_t i = 0; i < n / kQKK; i++) {
-    int32_t sc[16] = {}, mn[8];
-    for (int j = 0; j < 8; j++) unpack_k_scale(a[i].scales, j, &sc[j], &mn[j]);
-    const __m512i scv = _mm512_loadu_si512(sc);  // lanes 8..15 unused
-    int msum = 0;
-    for (int j = 0; j < 8; j++) msum += mn[j] * (b[i].bsums[2 * j] + b[i].bsums[2 * j + 1]);
+    uint64_t sc8, mn8;
+    unpack_k_scales_8(a[i].scales, &sc8, &mn8);
+    const __m512i scv = _mm512_cvtepu8_epi32(_mm_cvtsi64_si128((long long)sc8));  // lanes 0-7
+    // Min term: sum_j mn_j (bsum[2j] + bsum[2j+1]) as one madd of mins (each twice) and bsums.
+    const __m128i mn16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)mn8));
+    const __m256i mn_dup =
+        _mm256_set_m128i(_mm_unpackhi_epi16(mn16, mn16), _mm_unpacklo_epi16(mn16, mn16));
+    const __m256i msum = _mm256_madd_epi16(mn_dup, _mm256_loadu_si256((const __m256i*)b[i].bsums));
+    accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_set1_ps(h2f(a[i].dmin) * b[i].d), accm);
     __m512i isum = _mm512_setzero_si512();
     for (int c = 0; c < 4; c++) {
       // 32 bytes of codes: low nibbles = sub-block 2c, high nibbles = sub-block 2c + 1, which
@@ -198,16 +279,56 @@ float vd_q4_k(int64_t n, const void* w, const void* x) {
           _mm512_inserti64x4(_mm512_castsi256_si512(q32), _mm256_srli_epi16(q32, 4), 1), low4);
       const __m512i y = _mm512_loadu_si512(b[i].qs + 64 * c);
       const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, y);
-      const __m512i s = _mm512_permutexvar_epi32(
-          _mm512_add_epi32(_mm512_set1_epi32(2 * c),
-                           _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1)),
-          scv);
+      const __m512i s =
+          _mm512_permutexvar_epi32(_mm512_add_epi32(_mm512_set1_epi32(2 * c), half_sel), scv);
       isum = _mm512_add_epi32(isum, _mm512_mullo_epi32(dot, s));
     }
     acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(h2f(a[i].d) * b[i].d), acc);
-    sum_m += h2f(a[i].dmin) * b[i].d * (float)msum;
   }
-  return _mm512_reduce_add_ps(acc) - sum_m;
+  alignas(32) float m[8];
+  _mm256_store_ps(m, accm);
+  return _mm512_reduce_add_ps(acc) - (m[0] + m[1] + m[2] + m[3] + m[4] + m[5] + m[6] + m[7]);
+}
+
+// Q4_K plus a 5th bit per code: element 64c + l takes bit 2c of qh[l], element 64c + 32 + l
+// takes bit 2c + 1.
+float vd_q5_k(int64_t n, const void* w, const void* x) {
+  const BlockQ5_K* a = (const BlockQ5_K*)w;
+  const BlockQ8_K* b = (const BlockQ8_K*)x;
+  const __m512i low4 = _mm512_set1_epi8(0x0f), one = _mm512_set1_epi8(1);
+  const __m512i half_sel = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  __m512 acc = _mm512_setzero_ps();
+  __m256 accm = _mm256_setzero_ps();
+  for (int64_t i = 0; i < n / kQKK; i++) {
+    uint64_t sc8, mn8;
+    unpack_k_scales_8(a[i].scales, &sc8, &mn8);
+    const __m512i scv = _mm512_cvtepu8_epi32(_mm_cvtsi64_si128((long long)sc8));
+    const __m128i mn16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)mn8));
+    const __m256i mn_dup =
+        _mm256_set_m128i(_mm_unpackhi_epi16(mn16, mn16), _mm_unpacklo_epi16(mn16, mn16));
+    const __m256i msum = _mm256_madd_epi16(mn_dup, _mm256_loadu_si256((const __m256i*)b[i].bsums));
+    accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_set1_ps(h2f(a[i].dmin) * b[i].d), accm);
+    const __m512i qh2 = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)a[i].qh));
+    __m512i isum = _mm512_setzero_si512();
+    for (int c = 0; c < 4; c++) {
+      const __m256i q32 = _mm256_loadu_si256((const __m256i*)(a[i].qs + 32 * c));
+      const __m512i q4 = _mm512_and_si512(
+          _mm512_inserti64x4(_mm512_castsi256_si512(q32), _mm256_srli_epi16(q32, 4), 1), low4);
+      const __m512i sh =
+          _mm512_setr_epi64(2 * c, 2 * c, 2 * c, 2 * c, 2 * c + 1, 2 * c + 1, 2 * c + 1, 2 * c + 1);
+      const __m512i hb = _mm512_and_si512(_mm512_srlv_epi64(qh2, sh), one);
+      const __m512i q = _mm512_or_si512(q4, _mm512_slli_epi16(hb, 4));
+      const __m512i dot =
+          _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, _mm512_loadu_si512(b[i].qs + 64 * c));
+      const __m512i s =
+          _mm512_permutexvar_epi32(_mm512_add_epi32(_mm512_set1_epi32(2 * c), half_sel), scv);
+      isum = _mm512_add_epi32(isum, _mm512_mullo_epi32(dot, s));
+    }
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(h2f(a[i].d) * b[i].d), acc);
+  }
+  alignas(32) float m[8];
+  _mm256_store_ps(m, accm);
+  return _mm512_reduce_add_ps(acc) - (m[0] + m[1] + m[2] + m[3] + m[4] + m[5] + m[6] + m[7]);
 }
 
 // Q6_K codes of 64 consecutive elements: 4-bit parts `lo4` (already masked) and 2-bit parts
@@ -233,15 +354,20 @@ float vd_q6_k(int64_t n, const void* w, const void* x) {
     __m512i isum = _mm512_setzero_si512();
     for (int h = 0; h < 2; h++) {
       const __m512i L = _mm512_loadu_si512(a[i].ql + 64 * h);
-      const __m512i H = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)(a[i].qh + 32 * h)));
+      const __m512i H =
+          _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)(a[i].qh + 32 * h)));
       const __m512i q_lo = q6_codes(_mm512_and_si512(L, low4), H, 0);  // elements 0..63
-      const __m512i q_hi = q6_codes(_mm512_and_si512(_mm512_srli_epi16(L, 4), low4), H, 4);  // 64..127
+      const __m512i q_hi =
+          q6_codes(_mm512_and_si512(_mm512_srli_epi16(L, 4), low4), H, 4);  // 64..127
       const int8_t* y = b[i].qs + 128 * h;
       const __m512i d_lo = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q_lo, _mm512_loadu_si512(y));
-      const __m512i d_hi = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q_hi, _mm512_loadu_si512(y + 64));
+      const __m512i d_hi =
+          _mm512_dpbusd_epi32(_mm512_setzero_si512(), q_hi, _mm512_loadu_si512(y + 64));
       // Each int32 lane covers 4 elements, so 4 lanes form one 16-element sub-block.
-      const __m512i s_lo = _mm512_permutexvar_epi32(_mm512_add_epi32(lane_sub, _mm512_set1_epi32(8 * h)), scv);
-      const __m512i s_hi = _mm512_permutexvar_epi32(_mm512_add_epi32(lane_sub, _mm512_set1_epi32(8 * h + 4)), scv);
+      const __m512i s_lo =
+          _mm512_permutexvar_epi32(_mm512_add_epi32(lane_sub, _mm512_set1_epi32(8 * h)), scv);
+      const __m512i s_hi =
+          _mm512_permutexvar_epi32(_mm512_add_epi32(lane_sub, _mm512_set1_epi32(8 * h + 4)), scv);
       isum = _mm512_add_epi32(isum, _mm512_mullo_epi32(d_lo, s_lo));
       isum = _mm512_add_epi32(isum, _mm512_mullo_epi32(d_hi, s_hi));
     }
@@ -348,19 +474,25 @@ void dq_q6_k(const void* src, float* dst, int64_t n) {
         const int is = l0 / 16;
         const __m512i c0 = _mm512_or_si512(_mm512_and_si512(l, m4),
                                            _mm512_slli_epi32(_mm512_and_si512(hq, m2), 4));
-        const __m512i c1 = _mm512_or_si512(
-            _mm512_and_si512(l32, m4), _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(hq, 2), m2), 4));
-        const __m512i c2 = _mm512_or_si512(
-            _mm512_srli_epi32(l, 4), _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(hq, 4), m2), 4));
+        const __m512i c1 =
+            _mm512_or_si512(_mm512_and_si512(l32, m4),
+                            _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(hq, 2), m2), 4));
+        const __m512i c2 =
+            _mm512_or_si512(_mm512_srli_epi32(l, 4),
+                            _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(hq, 4), m2), 4));
         const __m512i c3 = _mm512_or_si512(_mm512_srli_epi32(l32, 4),
                                            _mm512_slli_epi32(_mm512_srli_epi32(hq, 6), 4));
         // d * S * q evaluated as (d * S) * q in the scalar code too: same rounding.
         const __m512 s0 = _mm512_set1_ps(d * S[is + 0]), s1 = _mm512_set1_ps(d * S[is + 2]);
         const __m512 s2 = _mm512_set1_ps(d * S[is + 4]), s3 = _mm512_set1_ps(d * S[is + 6]);
-        _mm512_storeu_ps(dst + l0, _mm512_mul_ps(s0, _mm512_cvtepi32_ps(_mm512_sub_epi32(c0, k32))));
-        _mm512_storeu_ps(dst + l0 + 32, _mm512_mul_ps(s1, _mm512_cvtepi32_ps(_mm512_sub_epi32(c1, k32))));
-        _mm512_storeu_ps(dst + l0 + 64, _mm512_mul_ps(s2, _mm512_cvtepi32_ps(_mm512_sub_epi32(c2, k32))));
-        _mm512_storeu_ps(dst + l0 + 96, _mm512_mul_ps(s3, _mm512_cvtepi32_ps(_mm512_sub_epi32(c3, k32))));
+        _mm512_storeu_ps(dst + l0,
+                         _mm512_mul_ps(s0, _mm512_cvtepi32_ps(_mm512_sub_epi32(c0, k32))));
+        _mm512_storeu_ps(dst + l0 + 32,
+                         _mm512_mul_ps(s1, _mm512_cvtepi32_ps(_mm512_sub_epi32(c1, k32))));
+        _mm512_storeu_ps(dst + l0 + 64,
+                         _mm512_mul_ps(s2, _mm512_cvtepi32_ps(_mm512_sub_epi32(c2, k32))));
+        _mm512_storeu_ps(dst + l0 + 96,
+                         _mm512_mul_ps(s3, _mm512_cvtepi32_ps(_mm512_sub_epi32(c3, k32))));
       }
     }
   }
@@ -409,7 +541,8 @@ void q_q8_k(const float* src, void* dst, int64_t n) {
   BlockQ8_K* b = (BlockQ8_K*)dst;
   for (int64_t i = 0; i < n / kQKK; i++, src += kQKK) {
     __m512 m = _mm512_setzero_ps();
-    for (int j = 0; j < kQKK; j += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(src + j)));
+    for (int j = 0; j < kQKK; j += 16)
+      m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(src + j)));
     const float d = _mm512_reduce_max_ps(m) / 127.0f;
     const __m512 id = _mm512_set1_ps(d != 0 ? 1.0f / d : 0.0f);
     for (int g = 0; g < kQKK / 16; g++) {
@@ -425,43 +558,76 @@ void q_q8_k(const float* src, void* dst, int64_t n) {
 
 VecDotFn simd_vec_dot_fn(DType t) {
   switch (t) {
-    case DType::kF32: return vd_f32;
-    case DType::kF16: return vd_f16;
-    case DType::kBF16: return vd_bf16;
-    case DType::kQ4_0: return vd_q4_0;
-    case DType::kQ4_1: return vd_q4_1;
-    case DType::kQ8_0: return vd_q8_0;
-    case DType::kQ4_K: return vd_q4_k;
-    case DType::kQ6_K: return vd_q6_k;
-    default: return nullptr;
+    case DType::kF32:
+      return vd_f32;
+    case DType::kF16:
+      return vd_f16;
+    case DType::kBF16:
+      return vd_bf16;
+    case DType::kQ4_0:
+      return vd_q4_0;
+    case DType::kQ4_1:
+      return vd_q4_1;
+    case DType::kQ5_0:
+      return vd_q5_0;
+    case DType::kQ5_1:
+      return vd_q5_1;
+    case DType::kQ8_0:
+      return vd_q8_0;
+    case DType::kQ4_K:
+      return vd_q4_k;
+    case DType::kQ5_K:
+      return vd_q5_k;
+    case DType::kQ6_K:
+      return vd_q6_k;
+    default:
+      return nullptr;
   }
 }
 DequantFn simd_dequant_fn(DType t) {
   switch (t) {
-    case DType::kF16: return dq_f16;
-    case DType::kBF16: return dq_bf16;
-    case DType::kQ4_0: return dq_q4_0;
-    case DType::kQ4_1: return dq_q4_1;
-    case DType::kQ8_0: return dq_q8_0;
-    case DType::kQ4_K: return dq_q4_k;
-    case DType::kQ6_K: return dq_q6_k;
-    default: return nullptr;
+    case DType::kF16:
+      return dq_f16;
+    case DType::kBF16:
+      return dq_bf16;
+    case DType::kQ4_0:
+      return dq_q4_0;
+    case DType::kQ4_1:
+      return dq_q4_1;
+    case DType::kQ8_0:
+      return dq_q8_0;
+    case DType::kQ4_K:
+      return dq_q4_k;
+    case DType::kQ6_K:
+      return dq_q6_k;
+    default:
+      return nullptr;
   }
 }
 QuantFn simd_quant_fn(DType t) {
   switch (t) {
-    case DType::kQ8_0: return q_q8_0;
-    case DType::kQ8_1: return q_q8_1;
-    case DType::kQ8_K: return q_q8_k;
-    default: return nullptr;
+    case DType::kQ8_0:
+      return q_q8_0;
+    case DType::kQ8_1:
+      return q_q8_1;
+    case DType::kQ8_K:
+      return q_q8_k;
+    default:
+      return nullptr;
   }
 }
 
 #else  // no AVX-512: the scalar kernels of quant.cpp are used
 
-VecDotFn simd_vec_dot_fn(DType) { return nullptr; }
-DequantFn simd_dequant_fn(DType) { return nullptr; }
-QuantFn simd_quant_fn(DType) { return nullptr; }
+VecDotFn simd_vec_dot_fn(DType) {
+  return nullptr;
+}
+DequantFn simd_dequant_fn(DType) {
+  return nullptr;
+}
+QuantFn simd_quant_fn(DType) {
+  return nullptr;
+}
 
 #endif
 

@@ -1,0 +1,871 @@
+// Lookup (plan step) kernels; see lookup.cuh for the algorithm and the kernel sequence.
+#include <algorithm>
+
+#include "backend/cuda/common.cuh"
+#include "backend/cuda/lookup.cuh"
+#include "backend/cuda/mma_tile.cuh"
+
+namespace sqz::cuda {
+namespace {
+
+enum Stage : int { kCoarse = 0, kFineSingle = 1, kFineHier = 2 };
+
+struct LookupArgs {
+  PlanDev p;
+  const void* q;  // [n_q, n_heads, D]
+  int64_t q_tok_stride;
+  int qtot;  // query rows per KV head
+  float scale_log2;
+  const void* fine_c;         // [n_kv, n_fine, D]
+  const void* coarse_c;       // [n_kv, n_coarse, D]
+  const int32_t* fine_off;    // [n_kv, n_fine + 1]
+  const int32_t* coarse_off;  // [n_kv, n_coarse + 1]
+  float thr_fine_tot;         // threshold * qtot (scores are stored as sums over query rows)
+  float thr_coarse_tot;
+};
+
+// Online (max, positive sum, negative sum) of base-2 weighted exponentials.
+struct Stat {
+  float m, sp, sn;
+};
+__device__ __forceinline__ Stat stat_merge(Stat a, Stat b) {
+  const float M = fmaxf(a.m, b.m);
+  if (M == kNegInf) return a;
+  const float ca = exp2_diff(a.m, M), cb = exp2_diff(b.m, M);
+  return {M, a.sp * ca + b.sp * cb, a.sn * ca + b.sn * cb};
+}
+__device__ __forceinline__ void stat_add(Stat& s, float v, int sign) {
+  if (v == kNegInf || sign == 0) return;
+  if (v > s.m) {
+    const float c = exp2_diff(s.m, v);
+    s.sp *= c;
+    s.sn *= c;
+    s.m = v;
+  }
+  const float e = exp2f(v - s.m);
+  if (sign > 0)
+    s.sp += e;
+  else
+    s.sn += e;
+}
+__device__ __forceinline__ Stat shfl_stat(Stat s, int o) {
+  return {__shfl_xor_sync(0xffffffffu, s.m, o), __shfl_xor_sync(0xffffffffu, s.sp, o),
+          __shfl_xor_sync(0xffffffffu, s.sn, o)};
+}
+
+// Entries of a stage: [0, n_pos) scored clusters (sign +1), [n_pos, n_pos + n_neg) kept coarse
+// clusters whose terms are subtracted from the coarse denominator (hierarchical fine stage).
+__device__ __forceinline__ void stage_counts(const LookupArgs& a, int stage, int h, int* n_pos,
+                                             int* n_neg) {
+  if (stage == kCoarse) {
+    *n_pos = a.p.n_coarse;
+    *n_neg = 0;
+  } else if (stage == kFineSingle) {
+    *n_pos = a.p.n_fine;
+    *n_neg = 0;
+  } else {
+    *n_pos = __ldcg(a.p.n_cmp + h);
+    *n_neg = __ldcg(a.p.n_kc + h);
+  }
+}
+
+template <typename T>
+struct Entry {
+  const T* c;    // centroid row
+  float log2w;   // log2(keys in the cluster); -inf for an empty cluster
+  int sign;      // +1 scored, -1 subtracted
+};
+
+// Entry info of U entries at once, the dependent loads (compacted index -> offsets -> row
+// counts) issued level by level so the U chains overlap instead of running back to back.
+template <int D, typename T, int U>
+__device__ __forceinline__ void entry_batch(const LookupArgs& a, int stage, int h, const int (&e)[U],
+                                            int e1, int n_pos, Entry<T> (&out)[U]) {
+  const int32_t* fo = a.fine_off + (int64_t)h * (a.p.n_fine + 1);
+  const int32_t* co = a.coarse_off + (int64_t)h * (a.p.n_coarse + 1);
+  int idx[U], kind[U];  // kind: 0 invalid, 1 fine j, 2 coarse C (+), 3 coarse C (-)
+#pragma unroll
+  for (int u = 0; u < U; u++) {
+    kind[u] = 0;
+    idx[u] = 0;
+    if (e[u] < e1) {
+      if (stage == kCoarse) {
+        kind[u] = 2;
+        idx[u] = e[u];
+      } else if (stage == kFineSingle) {
+        kind[u] = 1;
+        idx[u] = e[u];
+      } else if (e[u] < n_pos) {
+        kind[u] = 1;
+        idx[u] = __ldcg(a.p.cmp + (int64_t)h * a.p.n_fine + e[u]);
+      } else {
+        kind[u] = 3;
+        idx[u] = __ldcg(a.p.kc + (int64_t)h * a.p.n_coarse + (e[u] - n_pos));
+      }
+    }
+  }
+  int lo[U], hi[U];
+#pragma unroll
+  for (int u = 0; u < U; u++) {
+    lo[u] = hi[u] = 0;
+    if (kind[u] == 1) {
+      lo[u] = __ldg(fo + idx[u]);
+      hi[u] = __ldg(fo + idx[u] + 1);
+    } else if (kind[u] >= 2) {
+      lo[u] = __ldg(co + idx[u]);
+      hi[u] = __ldg(co + idx[u] + 1);
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < U; u++) {
+    if (kind[u] >= 2) {
+      lo[u] = __ldg(fo + lo[u]);
+      hi[u] = __ldg(fo + hi[u]);
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < U; u++) {
+    const int w = hi[u] - lo[u];
+    out[u].log2w = (kind[u] != 0 && w > 0) ? log2f((float)w) : kNegInf;
+    out[u].sign = kind[u] == 0 ? 0 : (kind[u] == 3 ? -1 : 1);
+    out[u].c = kind[u] == 1 ? static_cast<const T*>(a.fine_c) + ((int64_t)h * a.p.n_fine + idx[u]) * D
+                            : static_cast<const T*>(a.coarse_c) + ((int64_t)h * a.p.n_coarse + idx[u]) * D;
+    if (kind[u] == 0) out[u].c = nullptr;
+  }
+}
+
+// Base-2 log of query row m's denominator, from the per-split partials.
+__device__ float finish_lse(const LookupArgs& a, int stage, int h, int m, int nsplit) {
+  const float4* part = a.p.score_part + ((int64_t)h * a.p.q_max + m) * kMaxScoreSplits;
+  Stat s{kNegInf, 0.0f, 0.0f};
+#pragma unroll 8
+  for (int i = 0; i < nsplit; i++) {
+    const float4 v = __ldcg(part + i);
+    s = stat_merge(s, Stat{v.x, v.y, v.z});
+  }
+  if (stage != kFineHier) return s.sp > 0.0f ? s.m + log2f(s.sp) : kNegInf;
+  // compared fine terms + (coarse denominator - kept coarse terms) = compared + pruned coarse.
+  const float Lc = __ldcg(a.p.lse_coarse + (int64_t)h * a.p.q_max + m);
+  const float M = fmaxf(s.m, Lc);
+  if (M == kNegInf) return kNegInf;
+  const float cs = exp2_diff(s.m, M);
+  // Rounding can make coarse - kept slightly negative when almost everything is kept.
+  const float pruned = fmaxf(0.0f, exp2_diff(Lc, M) - s.sn * cs);
+  const float den = s.sp * cs + pruned;
+  return den > 0.0f ? M + log2f(den) : kNegInf;
+}
+
+// finish_lse with the split partials spread over a warp's lanes (the serial version costs one L2
+// round trip per split, ~50 of them in the small-query path). Every lane returns the result.
+__device__ float finish_lse_warp(const LookupArgs& a, int stage, int h, int m, int nsplit) {
+  const int lane = threadIdx.x & 31;
+  const float4* part = a.p.score_part + ((int64_t)h * a.p.q_max + m) * kMaxScoreSplits;
+  Stat s{kNegInf, 0.0f, 0.0f};
+  for (int i = lane; i < nsplit; i += 32) {
+    const float4 v = __ldcg(part + i);
+    s = stat_merge(s, Stat{v.x, v.y, v.z});
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) s = stat_merge(s, shfl_stat(s, o));
+  if (stage != kFineHier) return s.sp > 0.0f ? s.m + log2f(s.sp) : kNegInf;
+  const float Lc = __ldcg(a.p.lse_coarse + (int64_t)h * a.p.q_max + m);
+  const float M = fmaxf(s.m, Lc);
+  if (M == kNegInf) return kNegInf;
+  const float cs = exp2_diff(s.m, M);
+  const float pruned = fmaxf(0.0f, exp2_diff(Lc, M) - s.sn * cs);
+  const float den = s.sp * cs + pruned;
+  return den > 0.0f ? M + log2f(den) : kNegInf;
+}
+
+// ---- selection (run by the last CTA of a head) ----
+
+__device__ void select_coarse(const LookupArgs& a, int h) {
+  constexpr int IT = 8;  // consecutive entries per thread: one block scan per blockDim * IT
+  __shared__ int s_scan[33];
+  const int n = a.p.n_coarse, tid = threadIdx.x;
+  const float* S = a.p.s_coarse + (int64_t)h * n;
+  const int32_t* co = a.coarse_off + (int64_t)h * (n + 1);
+  uint8_t* kept = a.p.kept_coarse + (int64_t)h * n;
+  int32_t* kc = a.p.kc + (int64_t)h * n;
+  int32_t* cmp = a.p.cmp + (int64_t)h * a.p.n_fine;
+  int carry_k = 0, carry_c = 0;
+  for (int base = 0; base < n; base += blockDim.x * IT) {
+    const int c0 = base + tid * IT;
+    bool k[IT];
+    int lo[IT], hi[IT];
+    int nk = 0, nc = 0;
+#pragma unroll
+    for (int i = 0; i < IT; i++) {
+      const int C = c0 + i;
+      k[i] = C < n && __ldcg(S + C) >= a.thr_coarse_tot;
+      lo[i] = C < n ? co[C] : 0;
+      hi[i] = C < n ? co[C + 1] : 0;
+    }
+#pragma unroll
+    for (int i = 0; i < IT; i++) {
+      if (c0 + i < n) kept[c0 + i] = (uint8_t)k[i];
+      nk += k[i];
+      nc += k[i] ? hi[i] - lo[i] : 0;
+    }
+    int tk, tc;
+    int pk = carry_k + block_exclusive_scan(nk, s_scan, &tk);
+    int pc = carry_c + block_exclusive_scan(nc, s_scan, &tc);
+#pragma unroll
+    for (int i = 0; i < IT; i++) {
+      if (!k[i]) continue;
+      kc[pk++] = c0 + i;
+      for (int f = lo[i]; f < hi[i]; f++) cmp[pc++] = f;
+    }
+    carry_k += tk;
+    carry_c += tc;
+  }
+  if (tid == 0) {
+    a.p.n_kc[h] = carry_k;
+    a.p.n_cmp[h] = carry_c;
+  }
+}
+
+// Writes rowidx[h][v] = physical row of kept row v from the head's ranges (one warp per range,
+// lanes on consecutive rows: coalesced). The attention kernels then gather rows with one
+// independent load each instead of walking the ranges.
+__device__ void expand_rows(const PlanDev& p, int h, const int2* R, const int32_t* vs, int nr) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  int32_t* out = p.rowidx + (int64_t)h * p.n_ctx;
+  for (int r = warp; r < nr; r += nw) {
+    const int2 rg = __ldcg(R + r);
+    const int v0 = __ldcg(vs + r);
+    for (int i = lane; i < rg.y - rg.x; i += 32) out[v0 + i] = rg.x + i;
+  }
+}
+
+// Kept fine clusters -> merged row ranges with the kept-row prefix at each range start.
+// A kept cluster starts a new range unless the previous kept cluster ends exactly where it
+// begins (empty clusters in between have no rows and never break a range). Each thread owns IT
+// consecutive entries; the previous kept end comes from a block max-scan (rows increase with the
+// entry index), range starts/rows from sum scans; later members of a range extend its end.
+__device__ void select_fine(const LookupArgs& a, int stage, int h) {
+  constexpr int IT = 8;
+  __shared__ int s_scan[33];
+  const int tid = threadIdx.x;
+  const int n_pos = stage == kFineSingle ? a.p.n_fine : __ldcg(a.p.n_cmp + h);
+  const int32_t* fo = a.fine_off + (int64_t)h * (a.p.n_fine + 1);
+  const int32_t* cmp = a.p.cmp + (int64_t)h * a.p.n_fine;
+  const bool ident = stage == kFineSingle;
+  const float* S = a.p.s_fine + (int64_t)h * a.p.n_fine;
+  uint8_t* kept = a.p.kept_fine + (int64_t)h * a.p.n_fine;
+  int2* R = a.p.ranges + (int64_t)h * a.p.n_fine;
+  int32_t* vs = a.p.vstart + (int64_t)h * (a.p.n_fine + 1);
+  int carry_r = 0, carry_rows = 0, carry_end = -1;
+  for (int base = 0; base < n_pos; base += blockDim.x * IT) {
+    const int e0 = base + tid * IT;
+    int j[IT], b[IT], en[IT];
+    float sv[IT];
+    bool k[IT];
+#pragma unroll
+    for (int i = 0; i < IT; i++) {
+      const int e = e0 + i;
+      j[i] = e < n_pos ? (ident ? e : __ldcg(cmp + e)) : -1;
+      sv[i] = e < n_pos ? __ldcg(S + e) : 0.0f;
+    }
+#pragma unroll
+    for (int i = 0; i < IT; i++) {
+      b[i] = j[i] >= 0 ? fo[j[i]] : 0;
+      en[i] = j[i] >= 0 ? fo[j[i] + 1] : 0;
+    }
+    int last_end = -1;
+#pragma unroll
+    for (int i = 0; i < IT; i++) {
+      k[i] = j[i] >= 0 && en[i] > b[i] && sv[i] >= a.thr_fine_tot;
+      if (e0 + i < n_pos) kept[e0 + i] = (uint8_t)k[i];
+      if (k[i]) last_end = en[i];
+    }
+    int tile_end;
+    const int in_end = max(carry_end, block_exclusive_max(last_end, -1, s_scan, &tile_end));
+    bool st[IT];
+    int ns = 0, nr = 0, pe = in_end;
+#pragma unroll
+    for (int i = 0; i < IT; i++) {
+      st[i] = k[i] && b[i] != pe;
+      if (k[i]) {
+        ns += st[i];
+        nr += en[i] - b[i];
+        pe = en[i];
+      }
+    }
+    int ts, tr;
+    const int xs = block_exclusive_scan(ns, s_scan, &ts);
+    const int xr = block_exclusive_scan(nr, s_scan, &tr);
+    int ridx = carry_r + xs - 1, rows = carry_rows + xr;
+#pragma unroll
+    for (int i = 0; i < IT; i++) {
+      if (!k[i]) continue;
+      if (st[i]) {
+        ridx++;
+        R[ridx] = make_int2(b[i], en[i]);
+        vs[ridx] = rows;
+      }
+      rows += en[i] - b[i];
+    }
+    __syncthreads();  // every range of this tile is opened before members extend it
+    ridx = carry_r + xs - 1;
+#pragma unroll
+    for (int i = 0; i < IT; i++) {
+      if (!k[i]) continue;
+      if (st[i]) ridx++;
+      else atomicMax(&R[ridx].y, en[i]);
+    }
+    carry_r += ts;
+    carry_rows += tr;
+    carry_end = max(carry_end, tile_end);
+  }
+  if (tid == 0) {
+    if (ident) a.p.n_cmp[h] = n_pos;  // single level: compared = every fine cluster, in order
+    a.p.n_ranges[h] = carry_r;
+    a.p.n_rows[h] = carry_rows;
+    vs[carry_r] = carry_rows;
+  }
+  __threadfence_block();
+  __syncthreads();  // ranges written (and extended atomically) by other threads of this block
+  expand_rows(a.p, h, R, vs, carry_r);
+}
+
+// Split the kept rows of every head into work items (run by one CTA once all heads are done).
+__device__ void partition_block(const PlanDev& p, int qtot) {
+  __shared__ int s_scan[33];
+  __shared__ unsigned long long s_sum;
+  __shared__ int s_chunk;
+  const int tid = threadIdx.x;
+  const bool decode = qtot <= kSmallQ;
+  const int n_qb = decode ? 1 : ceil_div_dev(qtot, kPrefillBM);
+  const int n_groups = p.n_kv * n_qb;
+  if (tid == 0) s_sum = 0;
+  __syncthreads();
+  unsigned long long local = 0;
+  for (int h = tid; h < p.n_kv; h += blockDim.x) local += (unsigned long long)__ldcg(p.n_rows + h);
+  atomicAdd(&s_sum, local);
+  __syncthreads();
+  if (tid == 0) {
+    const long long R = (long long)s_sum;
+    long long chunk;
+    if (decode) {
+      chunk = (R + p.decode_target - 1) / p.decode_target;
+      chunk = (chunk + 63) / 64 * 64;
+      chunk = chunk < kDecodeMinChunk ? kDecodeMinChunk
+                                      : (chunk > kDecodeMaxChunk ? kDecodeMaxChunk : chunk);
+    } else {
+      // Enough items to fill the machine, never more than the partial buffers hold.
+      const long long W = R * n_qb;
+      const long long c1 = (W + p.prefill_target - 1) / p.prefill_target;
+      const long long room = p.prefill_max_items - n_groups > 1 ? p.prefill_max_items - n_groups : 1;
+      const long long c2 = (W + room - 1) / room;
+      chunk = c1 > c2 ? c1 : c2;
+      chunk = (chunk + 63) / 64 * 64;
+      if (chunk < 256) chunk = 256;
+    }
+    s_chunk = (int)chunk;
+  }
+  __syncthreads();
+  const int chunk = s_chunk;
+  int carry = 0;
+  for (int base = 0; base < n_groups; base += blockDim.x) {
+    const int g = base + tid;
+    const bool in = g < n_groups;
+    const int h = in ? g / n_qb : 0, qb = in ? g % n_qb : 0;
+    const int Rh = in ? __ldcg(p.n_rows + h) : 0;
+    int ns = in ? ceil_div_dev(Rh, chunk) : 0;
+    if (in && ns < 1) ns = 1;
+    int tot;
+    const int ex = block_exclusive_scan(ns, s_scan, &tot);
+    if (in) {
+      const int off = carry + ex;
+      p.group_off[g] = off;
+      for (int i = 0; i < ns && off + i < p.max_items; i++) {
+        const int vb = i * chunk, ve = min(Rh, vb + chunk);
+        p.items[off + i] = make_int4(h, qb, vb, ve);
+      }
+    }
+    carry += tot;
+  }
+  if (tid == 0) {
+    p.group_off[n_groups] = carry;
+    p.meta[kMetaItems] = carry < p.max_items ? carry : p.max_items;
+    p.meta[kMetaChunk] = chunk;
+    p.meta[kMetaMode] = decode ? kModeDecode : kModePrefill;
+    p.meta[kMetaQtot] = qtot;
+    p.meta[kMetaGroups] = n_groups;
+    p.meta[kMetaQBlocks] = n_qb;
+  }
+}
+
+// Called by every CTA that finished one head's fine selection; the last one partitions.
+__device__ void partition_tail(const PlanDev& p, int qtot) {
+  __shared__ int s_last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const unsigned old = atomicAdd(p.global_cnt, 1u);
+    s_last = old == (unsigned)p.n_kv - 1u;
+    if (s_last) p.global_cnt[0] = 0;  // ready for the next plan
+  }
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  partition_block(p, qtot);
+}
+
+__device__ void select_stage(const LookupArgs& a, int stage, int h) {
+  if (stage == kCoarse) {
+    select_coarse(a, h);
+  } else {
+    select_fine(a, stage, h);
+    partition_tail(a.p, a.qtot);
+  }
+}
+
+// Returns true in every thread of the CTA that arrived last for head h (and resets the counter).
+__device__ bool last_of_head(const PlanDev& p, int slot, int h, unsigned n_ctas) {
+  __shared__ int s_last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    unsigned* c = p.head_cnt + (size_t)slot * p.n_kv + h;
+    const unsigned old = atomicAdd(c, 1u);
+    s_last = old == n_ctas - 1u;
+    if (s_last) *c = 0;
+  }
+  __syncthreads();
+  const bool last = s_last;
+  if (last) __threadfence();
+  return last;
+}
+
+// ---- small query path: CUDA cores, logits kept in the workspace ----
+
+template <int D, typename T, int QT>
+__global__ void __launch_bounds__(256, QT <= 2 ? 3 : 2) score_small_kernel(LookupArgs a, int stage, int nsplit) {
+  constexpr int LPR = D / 8;  // lanes per centroid row (16 bytes each)
+  constexpr int RPW = 32 / LPR, NW = 8, NRG = NW * RPW, U = QT <= 2 ? 8 : 4;
+  __shared__ Stat s_stat[NW][QT];
+  __shared__ float s_L[kSmallQ];
+  pdl_wait();
+  const int h = blockIdx.y, split = blockIdx.x;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int lr = lane % LPR, rg = warp * RPW + lane / LPR;
+  const int group = a.p.group, qtot = a.qtot;
+  int n_pos, n_neg;
+  stage_counts(a, stage, h, &n_pos, &n_neg);
+  const int n = n_pos + n_neg;
+  const int per = ceil_div_dev(n, nsplit);
+  const int e0 = min(n, split * per), e1 = min(n, e0 + per);
+
+  float qf[QT][8];
+  const T* q = static_cast<const T*>(a.q);
+#pragma unroll
+  for (int r = 0; r < QT; r++) {
+    if (r < qtot) {
+      const int t = r / group, hg = r - t * group;
+      const uint4 u = *reinterpret_cast<const uint4*>(q + (int64_t)t * a.q_tok_stride +
+                                                      (int64_t)(h * group + hg) * D + lr * 8);
+      unpack8<T>(u, qf[r]);
+#pragma unroll
+      for (int i = 0; i < 8; i++) qf[r][i] *= a.scale_log2;
+    } else {
+#pragma unroll
+      for (int i = 0; i < 8; i++) qf[r][i] = 0.0f;
+    }
+  }
+  Stat st[QT];
+#pragma unroll
+  for (int r = 0; r < QT; r++) st[r] = Stat{kNegInf, 0.0f, 0.0f};
+  float* lg = a.p.logits + (int64_t)h * (a.p.n_coarse + a.p.n_fine) * kSmallQ;
+
+  for (int base = e0; base < e1; base += NRG * U) {
+    uint4 cv[U];
+    Entry<T> inf[U];
+    int ev[U];
+#pragma unroll
+    for (int u = 0; u < U; u++) ev[u] = base + u * NRG + rg;
+    entry_batch<D, T, U>(a, stage, h, ev, e1, n_pos, inf);
+#pragma unroll
+    for (int u = 0; u < U; u++)
+      cv[u] = inf[u].c ? __ldg(reinterpret_cast<const uint4*>(inf[u].c + lr * 8)) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int ee = base + u * NRG + rg;
+      float kf[8];
+      unpack8<T>(cv[u], kf);
+#pragma unroll
+      for (int r = 0; r < QT; r++) {
+        float d = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 8; i++) d = fmaf(qf[r][i], kf[i], d);
+#pragma unroll
+        for (int o = LPR / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+        if (ee < e1 && r < qtot) {
+          if (lr == 0) lg[(int64_t)ee * kSmallQ + r] = d;
+          stat_add(st[r], d + inf[u].log2w, inf[u].sign);
+        }
+      }
+    }
+  }
+  // Row groups of a warp -> one state, then warps -> one state per query row.
+#pragma unroll
+  for (int r = 0; r < QT; r++)
+#pragma unroll
+    for (int o = LPR; o < 32; o <<= 1) st[r] = stat_merge(st[r], shfl_stat(st[r], o));
+  if (lane == 0)
+#pragma unroll
+    for (int r = 0; r < QT; r++) s_stat[warp][r] = st[r];
+  __syncthreads();
+  if (tid < QT && tid < qtot) {
+    Stat s = s_stat[0][tid];
+    for (int w = 1; w < NW; w++) s = stat_merge(s, s_stat[w][tid]);
+    a.p.score_part[((int64_t)h * a.p.q_max + tid) * kMaxScoreSplits + split] =
+        make_float4(s.m, s.sp, s.sn, 0.0f);
+  }
+  pdl_trigger();
+  if (!last_of_head(a.p, stage == kCoarse ? 0 : 1, h, gridDim.x)) return;
+
+  // Last CTA of this head: denominators, mean scores from the stored logits, selection.
+  if (warp < qtot) {  // one warp per query row (qtot <= 8 = warps per CTA)
+    const float L = finish_lse_warp(a, stage, h, warp, nsplit);
+    if (lane == 0) {
+      s_L[warp] = L;
+      if (stage == kCoarse) a.p.lse_coarse[(int64_t)h * a.p.q_max + warp] = L;
+    }
+  }
+  __syncthreads();
+  float* S = stage == kCoarse ? a.p.s_coarse + (int64_t)h * a.p.n_coarse
+                              : a.p.s_fine + (int64_t)h * a.p.n_fine;
+  for (int e0 = tid; e0 < n_pos; e0 += 4 * blockDim.x) {
+    float l[4][QT];
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+      const int e = e0 + u * blockDim.x;
+#pragma unroll
+      for (int r = 0; r < QT; r++)
+        l[u][r] = (e < n_pos && r < qtot) ? __ldcg(lg + (int64_t)e * kSmallQ + r) : kNegInf;
+    }
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+      const int e = e0 + u * blockDim.x;
+      float acc = 0.0f;
+#pragma unroll
+      for (int r = 0; r < QT; r++)
+        if (r < qtot && s_L[r] != kNegInf) acc += exp2f(l[u][r] - s_L[r]);
+      if (e < n_pos) S[e] = acc;
+    }
+  }
+  __syncthreads();
+  select_stage(a, stage, h);
+}
+
+// ---- large query path: tensor cores, two passes (denominators, then column sums) ----
+
+template <int D, typename T, bool COLSUM>
+__global__ void __launch_bounds__(128) score_mma_kernel(LookupArgs a, int stage, int nsplit) {
+  __shared__ __align__(128) T sC[2][kTileRows * D];
+  __shared__ const T* s_ptr[2][kTileRows];
+  __shared__ float s_w[2][kTileRows];
+  __shared__ int s_sign[2][kTileRows];
+  __shared__ float s_cs[4][kTileRows];
+  // Entry info of a window of kWin entries, computed by all threads at once (one latency chain
+  // per window instead of per tile).
+  constexpr int kWin = 512;
+  __shared__ const T* w_ptr[kWin];
+  __shared__ float w_w[kWin];
+  __shared__ int8_t w_s[kWin];
+  pdl_wait();
+  const int split = blockIdx.x, qb = blockIdx.y, h = blockIdx.z;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int qtot = a.qtot;
+  int n_pos, n_neg;
+  stage_counts(a, stage, h, &n_pos, &n_neg);
+  const int n = n_pos + n_neg;
+  const int per = ceil_div_dev(ceil_div_dev(n, nsplit), kTileRows) * kTileRows;
+  const int e0 = min(n, split * per), e1 = min(n, e0 + per);
+  float* S = stage == kCoarse ? a.p.s_coarse + (int64_t)h * a.p.n_coarse
+                              : a.p.s_fine + (int64_t)h * a.p.n_fine;
+  if (!COLSUM) {  // the COLSUM launch accumulates into S: zero it here, one launch earlier
+    const int cid = qb * gridDim.x + split, nct = gridDim.x * gridDim.y;
+    for (int e = cid * blockDim.x + tid; e < n_pos; e += nct * blockDim.x) S[e] = 0.0f;
+  }
+
+  // Query fragments (staged through the second centroid buffer).
+  load_q_tile_async<D, T>(sC[1], static_cast<const T*>(a.q), a.q_tok_stride, a.p.group, h,
+                          qb * kTileRows, qtot);
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+  uint32_t qf[D / 16][4];
+  load_q_frags<D, T>(qf, sC[1], warp, lane);
+  __syncthreads();
+
+  const int r0 = warp * 16 + (lane >> 2);  // this thread's rows r0 and r0 + 8 of the tile
+  const int m0 = qb * kTileRows + r0, m1 = m0 + 8;
+  const bool v0 = m0 < qtot, v1 = m1 < qtot;
+  float L0 = kNegInf, L1 = kNegInf;
+  if (COLSUM) {
+    if (v0) L0 = finish_lse(a, stage, h, m0, nsplit);
+    if (v1) L1 = finish_lse(a, stage, h, m1, nsplit);
+    if (stage == kCoarse && split == 0 && (lane & 3) == 0) {
+      if (v0) a.p.lse_coarse[(int64_t)h * a.p.q_max + m0] = L0;
+      if (v1) a.p.lse_coarse[(int64_t)h * a.p.q_max + m1] = L1;
+    }
+  }
+  Stat st0{kNegInf, 0.0f, 0.0f}, st1{kNegInf, 0.0f, 0.0f};
+
+  auto fill_info = [&](int buf, int t) {
+    if ((t * kTileRows) % kWin == 0) {  // every thread: new window, then a barrier
+      constexpr int PER = kWin / 128;
+      const int ew = e0 + t * kTileRows;
+      for (int i0 = 0; i0 < kWin; i0 += blockDim.x * PER) {
+        int ev[PER];
+        Entry<T> inf[PER];
+#pragma unroll
+        for (int u = 0; u < PER; u++) ev[u] = ew + i0 + tid + u * blockDim.x;
+        entry_batch<D, T, PER>(a, stage, h, ev, e1, n_pos, inf);
+#pragma unroll
+        for (int u = 0; u < PER; u++) {
+          const int i = i0 + tid + u * blockDim.x;
+          if (i < kWin) {
+            w_ptr[i] = inf[u].c;
+            w_w[i] = inf[u].log2w;
+            w_s[i] = (int8_t)inf[u].sign;
+          }
+        }
+      }
+      __syncthreads();
+    }
+    if (tid < kTileRows) {
+      const int i = (t * kTileRows) % kWin + tid;
+      s_ptr[buf][tid] = w_ptr[i];
+      s_w[buf][tid] = w_w[i];
+      s_sign[buf][tid] = w_s[i];
+    }
+  };
+  auto issue = [&](int buf) {
+    constexpr int CPR = D / 8;
+    for (int id = tid; id < kTileRows * CPR; id += blockDim.x) {
+      const int row = id / CPR, ch = id % CPR;
+      const T* src = s_ptr[buf][row];
+      cp_async16(sC[buf] + swz<D>(row, ch), src ? src + ch * 8 : static_cast<const T*>(a.fine_c),
+                 src != nullptr);
+    }
+    cp_async_commit();
+  };
+
+  const int nt = ceil_div_dev(e1 - e0, kTileRows);
+  if (nt > 0) {
+    fill_info(0, 0);
+    __syncthreads();
+    issue(0);
+  }
+  for (int t = 0; t < nt; t++) {
+    const int buf = t & 1;
+    if (t + 1 < nt) {
+      fill_info(buf ^ 1, t + 1);
+      __syncthreads();
+      issue(buf ^ 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    float s[8][4];
+    qk_tile<D, T>(s, qf, sC[buf], lane);
+    if (!COLSUM) {
+      // Per-row tile max, one rescale, then the weighted exponentials.
+      float mx0 = kNegInf, mx1 = kNegInf;
+#pragma unroll
+      for (int j = 0; j < 8; j++)
+#pragma unroll
+        for (int c = 0; c < 2; c++) {
+          const int col = j * 8 + 2 * (lane & 3) + c;
+          const float w = s_w[buf][col];
+          s[j][c] = s[j][c] * a.scale_log2 + w;
+          s[j][c + 2] = s[j][c + 2] * a.scale_log2 + w;
+          mx0 = fmaxf(mx0, s[j][c]);
+          mx1 = fmaxf(mx1, s[j][c + 2]);
+        }
+      if (mx0 > st0.m) {
+        const float cc = exp2_diff(st0.m, mx0);
+        st0 = Stat{mx0, st0.sp * cc, st0.sn * cc};
+      }
+      if (mx1 > st1.m) {
+        const float cc = exp2_diff(st1.m, mx1);
+        st1 = Stat{mx1, st1.sp * cc, st1.sn * cc};
+      }
+#pragma unroll
+      for (int j = 0; j < 8; j++)
+#pragma unroll
+        for (int c = 0; c < 2; c++) {
+          const int col = j * 8 + 2 * (lane & 3) + c;
+          const int sg = s_sign[buf][col];
+          if (s[j][c] != kNegInf) {
+            const float e = exp2f(s[j][c] - st0.m);
+            if (sg > 0) st0.sp += e;
+            else if (sg < 0) st0.sn += e;
+          }
+          if (s[j][c + 2] != kNegInf) {
+            const float e = exp2f(s[j][c + 2] - st1.m);
+            if (sg > 0) st1.sp += e;
+            else if (sg < 0) st1.sn += e;
+          }
+        }
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; j++)
+#pragma unroll
+        for (int c = 0; c < 2; c++) {
+          const int col = j * 8 + 2 * (lane & 3) + c;
+          const bool pos = s_sign[buf][col] > 0;
+          float p = 0.0f;
+          if (pos && v0 && L0 != kNegInf) p += exp2f(s[j][c] * a.scale_log2 - L0);
+          if (pos && v1 && L1 != kNegInf) p += exp2f(s[j][c + 2] * a.scale_log2 - L1);
+          // Sum over the warp's 16 rows: lanes sharing lane & 3 hold the same column.
+          p += __shfl_xor_sync(0xffffffffu, p, 4);
+          p += __shfl_xor_sync(0xffffffffu, p, 8);
+          p += __shfl_xor_sync(0xffffffffu, p, 16);
+          if (lane < 4) s_cs[warp][col] = p;
+        }
+      __syncthreads();
+      if (tid < kTileRows && s_sign[buf][tid] > 0) {
+        const float tot = s_cs[0][tid] + s_cs[1][tid] + s_cs[2][tid] + s_cs[3][tid];
+        atomicAdd(S + e0 + t * kTileRows + tid, tot);
+      }
+    }
+    __syncthreads();
+  }
+
+  pdl_trigger();
+  if (!COLSUM) {
+#pragma unroll
+    for (int o = 1; o <= 2; o <<= 1) {
+      st0 = stat_merge(st0, shfl_stat(st0, o));
+      st1 = stat_merge(st1, shfl_stat(st1, o));
+    }
+    if ((lane & 3) == 0) {
+      float4* part = a.p.score_part + (int64_t)h * a.p.q_max * kMaxScoreSplits;
+      if (v0) part[(int64_t)m0 * kMaxScoreSplits + split] = make_float4(st0.m, st0.sp, st0.sn, 0.f);
+      if (v1) part[(int64_t)m1 * kMaxScoreSplits + split] = make_float4(st1.m, st1.sp, st1.sn, 0.f);
+    }
+    return;
+  }
+  if (!last_of_head(a.p, stage == kCoarse ? 0 : 1, h, gridDim.x * gridDim.y)) return;
+  select_stage(a, stage, h);
+}
+
+// ---- plan from caller ranges ----
+__global__ void __launch_bounds__(256) plan_ranges_kernel(PlanDev p, const int32_t* ranges,
+                                                          const int32_t* n_ranges, int qtot) {
+  __shared__ int s_scan[33];
+  pdl_wait();
+  const int h = blockIdx.x, tid = threadIdx.x;
+  const int nr = min(n_ranges[h], p.n_fine);
+  const int2* src = reinterpret_cast<const int2*>(ranges) + (int64_t)h * p.n_fine;
+  int2* R = p.ranges + (int64_t)h * p.n_fine;
+  int32_t* vs = p.vstart + (int64_t)h * (p.n_fine + 1);
+  int carry = 0;
+  for (int base = 0; base < nr; base += blockDim.x) {
+    const int r = base + tid;
+    int2 rg = make_int2(0, 0);
+    if (r < nr) rg = src[r];
+    const int len = r < nr ? max(0, rg.y - rg.x) : 0;
+    int tot;
+    const int ex = block_exclusive_scan(len, s_scan, &tot);
+    if (r < nr) {
+      R[r] = rg;
+      vs[r] = carry + ex;
+    }
+    carry += tot;
+  }
+  if (tid == 0) {
+    p.n_ranges[h] = nr;
+    p.n_rows[h] = carry;
+    vs[nr] = carry;
+  }
+  __syncthreads();
+  expand_rows(p, h, R, vs, nr);
+  partition_tail(p, qtot);
+}
+
+template <int D, typename T>
+int launch_typed(const sqz_cuda_shape& s, const PlanDev& p, const LookupArgs& a, int num_sms,
+                 cudaStream_t stream) {
+  const bool hier = s.n_coarse > 0;
+  const int n_kv = s.n_kv_heads;
+  if (a.qtot <= kSmallQ) {
+    // These reads are latency-bound chains (index -> offsets -> centroid): one wave of CTAs,
+    // each with many entries in flight, beats several waves of nearly idle CTAs (measured: 52
+    // splits x 32 heads = 4 waves took 28 + 56 us for the two stages at 128K).
+    const int nsplit = std::min(kMaxScoreSplits, std::max(1, 3 * num_sms / n_kv));
+    const dim3 grid(nsplit, n_kv);
+    auto run = [&](int stage) {
+      switch (a.qtot <= 1 ? 1 : a.qtot <= 2 ? 2 : a.qtot <= 4 ? 4 : 8) {
+        case 1: launch_k(score_small_kernel<D, T, 1>, grid, 256, 0, stream, a, stage, nsplit); break;
+        case 2: launch_k(score_small_kernel<D, T, 2>, grid, 256, 0, stream, a, stage, nsplit); break;
+        case 4: launch_k(score_small_kernel<D, T, 4>, grid, 256, 0, stream, a, stage, nsplit); break;
+        default: launch_k(score_small_kernel<D, T, 8>, grid, 256, 0, stream, a, stage, nsplit); break;
+      }
+    };
+    if (hier) {
+      run(kCoarse);
+      run(kFineHier);
+    } else {
+      run(kFineSingle);
+    }
+  } else {
+    const int n_qb = (a.qtot + kTileRows - 1) / kTileRows;
+    const int nsplit =
+        std::min(kMaxScoreSplits, std::max(1, (3 * num_sms + n_kv * n_qb - 1) / (n_kv * n_qb)));
+    const dim3 grid(nsplit, n_qb, n_kv);
+    auto run = [&](int stage) {
+      launch_k(score_mma_kernel<D, T, false>, grid, 128, 0, stream, a, stage, nsplit);
+      launch_k(score_mma_kernel<D, T, true>, grid, 128, 0, stream, a, stage, nsplit);
+    };
+    if (hier) {
+      run(kCoarse);
+      run(kFineHier);
+    } else {
+      run(kFineSingle);
+    }
+  }
+  return cudaGetLastError() == cudaSuccess ? SQZ_CUDA_OK : SQZ_CUDA_ECUDA;
+}
+
+}  // namespace
+
+int launch_lookup(const sqz_cuda_shape& s, const WsLayout& L, const PlanDev& p,
+                  const sqz_cuda_context& ctx, const sqz_cuda_query& q, cudaStream_t stream) {
+  LookupArgs a;
+  a.p = p;
+  a.q = q.q;
+  a.q_tok_stride = q.q_tok_stride ? q.q_tok_stride : (int64_t)s.n_heads * s.head_dim;
+  a.qtot = q.n_q * L.group;
+  a.scale_log2 = q.scale * kLog2e;
+  a.fine_c = ctx.fine_centroids;
+  a.coarse_c = ctx.coarse_centroids;
+  a.fine_off = ctx.fine_offsets;
+  a.coarse_off = ctx.coarse_offsets;
+  a.thr_fine_tot = q.threshold_fine * (float)a.qtot;
+  a.thr_coarse_tot = q.threshold_coarse * (float)a.qtot;
+  const bool bf = s.dtype == SQZ_CUDA_BF16;
+  if (s.head_dim == 128)
+    return bf ? launch_typed<128, __nv_bfloat16>(s, p, a, L.num_sms, stream)
+              : launch_typed<128, __half>(s, p, a, L.num_sms, stream);
+  if (s.head_dim == 64)
+    return bf ? launch_typed<64, __nv_bfloat16>(s, p, a, L.num_sms, stream)
+              : launch_typed<64, __half>(s, p, a, L.num_sms, stream);
+  return SQZ_CUDA_EUNSUPPORTED;
+}
+
+int launch_plan_ranges(const sqz_cuda_shape& s, const WsLayout& L, const PlanDev& p,
+                       const int32_t* ranges, const int32_t* n_ranges, int n_q,
+                       cudaStream_t stream) {
+  launch_k(plan_ranges_kernel, dim3(s.n_kv_heads), dim3(256), 0, stream, p, ranges, n_ranges,
+           n_q * L.group);
+  return cudaGetLastError() == cudaSuccess ? SQZ_CUDA_OK : SQZ_CUDA_ECUDA;
+}
+
+}  // namespace sqz::cuda

@@ -1,0 +1,35 @@
+// Lookup (plan step) of squeezed attention: centroid scoring, threshold selection (single-level
+// or hierarchical), kept row ranges and the split-KV work partition -- all on the device.
+//
+// Estimated score of cluster c for query q (base-2 logits l = q.c * scale * log2 e):
+//   s_c(q) = 2^{l_c} / sum_j n_j 2^{l_j}          (probability of one key of cluster c)
+// averaged over the KV head's query rows (n_q tokens x GQA group); kept if mean >= threshold.
+// Hierarchical: coarse clusters first; then only the fine children of kept coarse clusters are
+// scored, with denominator  sum_{compared j} n_j 2^{l_j} + sum_{pruned C} N_C 2^{L_C},
+// computed as compared + (coarse denominator - kept coarse terms), clamped at >= compared.
+//
+// Kernels (launched by launch_lookup):
+//   small query (n_q * group <= 8): score_small (CUDA cores, one row per half-warp, logits kept
+//     in the workspace) per stage; the last CTA of each head finishes the stage (column sums,
+//     selection, compaction) -- 1 launch per stage.
+//   large query: score_mma<LSE> (tensor cores; per-query partial denominators) then
+//     score_mma<COLSUM> (recomputes logits, accumulates column sums); the last CTA of each head
+//     selects -- 2 launches per stage.
+// After the fine stage the last head to finish partitions the kept rows into work items.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "backend/cuda/plan.cuh"
+
+namespace sqz::cuda {
+
+int launch_lookup(const sqz_cuda_shape& s, const WsLayout& L, const PlanDev& p,
+                  const sqz_cuda_context& ctx, const sqz_cuda_query& q, cudaStream_t stream);
+
+// Plan from caller ranges: copies them, computes prefixes and partitions (one launch).
+int launch_plan_ranges(const sqz_cuda_shape& s, const WsLayout& L, const PlanDev& p,
+                       const int32_t* ranges, const int32_t* n_ranges, int n_q,
+                       cudaStream_t stream);
+
+}  // namespace sqz::cuda

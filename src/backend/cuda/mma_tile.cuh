@@ -1,0 +1,90 @@
+// Tensor-core tile helpers shared by the prefill attention and the centroid-scoring kernels.
+//
+// CTA layout: 4 warps, each owning 16 query rows of a 64-row query tile; key/centroid tiles of
+// 64 rows x D live in swizzled shared memory (see swz in common.cuh). Fragments follow the PTX
+// m16n8k16 layouts: thread (lane) holds rows g = lane/4 and g + 8, columns 2*(lane%4) + {0,1}.
+#pragma once
+
+#include "backend/cuda/common.cuh"
+
+namespace sqz::cuda {
+
+constexpr int kTileRows = 64;  // query rows per CTA and key rows per tile
+
+// Issues cp.async for a ROWS-row query tile: row r is query row m = m0 + r of KV head h, i.e.
+// token t = m / group, query head h * group + m % group. Rows past qtot are zero-filled.
+template <int D, typename T, int ROWS = kTileRows>
+__device__ __forceinline__ void load_q_tile_async(T* sbuf, const T* q, int64_t q_tok_stride,
+                                                  int group, int h, int m0, int qtot) {
+  constexpr int CPR = D / 8;  // 16-byte chunks per row
+  for (int id = threadIdx.x; id < ROWS * CPR; id += blockDim.x) {
+    const int row = id / CPR, ch = id % CPR;
+    const int m = m0 + row;
+    const bool valid = m < qtot;
+    const T* src = q;
+    if (valid) {
+      const int t = m / group, hg = m - t * group;
+      src = q + (int64_t)t * q_tok_stride + (int64_t)(h * group + hg) * D + ch * 8;
+    }
+    cp_async16(sbuf + swz<D>(row, ch), src, valid);
+  }
+}
+
+// A fragments of the warp's 16 query rows for every 16-wide k step.
+template <int D, typename T>
+__device__ __forceinline__ void load_q_frags(uint32_t (&qf)[D / 16][4], const T* sbuf, int warp,
+                                             int lane) {
+#pragma unroll
+  for (int kk = 0; kk < D / 16; kk++)
+    ldmatrix_x4(qf[kk], sbuf + swz<D>(warp * 16 + (lane & 15), kk * 2 + (lane >> 4)));
+}
+
+// s[j][.] = Q(16 rows) . K(tile rows j*8 .. j*8+7)^T for the 64-row K tile in shared memory.
+template <int D, typename T>
+__device__ __forceinline__ void qk_tile(float (&s)[8][4], const uint32_t (&qf)[D / 16][4],
+                                        const T* sK, int lane) {
+#pragma unroll
+  for (int j = 0; j < 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; kk++) {
+#pragma unroll
+    for (int j = 0; j < 8; j += 2) {
+      uint32_t b[4];
+      ldmatrix_x4(b, sK + swz<D>(j * 8 + (lane & 7) + ((lane >> 4) << 3),
+                                 kk * 2 + ((lane >> 3) & 1)));
+      Elem<T>::mma(s[j], qf[kk], b[0], b[1]);
+      Elem<T>::mma(s[j + 1], qf[kk], b[2], b[3]);
+    }
+  }
+}
+
+// acc[j][.] += P(16 x 64) . V(tile, 64 x D) with P given as bf16/f16 A fragments per 16 keys.
+template <int D, typename T>
+__device__ __forceinline__ void pv_tile(float (&acc)[D / 8][4], const uint32_t (&pa)[4][4],
+                                        const T* sV, int lane) {
+#pragma unroll
+  for (int kk = 0; kk < 4; kk++) {
+#pragma unroll
+    for (int j = 0; j < D / 8; j += 2) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, sV + swz<D>(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3),
+                                       j + (lane >> 4)));
+      Elem<T>::mma(acc[j], pa[kk], b[0], b[1]);
+      Elem<T>::mma(acc[j + 1], pa[kk], b[2], b[3]);
+    }
+  }
+}
+
+// Issues cp.async of 64 rows (row r from src_rows[r] elements past base, < 0 = zero row).
+template <int D, typename T>
+__device__ __forceinline__ void load_rows_async(T* sbuf, const T* base, const int64_t* row_off) {
+  constexpr int CPR = D / 8;
+  for (int id = threadIdx.x; id < kTileRows * CPR; id += blockDim.x) {
+    const int row = id / CPR, ch = id % CPR;
+    const int64_t off = row_off[row];
+    const bool valid = off >= 0;
+    cp_async16(sbuf + swz<D>(row, ch), valid ? base + off + ch * 8 : base, valid);
+  }
+}
+
+}  // namespace sqz::cuda

@@ -1,0 +1,15 @@
+// Sparse attention of many query rows per KV head (prefill of user tokens, n_q * group > 8) over
+// the plan's kept row ranges, on tensor cores (attn_mma.cuh). Split-KV work items come from the
+// plan; the last CTA of each (KV head, query block) merges its splits.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "backend/cuda/plan.cuh"
+
+namespace sqz::cuda {
+
+int launch_sparse_prefill(const sqz_cuda_shape& s, const WsLayout& L, const RunArgs& a,
+                          cudaStream_t stream);
+
+}  // namespace sqz::cuda

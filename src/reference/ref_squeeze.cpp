@@ -1,0 +1,223 @@
+#include "reference/ref_squeeze.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+namespace sqz::ref {
+
+namespace {
+
+std::vector<double> normalized(const float* x, int64_t d) {
+  std::vector<double> o((size_t)d);
+  double ss = 0.0;
+  for (int64_t t = 0; t < d; t++) ss += (double)x[t] * x[t];
+  if (ss > 0.0 && std::isfinite(ss))
+    for (int64_t t = 0; t < d; t++) o[(size_t)t] = x[t] / std::sqrt(ss);
+  return o;
+}
+
+double dot(const double* a, const float* b, int64_t d) {
+  double s = 0.0;
+  for (int64_t t = 0; t < d; t++) s += a[t] * (double)b[t];
+  return s;
+}
+
+}  // namespace
+
+RefKmeansResult ref_kmeans(const float* X, const float* w, int64_t n, int64_t d, int k,
+                           const float* C0, int max_iters, double tol) {
+  RefKmeansResult r;
+  std::vector<double> C((size_t)(k * d));
+  for (int j = 0; j < k; j++) {
+    const std::vector<double> c = normalized(C0 + j * d, d);
+    std::copy(c.begin(), c.end(), C.begin() + j * d);
+  }
+  std::vector<int32_t> a((size_t)n);
+  std::vector<double> best((size_t)n);
+  r.min_margin = std::numeric_limits<double>::infinity();
+  double prev = 0.0;
+  for (int it = 0; it < std::max(1, max_iters); it++) {
+    for (int64_t i = 0; i < n; i++) {
+      double b1 = -std::numeric_limits<double>::infinity(), b2 = b1;
+      int32_t bi = 0;
+      for (int j = 0; j < k; j++) {
+        const double s = dot(C.data() + j * d, X + i * d, d);
+        if (s > b1) {
+          b2 = b1;
+          b1 = s;
+          bi = j;
+        } else if (s > b2) {
+          b2 = s;
+        }
+      }
+      a[(size_t)i] = bi;
+      best[(size_t)i] = b1;
+      if (k > 1) r.min_margin = std::min(r.min_margin, b1 - b2);
+    }
+    std::vector<int64_t> cnt((size_t)k, 0);
+    for (int64_t i = 0; i < n; i++) cnt[(size_t)a[(size_t)i]]++;
+    for (int e = 0; e < k; e++) {
+      if (cnt[(size_t)e] > 0) continue;
+      int64_t far = -1;
+      double fd = -std::numeric_limits<double>::infinity();
+      for (int64_t i = 0; i < n; i++)
+        if (cnt[(size_t)a[(size_t)i]] > 1 && 1.0 - best[(size_t)i] > fd) {
+          fd = 1.0 - best[(size_t)i];
+          far = i;
+        }
+      cnt[(size_t)a[(size_t)far]]--;
+      a[(size_t)far] = e;
+      cnt[(size_t)e] = 1;
+      bool nz = false;
+      for (int64_t t = 0; t < d; t++) nz = nz || X[far * d + t] != 0.0f;
+      best[(size_t)far] = nz ? 1.0 : 0.0;
+    }
+    double J = 0.0;
+    for (int64_t i = 0; i < n; i++) J += (w ? (double)w[i] : 1.0) * (1.0 - best[(size_t)i]);
+    J = std::max(0.0, J);
+    r.objective.push_back(J);
+    r.iters = it + 1;
+    const bool conv = (it > 0 && prev - J <= tol * prev) || J <= 0.0;
+    std::vector<double> S((size_t)(k * d), 0.0);
+    for (int64_t i = 0; i < n; i++)
+      for (int64_t t = 0; t < d; t++)
+        S[(size_t)(a[(size_t)i] * d + t)] += (w ? (double)w[i] : 1.0) * X[i * d + t];
+    for (int j = 0; j < k; j++) {
+      double ss = 0.0;
+      for (int64_t t = 0; t < d; t++) ss += S[(size_t)(j * d + t)] * S[(size_t)(j * d + t)];
+      for (int64_t t = 0; t < d; t++)
+        C[(size_t)(j * d + t)] = ss > 0.0 ? S[(size_t)(j * d + t)] / std::sqrt(ss) : 0.0;
+    }
+    if (conv) break;
+    prev = J;
+  }
+  r.assign = a;
+  r.centroids = C;
+  return r;
+}
+
+std::vector<double> ref_cluster_scores(const float* Q, int64_t nqv, double scale, const float* C,
+                                       const float* sizes, int k, int64_t d) {
+  std::vector<double> s((size_t)k, 0.0);
+  for (int64_t v = 0; v < nqv; v++) {
+    std::vector<double> l((size_t)k);
+    double m = -std::numeric_limits<double>::infinity();
+    for (int j = 0; j < k; j++) {
+      double x = 0.0;
+      for (int64_t t = 0; t < d; t++) x += (double)Q[v * d + t] * scale * C[j * d + t];
+      l[(size_t)j] = x;
+      m = std::max(m, x);
+    }
+    double D = 0.0;
+    for (int j = 0; j < k; j++) D += sizes[j] * std::exp(l[(size_t)j] - m);
+    for (int j = 0; j < k; j++) s[(size_t)j] += std::exp(l[(size_t)j] - m) / D;
+  }
+  for (double& x : s) x /= (double)nqv;
+  return s;
+}
+
+std::vector<double> ref_cluster_scores_hier(const float* Q, int64_t nqv, double scale,
+                                            const float* C, const float* sizes, int k,
+                                            const float* CC, const int32_t* coarse_ranges,
+                                            int n_coarse, const uint8_t* survive, int64_t d) {
+  std::vector<double> s((size_t)k, std::numeric_limits<double>::quiet_NaN());
+  std::vector<uint8_t> cmp((size_t)k, 0);
+  for (int c = 0; c < n_coarse; c++)
+    if (survive[c])
+      for (int32_t j = coarse_ranges[c]; j < coarse_ranges[c + 1]; j++) {
+        cmp[(size_t)j] = 1;
+        s[(size_t)j] = 0.0;
+      }
+  for (int64_t v = 0; v < nqv; v++) {
+    auto logit = [&](const float* c) {
+      double x = 0.0;
+      for (int64_t t = 0; t < d; t++) x += (double)Q[v * d + t] * scale * c[t];
+      return x;
+    };
+    double m = -std::numeric_limits<double>::infinity();
+    std::vector<double> l((size_t)k), L((size_t)n_coarse);
+    for (int j = 0; j < k; j++)
+      if (cmp[(size_t)j]) m = std::max(m, l[(size_t)j] = logit(C + j * d));
+    for (int c = 0; c < n_coarse; c++)
+      if (!survive[c]) m = std::max(m, L[(size_t)c] = logit(CC + c * d));
+    double D = 0.0;
+    for (int j = 0; j < k; j++)
+      if (cmp[(size_t)j]) D += sizes[j] * std::exp(l[(size_t)j] - m);
+    for (int c = 0; c < n_coarse; c++)
+      if (!survive[c]) {
+        double N = 0.0;
+        for (int32_t j = coarse_ranges[c]; j < coarse_ranges[c + 1]; j++) N += sizes[j];
+        D += N * std::exp(L[(size_t)c] - m);
+      }
+    for (int j = 0; j < k; j++)
+      if (cmp[(size_t)j]) s[(size_t)j] += std::exp(l[(size_t)j] - m) / D;
+  }
+  for (int j = 0; j < k; j++)
+    if (cmp[(size_t)j]) s[(size_t)j] /= (double)nqv;
+  return s;
+}
+
+RefSelection ref_select(const float* q, int64_t t0, int64_t t1, int n_head, int n_head_kv, int h,
+                        int64_t d, const float* C, const float* sizes, const int32_t* offsets,
+                        int k, const float* CC, const int32_t* coarse_ranges, int n_coarse,
+                        int levels, double tf, double tc) {
+  const int group = n_head / n_head_kv;
+  std::vector<float> Q;
+  for (int64_t t = t0; t < t1; t++)
+    for (int g = 0; g < group; g++)
+      for (int64_t x = 0; x < d; x++) Q.push_back(q[(t * n_head + h * group + g) * d + x]);
+  const int64_t nqv = (t1 - t0) * group;
+  const double scale = 1.0 / std::sqrt((double)d);
+  RefSelection r;
+  if (levels < 2 || n_coarse == 0) {
+    r.fine_scores = ref_cluster_scores(Q.data(), nqv, scale, C, sizes, k, d);
+    r.centroids_compared = k;
+  } else {
+    std::vector<float> csz((size_t)n_coarse, 0.0f);
+    for (int c = 0; c < n_coarse; c++)
+      for (int32_t j = coarse_ranges[c]; j < coarse_ranges[c + 1]; j++) csz[(size_t)c] += sizes[j];
+    r.coarse_scores = ref_cluster_scores(Q.data(), nqv, scale, CC, csz.data(), n_coarse, d);
+    std::vector<uint8_t> surv((size_t)n_coarse);
+    r.centroids_compared = n_coarse;
+    for (int c = 0; c < n_coarse; c++) {
+      surv[(size_t)c] = r.coarse_scores[(size_t)c] >= tc;
+      if (surv[(size_t)c]) r.centroids_compared += coarse_ranges[c + 1] - coarse_ranges[c];
+    }
+    r.fine_scores = ref_cluster_scores_hier(Q.data(), nqv, scale, C, sizes, k, CC, coarse_ranges,
+                                            n_coarse, surv.data(), d);
+  }
+  for (int j = 0; j < k; j++) {
+    const double s = r.fine_scores[(size_t)j];
+    if (std::isnan(s) || !(s >= tf)) continue;
+    r.clusters.push_back(j);
+    r.kept_keys += offsets[j + 1] - offsets[j];
+    if (!r.ranges.empty() && r.ranges.back() == offsets[j])
+      r.ranges.back() = offsets[j + 1];
+    else {
+      r.ranges.push_back(offsets[j]);
+      r.ranges.push_back(offsets[j + 1]);
+    }
+  }
+  return r;
+}
+
+double ref_weighted_quantile(std::vector<double> values, std::vector<double> weights, double p) {
+  std::vector<size_t> idx(values.size());
+  std::iota(idx.begin(), idx.end(), 0);
+  std::stable_sort(idx.begin(), idx.end(),
+                   [&](size_t a, size_t b) { return values[a] < values[b]; });
+  double total = 0.0;
+  for (double w : weights) total += w;
+  if (idx.empty()) return 0.0;
+  if (p <= 0) return values[idx.front()];
+  double cum = 0.0;
+  for (size_t i : idx) {
+    cum += weights[i];
+    if (cum > p * total) return values[i];
+  }
+  return values[idx.back()];
+}
+
+}  // namespace sqz::ref

@@ -1,0 +1,258 @@
+// Offline half of squeezed attention: validate the capture, cluster every (layer, KV head)'s
+// keys (fine K-means, then weighted K-means of the fine centroids into coarse groups), order
+// rows by (coarse, fine) cluster, then calibrate (calib.cpp) and write the pack (pack_io.cpp).
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <mutex>
+
+#include "squeeze/calib_internal.h"
+#include "squeeze/kmeans.h"
+#include "squeeze/squeeze.h"
+
+namespace sqz {
+
+namespace {
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// "< 1: fraction of n; >= 1: absolute count", clamped to [1, n].
+int resolve_count(double x, int64_t n) {
+  const double c = x < 1.0 ? std::round(x * (double)n) : std::round(x);
+  return (int)std::clamp<double>(c, 1.0, (double)n);
+}
+
+Status validate(const ContextCapture& cap, const CompileParams& p) {
+  if (cap.n_layer <= 0 || cap.n_head <= 0 || cap.n_head_kv <= 0 || cap.head_dim <= 0)
+    return Error(Code::kInvalidArgument,
+                 "capture: bad shape n_layer={} n_head={} n_head_kv={} head_dim={}", cap.n_layer,
+                 cap.n_head, cap.n_head_kv, cap.head_dim);
+  if (cap.n_head % cap.n_head_kv != 0)
+    return Error(Code::kInvalidArgument, "capture: n_head {} is not a multiple of n_head_kv {}",
+                 cap.n_head, cap.n_head_kv);
+  if (cap.n_ctx <= 0 || cap.n_ctx > INT32_MAX)
+    return Error(Code::kInvalidArgument, "capture: n_ctx {} out of range", cap.n_ctx);
+  if ((int64_t)cap.tokens.size() != cap.n_ctx)
+    return Error(Code::kInvalidArgument, "capture: {} tokens for n_ctx {}", cap.tokens.size(),
+                 cap.n_ctx);
+  if (p.obs_window < 1 || p.obs_window >= cap.n_ctx)
+    return Error(Code::kInvalidArgument,
+                 "obs_window {} must be in [1, n_ctx = {}): its queries calibrate the threshold "
+                 "and at least one key must be clustered",
+                 p.obs_window, cap.n_ctx);
+  if (!(p.clusters > 0) || !(p.coarse >= 0) || !std::isfinite(p.clusters) ||
+      !std::isfinite(p.coarse))
+    return Error(Code::kInvalidArgument, "clusters {} must be > 0 and coarse {} >= 0", p.clusters,
+                 p.coarse);
+  if (p.kv_type != DType::kF16 && p.kv_type != DType::kF32)
+    return Error(Code::kInvalidArgument, "kv_type must be f16 or f32");
+  if (p.max_iters < 1 || !(p.tol >= 0) || p.n_threads < 1)
+    return Error(Code::kInvalidArgument, "max_iters {} / tol {} / n_threads {} out of range",
+                 p.max_iters, p.tol, p.n_threads);
+  const size_t L = (size_t)cap.n_layer;
+  if (cap.k.size() != L || cap.v.size() != L || cap.q_obs.size() != L)
+    return Error(Code::kInvalidArgument, "capture: k/v/q_obs must have n_layer = {} entries", L);
+  const size_t kv_n = (size_t)cap.n_head_kv * (size_t)cap.n_ctx * (size_t)cap.head_dim;
+  const size_t q_n = (size_t)p.obs_window * (size_t)cap.n_head * (size_t)cap.head_dim;
+  // f16 storage saturates beyond 65504; a larger K/V element would silently become inf.
+  const float lim = p.kv_type == DType::kF16 ? 65504.0f : std::numeric_limits<float>::max();
+  for (size_t l = 0; l < L; l++) {
+    if (cap.k[l].size() != kv_n || cap.v[l].size() != kv_n)
+      return Error(Code::kInvalidArgument,
+                   "capture: layer {} k/v have {}/{} floats, expected [n_head_kv, n_ctx, "
+                   "head_dim] = {}",
+                   l, cap.k[l].size(), cap.v[l].size(), kv_n);
+    if (cap.q_obs[l].size() != q_n)
+      return Error(Code::kInvalidArgument,
+                   "capture: layer {} q_obs has {} floats, expected [obs_window, n_head, "
+                   "head_dim] = {}",
+                   l, cap.q_obs[l].size(), q_n);
+    for (const auto* arr : {&cap.k[l], &cap.v[l]})
+      for (float x : *arr)
+        if (!(std::fabs(x) <= lim))
+          return Error(Code::kInvalidArgument,
+                       "capture: layer {} {} has a non-finite or out-of-range value {}{}", l,
+                       arr == &cap.k[l] ? "K" : "V", x,
+                       p.kv_type == DType::kF16 ? " (f16 storage; use kv_type f32)" : "");
+    for (float x : cap.q_obs[l])
+      if (!std::isfinite(x))
+        return Error(Code::kInvalidArgument, "capture: layer {} q_obs has a non-finite value", l);
+  }
+  return Status::Ok();
+}
+
+struct ClusterScratch {
+  std::vector<float> X;     // [n_clustered, head_dim] normalised keys
+  std::vector<double> acc;  // [n_fine, head_dim] raw-key sums
+};
+
+// Clusters one (layer, KV head). raw: [n, d] keys in original order.
+void cluster_head(const float* raw, int64_t n, int64_t d, int k_f, int k_c, int layer, int head,
+                  const CompileParams& p, ClusterScratch& s, HeadClusters& out) {
+  KmeansOptions opt;
+  opt.max_iters = p.max_iters;
+  opt.tol = p.tol;
+  s.X.resize((size_t)(n * d));
+  normalize_rows(raw, n, d, d, s.X.data());
+  KmeansResult fine = spherical_kmeans(s.X.data(), nullptr, n, d, k_f,
+                                       kmeans_job_seed(p.seed, layer, head, 0), opt);
+  std::vector<int64_t> cnt((size_t)k_f, 0);
+  for (int32_t a : fine.assign) cnt[(size_t)a]++;
+
+  // Coarse level: weighted K-means of the fine directions, weights = cluster sizes.
+  std::vector<int32_t> coarse_of((size_t)k_f, 0);
+  if (k_c > 0) {
+    std::vector<float> w((size_t)k_f);
+    for (int j = 0; j < k_f; j++) w[(size_t)j] = (float)cnt[(size_t)j];
+    KmeansResult coarse = spherical_kmeans(fine.centroids.data(), w.data(), k_f, d, k_c,
+                                           kmeans_job_seed(p.seed, layer, head, 1), opt);
+    coarse_of = std::move(coarse.assign);
+    out.coarse_iters = coarse.iters;
+    out.coarse_objective = coarse.objective.empty() ? 0.0 : coarse.objective.back();
+  }
+  // New fine order: by coarse cluster, then old index, so each coarse cluster's children (and
+  // hence its keys) are contiguous.
+  std::vector<int32_t> order((size_t)k_f), new_of((size_t)k_f);
+  for (int j = 0; j < k_f; j++) order[(size_t)j] = j;
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+    return coarse_of[(size_t)a] < coarse_of[(size_t)b];
+  });
+  for (int j = 0; j < k_f; j++) new_of[(size_t)order[(size_t)j]] = j;
+
+  out.fine_offsets.assign((size_t)k_f + 1, 0);
+  out.fine_sizes.resize((size_t)k_f);
+  for (int j = 0; j < k_f; j++) {
+    const int64_t c = cnt[(size_t)order[(size_t)j]];
+    out.fine_sizes[(size_t)j] = (float)c;
+    out.fine_offsets[(size_t)j + 1] = out.fine_offsets[(size_t)j] + (int32_t)c;
+  }
+  // Rows: counting sort by new cluster id, stable in original position.
+  out.perm.assign((size_t)n, 0);
+  std::vector<int32_t> fill(out.fine_offsets.begin(), out.fine_offsets.end() - 1);
+  for (int64_t i = 0; i < n; i++)
+    out.perm[(size_t)fill[(size_t)new_of[(size_t)fine.assign[(size_t)i]]]++] = (int32_t)i;
+
+  // Representative centroids: means of the RAW keys (they score q·c like real keys do).
+  s.acc.assign((size_t)(k_f * d), 0.0);
+  for (int j = 0; j < k_f; j++) {
+    double* a = s.acc.data() + (int64_t)j * d;
+    for (int32_t r = out.fine_offsets[(size_t)j]; r < out.fine_offsets[(size_t)j + 1]; r++) {
+      const float* x = raw + (int64_t)out.perm[(size_t)r] * d;
+      for (int64_t t = 0; t < d; t++) a[t] += x[t];
+    }
+  }
+  out.fine_centroids.resize((size_t)(k_f * d));
+  for (int j = 0; j < k_f; j++)
+    for (int64_t t = 0; t < d; t++)
+      out.fine_centroids[(size_t)(j * d + t)] =
+          (float)(s.acc[(size_t)(j * d + t)] / (double)out.fine_sizes[(size_t)j]);
+
+  out.coarse_ranges.assign(1, 0);
+  out.coarse_centroids.clear();
+  if (k_c > 0) {
+    out.coarse_ranges.assign((size_t)k_c + 1, 0);
+    for (int j = 0; j < k_f; j++)
+      out.coarse_ranges[(size_t)coarse_of[(size_t)order[(size_t)j]] + 1]++;
+    for (int c = 0; c < k_c; c++) out.coarse_ranges[(size_t)c + 1] += out.coarse_ranges[(size_t)c];
+    out.coarse_centroids.assign((size_t)(k_c * d), 0.0f);
+    std::vector<double> a((size_t)d);
+    for (int c = 0; c < k_c; c++) {
+      std::fill(a.begin(), a.end(), 0.0);
+      double size = 0.0;
+      for (int32_t j = out.coarse_ranges[(size_t)c]; j < out.coarse_ranges[(size_t)c + 1]; j++) {
+        for (int64_t t = 0; t < d; t++) a[(size_t)t] += s.acc[(size_t)(j * d + t)];
+        size += out.fine_sizes[(size_t)j];
+      }
+      for (int64_t t = 0; t < d; t++)
+        out.coarse_centroids[(size_t)(c * d + t)] = (float)(a[(size_t)t] / size);
+    }
+  }
+  out.fine_iters = fine.iters;
+  out.fine_objective = fine.objective.empty() ? 0.0 : fine.objective.back();
+  out.full_rows = fine.full_rows;
+}
+
+}  // namespace
+
+Result<SqueezedContext> squeeze_context(const ContextCapture& cap, const CompileParams& p,
+                                        const CompileProgress& progress) {
+  const double t0 = now_s();
+  SQZ_RETURN_IF_ERROR(validate(cap, p));
+  SqueezedContext sc;
+  sc.n_layer = cap.n_layer;
+  sc.n_head = cap.n_head;
+  sc.n_head_kv = cap.n_head_kv;
+  sc.head_dim = cap.head_dim;
+  sc.n_ctx = cap.n_ctx;
+  sc.n_obs = p.obs_window;
+  sc.n_clustered = cap.n_ctx - p.obs_window;
+  sc.n_fine = resolve_count(p.clusters, sc.n_clustered);
+  sc.n_coarse = p.coarse > 0 ? std::min(sc.n_fine, resolve_count(p.coarse, sc.n_clustered)) : 0;
+  sc.params = p;
+  const int64_t jobs = (int64_t)cap.n_layer * cap.n_head_kv;
+  sc.heads.resize((size_t)jobs);
+
+  std::mutex mu;
+  std::atomic<int64_t> done{0};
+  const int nt = (int)std::min<int64_t>(p.n_threads, jobs);
+#pragma omp parallel num_threads(nt)
+  {
+    ClusterScratch s;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t job = 0; job < jobs; job++) {
+      const int l = (int)(job / cap.n_head_kv), h = (int)(job % cap.n_head_kv);
+      const float* raw = cap.k[(size_t)l].data() + (int64_t)h * cap.n_ctx * cap.head_dim;
+      cluster_head(raw, sc.n_clustered, cap.head_dim, sc.n_fine, sc.n_coarse, l, h, p, s,
+                   sc.heads[(size_t)job]);
+      const int64_t d = ++done;
+      if (progress) {
+        std::lock_guard<std::mutex> lock(mu);
+        progress("kmeans", d, jobs);
+      }
+    }
+  }
+  const double t1 = now_s();
+  CompileStats& st = sc.stats;
+  st.kmeans_s = t1 - t0;
+  st.n_fine = sc.n_fine;
+  st.n_coarse = sc.n_coarse;
+  double fi = 0, ci = 0, fo = 0, co = 0, fr = 0, steps = 0;
+  for (const HeadClusters& hc : sc.heads) {
+    fi += hc.fine_iters;
+    ci += hc.coarse_iters;
+    fo += hc.fine_objective;
+    co += hc.coarse_objective;
+    fr += (double)hc.full_rows;
+    steps += (double)hc.fine_iters * (double)sc.n_clustered;
+    st.fine_iters_max = std::max(st.fine_iters_max, hc.fine_iters);
+  }
+  st.fine_iters_mean = fi / (double)jobs;
+  st.coarse_iters_mean = ci / (double)jobs;
+  st.fine_objective = fo / ((double)jobs * (double)sc.n_clustered);
+  st.coarse_objective = co / ((double)jobs * (double)sc.n_clustered);
+  st.full_row_fraction = steps > 0 ? fr / steps : 0.0;
+
+  SQZ_RETURN_IF_ERROR(calibrate(cap, sc, progress));
+  st.calib_s = now_s() - t1;
+  st.total_s = now_s() - t0;
+  return sc;
+}
+
+Status pack_compile(const ContextCapture& cap, const CompileParams& p, const PackFingerprint& fp,
+                    const std::string& out_path, CompileStats* stats,
+                    const CompileProgress& progress) {
+  const double t0 = now_s();
+  SQZ_ASSIGN_OR_RETURN(SqueezedContext sc, squeeze_context(cap, p, progress));
+  CompileStats st = sc.stats;
+  SQZ_RETURN_IF_ERROR(pack_write(sc, cap, fp, out_path, &st, progress));
+  st.total_s = now_s() - t0;
+  if (stats) *stats = st;
+  return Status::Ok();
+}
+
+}  // namespace sqz

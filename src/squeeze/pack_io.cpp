@@ -1,0 +1,757 @@
+// Pack writer (streaming, atomic) and validating reader. Format: docs/pack-format.md.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+#include "core/fp16.h"
+#include "squeeze/pack.h"
+#include "squeeze/xxh64.h"
+
+namespace sqz {
+
+using json = nlohmann::json;
+
+namespace {
+
+constexpr size_t kAlign = 64;
+constexpr size_t kHeaderFixed = 64;  // fixed part of the header
+constexpr size_t kEntryBytes = 32;   // one section-table entry
+constexpr size_t kHashField = 56;    // offset of header_hash inside the fixed header
+constexpr uint32_t kMaxSections = 64;
+
+size_t align_up(size_t x) {
+  return (x + kAlign - 1) / kAlign * kAlign;
+}
+
+template <typename T>
+void put(uint8_t* p, T v) {
+  std::memcpy(p, &v, sizeof(T));
+}
+template <typename T>
+T get(const uint8_t* p) {
+  T v;
+  std::memcpy(&v, p, sizeof(T));
+  return v;
+}
+
+const char* kSectionNames[kPackSectionCount + 1] = {
+    "unknown",       "meta",         "tokens",         "k_clustered", "v_clustered",
+    "perm",          "fine_offsets", "fine_centroids", "fine_sizes",  "coarse_centroids",
+    "coarse_ranges", "k_obs",        "v_obs",          "calib"};
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+std::string hex64(uint64_t x) {
+  return fmt::format("{:016x}", x);
+}
+bool parse_hex64(const std::string& s, uint64_t* out) {
+  if (s.empty() || s.size() > 16) return false;
+  uint64_t v = 0;
+  for (char c : s) {
+    int d;
+    if (c >= '0' && c <= '9')
+      d = c - '0';
+    else if (c >= 'a' && c <= 'f')
+      d = c - 'a' + 10;
+    else
+      return false;
+    v = v << 4 | (uint64_t)d;
+  }
+  *out = v;
+  return true;
+}
+
+// Buffered writer to `path.tmp.<pid>`: sections are streamed through a fixed buffer (packs can
+// be many GB), hashed on the way, and the file is renamed over `path` only after fsync.
+class PackFileWriter {
+ public:
+  ~PackFileWriter() {
+    if (fd_ >= 0) {
+      ::close(fd_);
+      ::unlink(tmp_.c_str());
+    }
+  }
+  Status open(const std::string& path, size_t header_bytes) {
+    path_ = path;
+    tmp_ = path + ".tmp." + std::to_string(getpid());
+    fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd_ < 0) return Error(Code::kIo, "{}: cannot create: {}", tmp_, std::strerror(errno));
+    buf_.reserve(kBuf);
+    std::vector<uint8_t> zeros(align_up(header_bytes), 0);
+    return raw_write(zeros.data(), zeros.size());
+  }
+  Status begin_section(uint32_t id) {
+    SQZ_RETURN_IF_ERROR(pad());
+    cur_ = {id, offset_, 0, 0};
+    hash_.reset();
+    return Status::Ok();
+  }
+  Status write(const void* p, size_t n) {
+    hash_.update(p, n);
+    return raw_write(p, n);
+  }
+  void end_section() {
+    cur_.size = offset_ - cur_.offset;
+    cur_.hash = hash_.digest();
+    entries_.push_back(cur_);
+  }
+  // Writes the header, fsyncs and renames into place.
+  Status finish() {
+    SQZ_RETURN_IF_ERROR(pad());
+    SQZ_RETURN_IF_ERROR(flush());
+    const size_t hb = kHeaderFixed + kEntryBytes * entries_.size();
+    std::vector<uint8_t> h(hb, 0);
+    std::memcpy(h.data(), kPackMagic, 8);
+    put<uint32_t>(&h[8], kPackVersion);
+    put<uint32_t>(&h[12], (uint32_t)entries_.size());
+    put<uint64_t>(&h[16], (uint64_t)offset_);
+    put<uint32_t>(&h[24], (uint32_t)hb);
+    for (size_t i = 0; i < entries_.size(); i++) {
+      uint8_t* e = &h[kHeaderFixed + kEntryBytes * i];
+      put<uint32_t>(e, entries_[i].id);
+      put<uint64_t>(e + 8, entries_[i].offset);
+      put<uint64_t>(e + 16, entries_[i].size);
+      put<uint64_t>(e + 24, entries_[i].hash);
+    }
+    Xxh64 hh;
+    hh.update(h.data(), kHashField);
+    hh.update(h.data() + kHeaderFixed, hb - kHeaderFixed);
+    put<uint64_t>(&h[kHashField], hh.digest());
+    size_t done = 0;
+    while (done < hb) {
+      const ssize_t w = ::pwrite(fd_, h.data() + done, hb - done, (off_t)done);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0)
+        return Error(Code::kIo, "{}: header write failed: {}", tmp_, std::strerror(errno));
+      done += (size_t)w;
+    }
+    if (::fsync(fd_) != 0)
+      return Error(Code::kIo, "{}: fsync failed: {}", tmp_, std::strerror(errno));
+    const int fd = fd_;
+    fd_ = -1;
+    if (::close(fd) != 0) {
+      ::unlink(tmp_.c_str());
+      return Error(Code::kIo, "{}: close failed: {}", tmp_, std::strerror(errno));
+    }
+    if (::rename(tmp_.c_str(), path_.c_str()) != 0) {
+      const int e = errno;
+      ::unlink(tmp_.c_str());
+      return Error(Code::kIo, "{}: rename to {} failed: {}", tmp_, path_, std::strerror(e));
+    }
+    // Make the rename itself durable (best effort: some filesystems refuse O_RDONLY dirs).
+    const size_t slash = path_.find_last_of('/');
+    const std::string dir = slash == std::string::npos ? "." : path_.substr(0, slash + 1);
+    const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+      (void)::fsync(dfd);
+      ::close(dfd);
+    }
+    return Status::Ok();
+  }
+  uint64_t bytes() const { return offset_; }
+
+ private:
+  static constexpr size_t kBuf = 4 << 20;
+  struct Entry {
+    uint32_t id;
+    uint64_t offset, size, hash;
+  };
+  Status pad() {
+    static const uint8_t zeros[kAlign] = {};
+    const size_t n = align_up(offset_) - offset_;
+    return raw_write(zeros, n);
+  }
+  Status raw_write(const void* p, size_t n) {
+    const uint8_t* b = (const uint8_t*)p;
+    offset_ += n;
+    while (n > 0) {
+      const size_t take = std::min(n, kBuf - buf_.size());
+      buf_.insert(buf_.end(), b, b + take);
+      b += take;
+      n -= take;
+      if (buf_.size() == kBuf) SQZ_RETURN_IF_ERROR(flush());
+    }
+    return Status::Ok();
+  }
+  Status flush() {
+    size_t done = 0;
+    while (done < buf_.size()) {
+      const ssize_t w = ::write(fd_, buf_.data() + done, buf_.size() - done);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) return Error(Code::kIo, "{}: write failed: {}", tmp_, std::strerror(errno));
+      done += (size_t)w;
+    }
+    buf_.clear();
+    return Status::Ok();
+  }
+  std::string path_, tmp_;
+  int fd_ = -1;
+  size_t offset_ = 0;
+  std::vector<uint8_t> buf_;
+  Xxh64 hash_;
+  Entry cur_{};
+  std::vector<Entry> entries_;
+};
+
+const char* kv_name(DType t) {
+  return t == DType::kF32 ? "f32" : "f16";
+}
+
+json make_meta(const SqueezedContext& sc, const PackFingerprint& fp) {
+  json m;
+  m["format"] = "sqzpack";
+  m["fingerprint"] = {{"arch", fp.arch},
+                      {"n_layer", fp.n_layer},
+                      {"n_head", fp.n_head},
+                      {"n_head_kv", fp.n_head_kv},
+                      {"head_dim", fp.head_dim},
+                      {"n_embd", fp.n_embd},
+                      {"n_vocab", fp.n_vocab},
+                      {"weights_hash", hex64(fp.weights_hash)},
+                      {"tokenizer_hash", hex64(fp.tokenizer_hash)}};
+  const CompileParams& p = sc.params;
+  m["compile_params"] = {{"clusters", p.clusters},     {"coarse", p.coarse},
+                         {"obs_window", p.obs_window}, {"kv_type", kv_name(p.kv_type)},
+                         {"seed", hex64(p.seed)},      {"n_threads", p.n_threads},
+                         {"max_iters", p.max_iters},   {"tol", p.tol}};
+  const CompileStats& s = sc.stats;
+  m["stats"] = {{"kmeans_s", s.kmeans_s},
+                {"calib_s", s.calib_s},
+                {"fine_iters_mean", s.fine_iters_mean},
+                {"fine_iters_max", s.fine_iters_max},
+                {"coarse_iters_mean", s.coarse_iters_mean},
+                {"fine_objective", s.fine_objective},
+                {"coarse_objective", s.coarse_objective},
+                {"full_row_fraction", s.full_row_fraction}};
+  m["dims"] = {{"n_layer", sc.n_layer},
+               {"n_head", sc.n_head},
+               {"n_head_kv", sc.n_head_kv},
+               {"head_dim", sc.head_dim},
+               {"n_ctx", sc.n_ctx},
+               {"n_obs", sc.n_obs},
+               {"n_clustered", sc.n_clustered},
+               {"n_fine", sc.n_fine},
+               {"n_coarse", sc.n_coarse},
+               {"kv_type", kv_name(sc.params.kv_type)},
+               {"n_grid", sc.calib.percentiles.size()}};
+  json heads = json::array();
+  for (size_t i = 0; i < sc.heads.size(); i++) {
+    const HeadClusters& hc = sc.heads[i];
+    heads.push_back({{"layer", (int)(i / sc.n_head_kv)},
+                     {"kv_head", (int)(i % sc.n_head_kv)},
+                     {"n_fine", (int)hc.fine_sizes.size()},
+                     {"n_coarse", (int)hc.coarse_ranges.size() - 1},
+                     {"fine_iters", hc.fine_iters},
+                     {"coarse_iters", hc.coarse_iters},
+                     {"fine_objective", hc.fine_objective},
+                     {"coarse_objective", hc.coarse_objective}});
+  }
+  m["heads"] = std::move(heads);
+  return m;
+}
+
+}  // namespace
+
+const char* pack_section_name(uint32_t id) {
+  return id >= 1 && id <= kPackSectionCount ? kSectionNames[id] : kSectionNames[0];
+}
+
+Status pack_write(const SqueezedContext& sc, const ContextCapture& cap, const PackFingerprint& fp,
+                  const std::string& out_path, CompileStats* stats,
+                  const CompileProgress& progress) {
+  const double t0 = now_s();
+  const int64_t jobs = (int64_t)sc.n_layer * sc.n_head_kv;
+  if ((int64_t)sc.heads.size() != jobs || cap.n_layer != sc.n_layer ||
+      cap.n_head_kv != sc.n_head_kv || cap.head_dim != sc.head_dim || cap.n_ctx != sc.n_ctx ||
+      (int64_t)cap.k.size() != sc.n_layer)
+    return Error(Code::kInvalidArgument, "pack_write: capture does not match the squeezed context");
+  const int64_t d = sc.head_dim;
+  const DType kt = sc.params.kv_type;
+  PackFileWriter w;
+  SQZ_RETURN_IF_ERROR(w.open(out_path, kHeaderFixed + kEntryBytes * kPackSectionCount));
+  auto section = [&](PackSection id, auto&& body) -> Status {
+    SQZ_RETURN_IF_ERROR(w.begin_section((uint32_t)id));
+    SQZ_RETURN_IF_ERROR(body());
+    w.end_section();
+    return Status::Ok();
+  };
+  int64_t step = 0;
+  const int64_t steps = kPackSectionCount;
+  auto tick = [&]() {
+    if (progress) progress("write", ++step, steps);
+  };
+
+  const std::string meta = make_meta(sc, fp).dump();
+  SQZ_RETURN_IF_ERROR(
+      section(PackSection::kMeta, [&] { return w.write(meta.data(), meta.size()); }));
+  tick();
+  SQZ_RETURN_IF_ERROR(section(PackSection::kTokens, [&] {
+    return w.write(cap.tokens.data(), cap.tokens.size() * sizeof(int32_t));
+  }));
+  tick();
+  // K/V rows of every head, converted to kv_type; `rows` maps row r to the source position.
+  std::vector<uint8_t> rowbuf;
+  auto write_rows = [&](const std::vector<std::vector<float>>& src, bool clustered) -> Status {
+    const size_t esz = kt == DType::kF32 ? 4 : 2;
+    for (int64_t job = 0; job < jobs; job++) {
+      const int l = (int)(job / sc.n_head_kv), h = (int)(job % sc.n_head_kv);
+      const float* base = src[(size_t)l].data() + (int64_t)h * sc.n_ctx * d;
+      const int64_t n = clustered ? sc.n_clustered : sc.n_obs;
+      rowbuf.resize((size_t)(n * d) * esz);
+      for (int64_t r = 0; r < n; r++) {
+        const int64_t pos = clustered ? sc.heads[(size_t)job].perm[(size_t)r] : sc.n_clustered + r;
+        const float* x = base + pos * d;
+        if (kt == DType::kF32) {
+          std::memcpy(rowbuf.data() + (size_t)(r * d) * 4, x, (size_t)d * 4);
+        } else {
+          f16_t* o = (f16_t*)(rowbuf.data() + (size_t)(r * d) * 2);
+          for (int64_t t = 0; t < d; t++) o[t] = fp32_to_fp16(x[t]);
+        }
+      }
+      SQZ_RETURN_IF_ERROR(w.write(rowbuf.data(), rowbuf.size()));
+    }
+    return Status::Ok();
+  };
+  SQZ_RETURN_IF_ERROR(section(PackSection::kKClustered, [&] { return write_rows(cap.k, true); }));
+  tick();
+  SQZ_RETURN_IF_ERROR(section(PackSection::kVClustered, [&] { return write_rows(cap.v, true); }));
+  tick();
+  // Per-head arrays, concatenated over (layer, KV head).
+  auto per_head = [&](PackSection id, auto member) -> Status {
+    return section(id, [&]() -> Status {
+      for (const HeadClusters& hc : sc.heads) {
+        const auto& v = hc.*member;
+        SQZ_RETURN_IF_ERROR(w.write(v.data(), v.size() * sizeof(v[0])));
+      }
+      return Status::Ok();
+    });
+  };
+  SQZ_RETURN_IF_ERROR(per_head(PackSection::kPerm, &HeadClusters::perm));
+  tick();
+  SQZ_RETURN_IF_ERROR(per_head(PackSection::kFineOffsets, &HeadClusters::fine_offsets));
+  tick();
+  SQZ_RETURN_IF_ERROR(per_head(PackSection::kFineCentroids, &HeadClusters::fine_centroids));
+  tick();
+  SQZ_RETURN_IF_ERROR(per_head(PackSection::kFineSizes, &HeadClusters::fine_sizes));
+  tick();
+  SQZ_RETURN_IF_ERROR(per_head(PackSection::kCoarseCentroids, &HeadClusters::coarse_centroids));
+  tick();
+  SQZ_RETURN_IF_ERROR(per_head(PackSection::kCoarseRanges, &HeadClusters::coarse_ranges));
+  tick();
+  SQZ_RETURN_IF_ERROR(section(PackSection::kKObs, [&] { return write_rows(cap.k, false); }));
+  tick();
+  SQZ_RETURN_IF_ERROR(section(PackSection::kVObs, [&] { return write_rows(cap.v, false); }));
+  tick();
+  SQZ_RETURN_IF_ERROR(section(PackSection::kCalib, [&]() -> Status {
+    const CalibTable& t = sc.calib;
+    for (const auto* a :
+         {&t.percentiles, &t.fine_threshold, &t.coarse_threshold, &t.kept_fine, &t.kept_hier}) {
+      if (a->size() != t.percentiles.size())
+        return Error(Code::kInternal, "calibration table columns differ in length");
+      SQZ_RETURN_IF_ERROR(w.write(a->data(), a->size() * sizeof(double)));
+    }
+    return Status::Ok();
+  }));
+  tick();
+  SQZ_RETURN_IF_ERROR(w.finish());
+  if (stats) {
+    stats->write_s = now_s() - t0;
+    stats->pack_bytes = w.bytes();
+  }
+  return Status::Ok();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reader
+
+Result<std::unique_ptr<Pack>> Pack::open(const std::string& path) {
+  SQZ_ASSIGN_OR_RETURN(std::shared_ptr<MappedFile> f, MappedFile::open(path));
+  std::unique_ptr<Pack> p(new Pack());
+  p->file_ = std::move(f);
+  SQZ_RETURN_IF_ERROR(p->load());
+  return p;
+}
+
+namespace {
+
+// Reads JSON fields with kFormat errors instead of exceptions.
+struct MetaReader {
+  const json& j;
+  std::string where;
+  Status st;
+  template <typename T>
+  T get(const char* key) {
+    if (!st.ok()) return T{};
+    auto it = j.find(key);
+    if (it == j.end()) {
+      st = Error(Code::kFormat, "section 'meta': missing {}.{}", where, key);
+      return T{};
+    }
+    try {
+      return it->template get<T>();
+    } catch (const std::exception& e) {
+      st = Error(Code::kFormat, "section 'meta': bad {}.{}: {}", where, key, e.what());
+      return T{};
+    }
+  }
+  uint64_t hex(const char* key) {
+    const std::string s = get<std::string>(key);
+    uint64_t v = 0;
+    if (st.ok() && !parse_hex64(s, &v))
+      st = Error(Code::kFormat, "section 'meta': {}.{} is not a hex u64", where, key);
+    return v;
+  }
+};
+
+}  // namespace
+
+Status Pack::load() {
+  const uint8_t* b = file_->data();
+  const size_t size = file_->size();
+  const std::string& path = file_->path();
+  if (size < kHeaderFixed)
+    return Error(Code::kFormat, "{}: truncated ({} bytes): not a Squeeze pack", path, size);
+  if (std::memcmp(b, kPackMagic, 8) != 0)
+    return Error(Code::kFormat, "{}: bad magic: not a Squeeze pack", path);
+  const uint32_t version = get<uint32_t>(b + 8);
+  if (version != kPackVersion)
+    return Error(Code::kMismatch,
+                 "{}: pack format version {}; this build reads version {} (recompile the context)",
+                 path, version, kPackVersion);
+  const uint32_t n_sec = get<uint32_t>(b + 12);
+  const uint32_t hb = get<uint32_t>(b + 24);
+  if (n_sec == 0 || n_sec > kMaxSections || hb != kHeaderFixed + kEntryBytes * n_sec || hb > size)
+    return Error(Code::kFormat, "{}: header: bad section table ({} sections, {} bytes)", path,
+                 n_sec, hb);
+  {
+    Xxh64 hh;
+    hh.update(b, kHashField);
+    hh.update(b + kHeaderFixed, hb - kHeaderFixed);
+    if (hh.digest() != get<uint64_t>(b + kHashField))
+      return Error(Code::kFormat,
+                   "{}: header checksum mismatch (corrupted header or section table)", path);
+  }
+  const uint64_t fsize = get<uint64_t>(b + 16);
+  if (fsize != size)
+    return Error(Code::kFormat, "{}: truncated or extended: header says {} bytes, file has {}",
+                 path, fsize, size);
+
+  struct Sec {
+    uint32_t id;
+    uint64_t off, size, hash;
+  };
+  std::vector<Sec> secs;
+  bool seen[kPackSectionCount + 1] = {};
+  for (uint32_t i = 0; i < n_sec; i++) {
+    const uint8_t* e = b + kHeaderFixed + kEntryBytes * i;
+    Sec s{get<uint32_t>(e), get<uint64_t>(e + 8), get<uint64_t>(e + 16), get<uint64_t>(e + 24)};
+    if (s.id < 1 || s.id > kPackSectionCount)
+      return Error(Code::kFormat, "{}: header: unknown section id {}", path, s.id);
+    if (seen[s.id])
+      return Error(Code::kFormat, "{}: header: duplicate section '{}'", path,
+                   pack_section_name(s.id));
+    seen[s.id] = true;
+    if (s.off % kAlign != 0 || s.off < align_up(hb) || s.off > size || s.size > size - s.off)
+      return Error(Code::kFormat, "{}: section '{}' out of bounds (offset {}, {} bytes, file {})",
+                   path, pack_section_name(s.id), s.off, s.size, size);
+    secs.push_back(s);
+  }
+  for (uint32_t id = 1; id <= kPackSectionCount; id++)
+    if (!seen[id])
+      return Error(Code::kFormat, "{}: missing section '{}'", path, pack_section_name(id));
+  // (offset, size): an empty section shares its offset with the next one and must sort first.
+  std::sort(secs.begin(), secs.end(), [](const Sec& a, const Sec& c) {
+    return a.off != c.off ? a.off < c.off : a.size < c.size;
+  });
+  // Overlaps and padding: every byte of the file is covered by the header hash, a section
+  // hash or the all-zero padding rule, so any corrupted byte is detected and located.
+  auto zeros = [&](uint64_t from, uint64_t to) {
+    for (uint64_t i = from; i < to; i++)
+      if (b[i] != 0) return false;
+    return true;
+  };
+  uint64_t prev_end = hb;
+  const char* prev_name = "header";
+  for (const Sec& s : secs) {
+    if (s.off < prev_end)
+      return Error(Code::kFormat, "{}: section '{}' overlaps '{}'", path, pack_section_name(s.id),
+                   prev_name);
+    if (!zeros(prev_end, s.off))
+      return Error(Code::kFormat, "{}: nonzero padding after '{}' (corrupted pack)", path,
+                   prev_name);
+    prev_end = s.off + s.size;
+    prev_name = pack_section_name(s.id);
+  }
+  if (!zeros(prev_end, size))
+    return Error(Code::kFormat, "{}: nonzero padding after '{}' (corrupted pack)", path, prev_name);
+  uint64_t sec_size[kPackSectionCount + 1] = {};
+  for (const Sec& s : secs) {
+    if (xxh64(b + s.off, s.size) != s.hash)
+      return Error(Code::kFormat, "{}: section '{}' checksum mismatch (corrupted pack)", path,
+                   pack_section_name(s.id));
+    sec_[s.id] = b + s.off;
+    sec_size[s.id] = s.size;
+  }
+
+  // ---- metadata ----
+  json m;
+  try {
+    m = json::parse(std::string((const char*)sec_[(uint32_t)PackSection::kMeta],
+                                sec_size[(uint32_t)PackSection::kMeta]));
+  } catch (const std::exception& e) {
+    return Error(Code::kFormat, "{}: section 'meta': invalid JSON: {}", path, e.what());
+  }
+  if (!m.is_object() || !m.contains("dims") || !m.contains("fingerprint") ||
+      !m.contains("compile_params") || !m.contains("stats") || !m["dims"].is_object() ||
+      !m["fingerprint"].is_object() || !m["compile_params"].is_object() || !m["stats"].is_object())
+    return Error(Code::kFormat, "{}: section 'meta': missing dims/fingerprint/compile_params/stats",
+                 path);
+  std::string kvt;
+  int64_t n_grid = 0;
+  {
+    MetaReader r{m["dims"], "dims", {}};
+    n_layer_ = r.get<int>("n_layer");
+    n_head_ = r.get<int>("n_head");
+    n_head_kv_ = r.get<int>("n_head_kv");
+    head_dim_ = r.get<int>("head_dim");
+    n_ctx_ = r.get<int64_t>("n_ctx");
+    n_obs_ = r.get<int64_t>("n_obs");
+    n_clustered_ = r.get<int64_t>("n_clustered");
+    n_fine_ = r.get<int>("n_fine");
+    n_coarse_ = r.get<int>("n_coarse");
+    kvt = r.get<std::string>("kv_type");
+    n_grid = r.get<int64_t>("n_grid");
+    if (!r.st.ok()) return Error(r.st.code(), "{}: {}", path, r.st.message());
+  }
+  {
+    MetaReader r{m["fingerprint"], "fingerprint", {}};
+    fp_.arch = r.get<std::string>("arch");
+    fp_.n_layer = r.get<int>("n_layer");
+    fp_.n_head = r.get<int>("n_head");
+    fp_.n_head_kv = r.get<int>("n_head_kv");
+    fp_.head_dim = r.get<int>("head_dim");
+    fp_.n_embd = r.get<int>("n_embd");
+    fp_.n_vocab = r.get<int>("n_vocab");
+    fp_.weights_hash = r.hex("weights_hash");
+    fp_.tokenizer_hash = r.hex("tokenizer_hash");
+    if (!r.st.ok()) return Error(r.st.code(), "{}: {}", path, r.st.message());
+  }
+  {
+    MetaReader r{m["compile_params"], "compile_params", {}};
+    params_.clusters = r.get<double>("clusters");
+    params_.coarse = r.get<double>("coarse");
+    params_.obs_window = r.get<int>("obs_window");
+    params_.kv_type = r.get<std::string>("kv_type") == "f32" ? DType::kF32 : DType::kF16;
+    params_.seed = r.hex("seed");
+    params_.n_threads = r.get<int>("n_threads");
+    params_.max_iters = r.get<int>("max_iters");
+    params_.tol = r.get<double>("tol");
+    MetaReader s{m["stats"], "stats", {}};
+    stats_.kmeans_s = s.get<double>("kmeans_s");
+    stats_.calib_s = s.get<double>("calib_s");
+    stats_.fine_iters_mean = s.get<double>("fine_iters_mean");
+    stats_.fine_iters_max = s.get<int>("fine_iters_max");
+    stats_.coarse_iters_mean = s.get<double>("coarse_iters_mean");
+    stats_.fine_objective = s.get<double>("fine_objective");
+    stats_.coarse_objective = s.get<double>("coarse_objective");
+    stats_.full_row_fraction = s.get<double>("full_row_fraction");
+    if (!r.st.ok()) return Error(r.st.code(), "{}: {}", path, r.st.message());
+    if (!s.st.ok()) return Error(s.st.code(), "{}: {}", path, s.st.message());
+  }
+  stats_.n_fine = n_fine_;
+  stats_.n_coarse = n_coarse_;
+  stats_.pack_bytes = size;
+  if (kvt != "f16" && kvt != "f32")
+    return Error(Code::kFormat, "{}: section 'meta': kv_type '{}' is not f16/f32", path, kvt);
+  kv_type_ = kvt == "f32" ? DType::kF32 : DType::kF16;
+  if (n_layer_ <= 0 || n_head_ <= 0 || n_head_kv_ <= 0 || head_dim_ <= 0 ||
+      n_head_ % n_head_kv_ != 0 || n_obs_ < 1 || n_clustered_ < 1 ||
+      n_ctx_ != n_obs_ + n_clustered_ || n_ctx_ > INT32_MAX || n_fine_ < 1 ||
+      n_fine_ > n_clustered_ || n_coarse_ < 0 || n_coarse_ > n_fine_ || n_grid < 1 ||
+      n_grid > 100000 || n_layer_ > 100000 || n_head_ > 100000 || head_dim_ > 100000)
+    return Error(Code::kFormat, "{}: section 'meta': inconsistent dims", path);
+  if (fp_.n_layer != n_layer_ || fp_.n_head != n_head_ || fp_.n_head_kv != n_head_kv_ ||
+      fp_.head_dim != head_dim_)
+    return Error(Code::kFormat, "{}: section 'meta': fingerprint disagrees with dims", path);
+
+  // ---- section sizes ----
+  const uint64_t H = (uint64_t)n_layer_ * (uint64_t)n_head_kv_;
+  const uint64_t esz = kv_type_ == DType::kF32 ? 4 : 2;
+  const uint64_t d = (uint64_t)head_dim_;
+  const uint64_t expect[kPackSectionCount + 1] = {
+      0,
+      sec_size[1],
+      (uint64_t)n_ctx_ * 4,
+      H * (uint64_t)n_clustered_ * d * esz,
+      H * (uint64_t)n_clustered_ * d * esz,
+      H * (uint64_t)n_clustered_ * 4,
+      H * ((uint64_t)n_fine_ + 1) * 4,
+      H * (uint64_t)n_fine_ * d * 4,
+      H * (uint64_t)n_fine_ * 4,
+      H * (uint64_t)n_coarse_ * d * 4,
+      H * ((uint64_t)n_coarse_ + 1) * 4,
+      H * (uint64_t)n_obs_ * d * esz,
+      H * (uint64_t)n_obs_ * d * esz,
+      5 * (uint64_t)n_grid * 8,
+  };
+  for (uint32_t id = 2; id <= kPackSectionCount; id++)
+    if (sec_size[id] != expect[id])
+      return Error(Code::kFormat, "{}: section '{}' has {} bytes; the metadata implies {}", path,
+                   pack_section_name(id), sec_size[id], expect[id]);
+
+  // ---- contents (a pack with valid checksums can still be crafted; never index blindly) ----
+  tokens_ = (const int32_t*)sec_[(uint32_t)PackSection::kTokens];
+  for (int64_t i = 0; i < n_ctx_; i++)
+    if (tokens_[i] < 0 || (fp_.n_vocab > 0 && tokens_[i] >= fp_.n_vocab))
+      return Error(Code::kFormat, "{}: section 'tokens': token {} at {} out of range", path,
+                   tokens_[i], i);
+  std::vector<uint8_t> seen_row((size_t)n_clustered_);
+  for (int l = 0; l < n_layer_; l++)
+    for (int h = 0; h < n_head_kv_; h++) {
+      const int32_t* off = fine_offsets(l, h);
+      const float* sz = fine_sizes(l, h);
+      if (off[0] != 0 || off[n_fine_] != n_clustered_)
+        return Error(Code::kFormat, "{}: section 'fine_offsets': layer {} head {} bad ends", path,
+                     l, h);
+      for (int j = 0; j < n_fine_; j++) {
+        if (off[j + 1] <= off[j])
+          return Error(Code::kFormat,
+                       "{}: section 'fine_offsets': layer {} head {} cluster {} "
+                       "empty or unordered",
+                       path, l, h, j);
+        if (sz[j] != (float)(off[j + 1] - off[j]))
+          return Error(Code::kFormat,
+                       "{}: section 'fine_sizes': layer {} head {} cluster {} "
+                       "disagrees with offsets",
+                       path, l, h, j);
+      }
+      const int32_t* cr = coarse_ranges(l, h);
+      if (cr[0] != 0 || (n_coarse_ > 0 && cr[n_coarse_] != n_fine_))
+        return Error(Code::kFormat, "{}: section 'coarse_ranges': layer {} head {} bad ends", path,
+                     l, h);
+      for (int c = 0; c < n_coarse_; c++)
+        if (cr[c + 1] <= cr[c])
+          return Error(Code::kFormat,
+                       "{}: section 'coarse_ranges': layer {} head {} range {} "
+                       "empty or unordered",
+                       path, l, h, c);
+      const int32_t* pm = perm(l, h);
+      std::fill(seen_row.begin(), seen_row.end(), 0);
+      for (int64_t r = 0; r < n_clustered_; r++) {
+        if (pm[r] < 0 || pm[r] >= n_clustered_ || seen_row[(size_t)pm[r]])
+          return Error(Code::kFormat, "{}: section 'perm': layer {} head {} is not a permutation",
+                       path, l, h);
+        seen_row[(size_t)pm[r]] = 1;
+      }
+      for (const auto& [arr, cnt, name] :
+           {std::tuple{fine_centroids(l, h), (int64_t)n_fine_ * head_dim_, "fine_centroids"},
+            std::tuple{coarse_centroids(l, h), (int64_t)n_coarse_ * head_dim_, "coarse_centroids"}})
+        for (int64_t i = 0; i < cnt; i++)
+          if (!std::isfinite(arr[i]))
+            return Error(Code::kFormat, "{}: section '{}': layer {} head {} non-finite value", path,
+                         name, l, h);
+    }
+  const double* cal = (const double*)sec_[(uint32_t)PackSection::kCalib];
+  auto col = [&](int c) { return std::vector<double>(cal + c * n_grid, cal + (c + 1) * n_grid); };
+  calib_.percentiles = col(0);
+  calib_.fine_threshold = col(1);
+  calib_.coarse_threshold = col(2);
+  calib_.kept_fine = col(3);
+  calib_.kept_hier = col(4);
+  for (int64_t g = 0; g < n_grid; g++) {
+    const bool ok = calib_.percentiles[g] >= 0 && calib_.percentiles[g] < 1 &&
+                    (g == 0 || calib_.percentiles[g] > calib_.percentiles[g - 1]) &&
+                    std::isfinite(calib_.fine_threshold[g]) && calib_.fine_threshold[g] >= 0 &&
+                    std::isfinite(calib_.coarse_threshold[g]) && calib_.coarse_threshold[g] >= 0 &&
+                    (g == 0 || (calib_.fine_threshold[g] >= calib_.fine_threshold[g - 1] &&
+                                calib_.coarse_threshold[g] >= calib_.coarse_threshold[g - 1])) &&
+                    calib_.kept_fine[g] >= 0 && calib_.kept_fine[g] <= 1 &&
+                    calib_.kept_hier[g] >= 0 && calib_.kept_hier[g] <= 1;
+    if (!ok)
+      return Error(Code::kFormat, "{}: section 'calib': row {} invalid or not monotone", path, g);
+  }
+  return Status::Ok();
+}
+
+KvHeadView Pack::clustered_kv(int layer, int h) const {
+  const size_t esz = kv_type_ == DType::kF32 ? 4 : 2;
+  const size_t off = head_index(layer, h) * (size_t)n_clustered_ * head_dim_ * esz;
+  return {sec_[(uint32_t)PackSection::kKClustered] + off,
+          sec_[(uint32_t)PackSection::kVClustered] + off, kv_type_, head_dim_};
+}
+KvHeadView Pack::obs_kv(int layer, int h) const {
+  const size_t esz = kv_type_ == DType::kF32 ? 4 : 2;
+  const size_t off = head_index(layer, h) * (size_t)n_obs_ * head_dim_ * esz;
+  return {sec_[(uint32_t)PackSection::kKObs] + off, sec_[(uint32_t)PackSection::kVObs] + off,
+          kv_type_, head_dim_};
+}
+const int32_t* Pack::perm(int layer, int h) const {
+  return (const int32_t*)sec_[(uint32_t)PackSection::kPerm] + head_index(layer, h) * n_clustered_;
+}
+const int32_t* Pack::fine_offsets(int layer, int h) const {
+  return (const int32_t*)sec_[(uint32_t)PackSection::kFineOffsets] +
+         head_index(layer, h) * (size_t)(n_fine_ + 1);
+}
+const float* Pack::fine_centroids(int layer, int h) const {
+  return (const float*)sec_[(uint32_t)PackSection::kFineCentroids] +
+         head_index(layer, h) * (size_t)n_fine_ * head_dim_;
+}
+const float* Pack::fine_sizes(int layer, int h) const {
+  return (const float*)sec_[(uint32_t)PackSection::kFineSizes] + head_index(layer, h) * n_fine_;
+}
+const float* Pack::coarse_centroids(int layer, int h) const {
+  return (const float*)sec_[(uint32_t)PackSection::kCoarseCentroids] +
+         head_index(layer, h) * (size_t)n_coarse_ * head_dim_;
+}
+const int32_t* Pack::coarse_ranges(int layer, int h) const {
+  return (const int32_t*)sec_[(uint32_t)PackSection::kCoarseRanges] +
+         head_index(layer, h) * (size_t)(n_coarse_ + 1);
+}
+HeadCentroidsView Pack::centroids_view(int layer, int h) const {
+  HeadCentroidsView v;
+  v.n_fine = n_fine_;
+  v.n_coarse = n_coarse_;
+  v.head_dim = head_dim_;
+  v.fine_centroids = fine_centroids(layer, h);
+  v.fine_sizes = fine_sizes(layer, h);
+  v.fine_offsets = fine_offsets(layer, h);
+  v.coarse_centroids = coarse_centroids(layer, h);
+  v.coarse_ranges = coarse_ranges(layer, h);
+  return v;
+}
+
+Status pack_check_model(const Pack& pack, const PackFingerprint& fp) {
+  const PackFingerprint& a = pack.fingerprint();
+  auto diff = [&](const char* field, const std::string& in_pack, const std::string& in_model) {
+    return Error(Code::kMismatch,
+                 "{}: pack was compiled for a different model: {} is {} in the pack, {} in the "
+                 "model (recompile the context)",
+                 pack.path(), field, in_pack, in_model);
+  };
+  if (a.arch != fp.arch) return diff("arch", a.arch, fp.arch);
+#define SQZ_CHECK_FIELD(f) \
+  if (a.f != fp.f) return diff(#f, std::to_string(a.f), std::to_string(fp.f));
+  SQZ_CHECK_FIELD(n_layer)
+  SQZ_CHECK_FIELD(n_head)
+  SQZ_CHECK_FIELD(n_head_kv)
+  SQZ_CHECK_FIELD(head_dim)
+  SQZ_CHECK_FIELD(n_embd)
+  SQZ_CHECK_FIELD(n_vocab)
+#undef SQZ_CHECK_FIELD
+  if (a.weights_hash != fp.weights_hash)
+    return diff("weights_hash", hex64(a.weights_hash), hex64(fp.weights_hash));
+  if (a.tokenizer_hash != fp.tokenizer_hash)
+    return diff("tokenizer_hash", hex64(a.tokenizer_hash), hex64(fp.tokenizer_hash));
+  return Status::Ok();
+}
+
+}  // namespace sqz

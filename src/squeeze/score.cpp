@@ -1,0 +1,144 @@
+#include "squeeze/score.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "squeeze/centroid_kernels.h"
+
+namespace sqz {
+
+void HeadCentroidsT::build(const HeadCentroidsView& v) {
+  fine_t.assign((size_t)cpu::centroid_transposed_size(v.n_fine, v.head_dim), 0.0f);
+  if (v.n_fine > 0)
+    cpu::centroids_transpose(v.fine_centroids, v.n_fine, v.head_dim, v.head_dim, fine_t.data());
+  coarse_t.clear();
+  coarse_sizes.clear();
+  if (v.n_coarse > 0) {
+    coarse_t.assign((size_t)cpu::centroid_transposed_size(v.n_coarse, v.head_dim), 0.0f);
+    cpu::centroids_transpose(v.coarse_centroids, v.n_coarse, v.head_dim, v.head_dim,
+                             coarse_t.data());
+    coarse_sizes.resize((size_t)v.n_coarse);
+    for (int c = 0; c < v.n_coarse; c++) {
+      double s = 0.0;
+      for (int32_t j = v.coarse_ranges[c]; j < v.coarse_ranges[c + 1]; j++) s += v.fine_sizes[j];
+      coarse_sizes[(size_t)c] = (float)s;
+    }
+  }
+}
+
+void ClusterScorer::score_fine_all(const HeadCentroidsView& v, const HeadCentroidsT& t,
+                                   const float* Q, int64_t nqv, double* scores) {
+  const int64_t k = v.n_fine;
+  std::fill(scores, scores + k, 0.0);
+  if (nqv <= 0 || k <= 0) return;
+  lf_.resize((size_t)(nqv * k));
+  cpu::centroid_dots(Q, nqv, v.head_dim, v.head_dim, t.fine_t.data(), k, 0, k, lf_.data(), k);
+  for (int64_t q = 0; q < nqv; q++) {
+    float* l = lf_.data() + q * k;
+    float m = -std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j < k; j++) m = std::max(m, l[j]);
+    double D = 0.0;
+    for (int64_t j = 0; j < k; j++) {
+      l[j] = std::exp(l[j] - m);
+      D += (double)v.fine_sizes[j] * l[j];
+    }
+    const double inv = 1.0 / D;  // D >= n_max * exp(0) >= 1: the max term is exp(0) = 1
+    for (int64_t j = 0; j < k; j++) scores[j] += l[j] * inv;
+  }
+  const double invq = 1.0 / (double)nqv;
+  for (int64_t j = 0; j < k; j++) scores[j] *= invq;
+}
+
+void ClusterScorer::score_coarse(const HeadCentroidsView& v, const HeadCentroidsT& t,
+                                 const float* Q, int64_t nqv, double* scores) {
+  const int64_t k = v.n_coarse;
+  std::fill(scores, scores + k, 0.0);
+  if (nqv <= 0 || k <= 0) return;
+  lc_.resize((size_t)(nqv * k));
+  ec_.resize((size_t)k);
+  cpu::centroid_dots(Q, nqv, v.head_dim, v.head_dim, t.coarse_t.data(), k, 0, k, lc_.data(), k);
+  for (int64_t q = 0; q < nqv; q++) {
+    const float* l = lc_.data() + q * k;
+    float m = -std::numeric_limits<float>::infinity();
+    for (int64_t c = 0; c < k; c++) m = std::max(m, l[c]);
+    double D = 0.0;
+    for (int64_t c = 0; c < k; c++) {
+      ec_[(size_t)c] = std::exp(l[c] - m);
+      D += (double)t.coarse_sizes[(size_t)c] * ec_[(size_t)c];
+    }
+    const double inv = 1.0 / D;
+    for (int64_t c = 0; c < k; c++) scores[c] += ec_[(size_t)c] * inv;
+  }
+  const double invq = 1.0 / (double)nqv;
+  for (int64_t c = 0; c < k; c++) scores[c] *= invq;
+}
+
+int64_t ClusterScorer::score_fine_hier(const HeadCentroidsView& v, const HeadCentroidsT& t,
+                                       const float* Q, int64_t nqv, const uint8_t* survive,
+                                       double* scores) {
+  const int64_t k = v.n_fine;
+  const int64_t kc = v.n_coarse;
+  // Column ranges of compared fine clusters, adjacent survivors merged (fewer kernel calls).
+  cols_.clear();
+  int64_t compared = 0;
+  for (int64_t c = 0; c < kc; c++) {
+    if (!survive[c]) continue;
+    const int32_t b = v.coarse_ranges[c], e = v.coarse_ranges[c + 1];
+    if (!cols_.empty() && cols_.back() == b)
+      cols_.back() = e;
+    else {
+      cols_.push_back(b);
+      cols_.push_back(e);
+    }
+    compared += e - b;
+  }
+  for (size_t r = 0; r < cols_.size(); r += 2)
+    std::fill(scores + cols_[r], scores + cols_[r + 1], 0.0);
+  if (nqv <= 0) return compared;
+  lf_.resize((size_t)(nqv * k));
+  for (size_t r = 0; r < cols_.size(); r += 2)
+    cpu::centroid_dots(Q, nqv, v.head_dim, v.head_dim, t.fine_t.data(), k, cols_[r], cols_[r + 1],
+                       lf_.data() + cols_[r], k);
+  for (int64_t q = 0; q < nqv; q++) {
+    float* l = lf_.data() + q * k;
+    const float* L = lc_.data() + q * kc;
+    // The max runs over exactly the terms of the denominator, so with no pruning the
+    // arithmetic is that of score_fine_all.
+    float m = -std::numeric_limits<float>::infinity();
+    for (size_t r = 0; r < cols_.size(); r += 2)
+      for (int32_t j = cols_[r]; j < cols_[r + 1]; j++) m = std::max(m, l[j]);
+    for (int64_t c = 0; c < kc; c++)
+      if (!survive[c]) m = std::max(m, L[c]);
+    double D = 0.0;
+    for (size_t r = 0; r < cols_.size(); r += 2)
+      for (int32_t j = cols_[r]; j < cols_[r + 1]; j++) {
+        l[j] = std::exp(l[j] - m);
+        D += (double)v.fine_sizes[j] * l[j];
+      }
+    for (int64_t c = 0; c < kc; c++)
+      if (!survive[c]) D += (double)t.coarse_sizes[(size_t)c] * std::exp(L[c] - m);
+    const double inv = 1.0 / D;
+    for (size_t r = 0; r < cols_.size(); r += 2)
+      for (int32_t j = cols_[r]; j < cols_[r + 1]; j++) scores[j] += l[j] * inv;
+  }
+  const double invq = 1.0 / (double)nqv;
+  for (size_t r = 0; r < cols_.size(); r += 2)
+    for (int32_t j = cols_[r]; j < cols_[r + 1]; j++) scores[j] *= invq;
+  return compared;
+}
+
+double weighted_quantile_sorted(const std::vector<WeightedScore>& sorted, double total_weight,
+                                double p) {
+  if (sorted.empty()) return 0.0;
+  if (p <= 0.0) return sorted.front().score;
+  const double target = p * total_weight;
+  double cum = 0.0;
+  for (const WeightedScore& s : sorted) {
+    cum += s.weight;
+    if (cum > target) return s.score;
+  }
+  return sorted.back().score;
+}
+
+}  // namespace sqz

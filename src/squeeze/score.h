@@ -1,0 +1,78 @@
+// Estimated attention scores of key clusters for a set of query vectors (one KV head).
+//
+// For one query vector q (already multiplied by 1/sqrt(head_dim)) and cluster j with
+// representative centroid c_j (mean of its raw keys) and n_j keys, logit l_j = q·c_j and
+//   s_j(q) = exp(l_j) / sum_i n_i exp(l_i)
+// estimates the softmax weight of each key of cluster j among the clustered keys (the
+// observation window and user tokens are always attended and stay out of the denominator).
+// Scores are averaged over the query vectors (the query heads of a GQA group times the tokens).
+//
+// Two-level estimator (docs/squeeze.md): coarse clusters are scored the same way against the
+// coarse denominator; fine clusters are only compared inside surviving coarse clusters, and
+// each pruned coarse cluster C stands in for its children in the fine denominator:
+//   D(q) = sum_{compared j} n_j exp(l_j) + sum_{pruned C} N_C exp(L_C).
+// With every coarse cluster surviving this is exactly the single-level estimator (same
+// operations in the same order, hence bit-identical).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace sqz {
+
+// Non-owning view of one (layer, KV head)'s clusters, as stored in a pack.
+struct HeadCentroidsView {
+  int n_fine = 0;
+  int n_coarse = 0;  // 0: no coarse level
+  int64_t head_dim = 0;
+  const float* fine_centroids = nullptr;    // [n_fine, head_dim] f32 mean of raw keys
+  const float* fine_sizes = nullptr;        // [n_fine] keys per cluster (f32, exact integers)
+  const int32_t* fine_offsets = nullptr;    // [n_fine + 1] row boundaries
+  const float* coarse_centroids = nullptr;  // [n_coarse, head_dim] f32 mean of raw keys
+  const int32_t* coarse_ranges = nullptr;   // [n_coarse + 1] fine-cluster boundaries
+};
+
+// Centroids of one head transposed for the SIMD kernels (cpu::centroids_transpose layout).
+struct HeadCentroidsT {
+  std::vector<float> fine_t;        // [head_dim, padded n_fine] (+ tile slack)
+  std::vector<float> coarse_t;      // [head_dim, padded n_coarse] (+ tile slack)
+  std::vector<float> coarse_sizes;  // [n_coarse] keys per coarse cluster
+  void build(const HeadCentroidsView& v);
+};
+
+// Scratch for scoring one head at a time; grows on demand, never shrinks (reuse across calls).
+class ClusterScorer {
+ public:
+  // Single level: scores[j] for every fine cluster j. Q: [nqv, head_dim] scaled queries.
+  void score_fine_all(const HeadCentroidsView& v, const HeadCentroidsT& t, const float* Q,
+                      int64_t nqv, double* scores);
+  // Coarse level: scores[C] for every coarse cluster (coarse denominator). Keeps the coarse
+  // logits for a following score_fine_hier with the same Q.
+  void score_coarse(const HeadCentroidsView& v, const HeadCentroidsT& t, const float* Q,
+                    int64_t nqv, double* scores);
+  // Fine scores inside surviving coarse clusters (survive: [n_coarse] 0/1), two-level
+  // denominator. scores[j] is written for compared clusters only. Returns the number of fine
+  // centroids compared.
+  int64_t score_fine_hier(const HeadCentroidsView& v, const HeadCentroidsT& t, const float* Q,
+                          int64_t nqv, const uint8_t* survive, double* scores);
+
+ private:
+  std::vector<float> lf_;      // [nqv, n_fine] fine logits, then exp(l - m) in place
+  std::vector<float> lc_;      // [nqv, n_coarse] coarse logits (kept raw)
+  std::vector<float> ec_;      // [n_coarse] exp(L - m) for one query vector
+  std::vector<double> acc_;    // [max(n_fine, n_coarse)] score accumulators
+  std::vector<int32_t> cols_;  // compared fine column ranges as [begin, end) pairs
+};
+
+// Quantile of a size-weighted score distribution: the smallest score s_i (ascending order)
+// whose cumulative weight including it exceeds p * total. Keeping every item with score >= it
+// keeps at least (1 - p) of the weight and less than (1 - p) + its own (tie group's) weight.
+// `sorted` must be in ascending score order. p <= 0 gives the minimum score, p >= 1 the maximum.
+struct WeightedScore {
+  double score;
+  double weight;
+};
+double weighted_quantile_sorted(const std::vector<WeightedScore>& sorted, double total_weight,
+                                double p);
+
+}  // namespace sqz

@@ -1,0 +1,183 @@
+// Squeezed attention, CPU core (Hooper et al. 2024, arXiv 2411.09688): offline clustering of a
+// fixed context's keys per (layer, KV head), a globally calibrated score threshold, and the
+// online lookup that turns a question's queries into the row ranges of the clusters to attend.
+//
+//   compile:  ContextCapture --squeeze_context--> SqueezedContext --pack_write--> .sqzpack
+//             (pack_compile does both)
+//   ask:      Pack::open -> Selector::plan(layer, q) -> HeadSelection ranges -> attention
+//
+// Algorithms and estimator choices: docs/squeeze.md. File layout: docs/pack-format.md.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "attention/attention.h"
+#include "core/dtype.h"
+#include "core/status.h"
+
+namespace sqz {
+
+struct CompileParams {
+  double clusters = 0.05;  // < 1: fraction of clustered context keys; >= 1: absolute count
+                           // (per layer x KV head)
+  double coarse = 0.01;    // same convention for coarse centroids; 0 = no coarse level
+  int obs_window = 100;    // last tokens: not clustered, always attended, their queries calibrate
+  DType kv_type = DType::kF16;  // kF16 or kF32 storage of K/V in the pack
+  uint64_t seed = 0;
+  int n_threads = 1;
+  int max_iters = 25;  // K-means iteration cap
+  double tol = 1e-4;   // stop when relative objective improvement < tol
+};
+
+// Filled by the model's prefill of the fixed context.
+struct ContextCapture {
+  int n_layer = 0, n_head = 0, n_head_kv = 0, head_dim = 0;
+  int64_t n_ctx = 0;
+  std::vector<int32_t> tokens;           // [n_ctx]
+  std::vector<std::vector<float>> k, v;  // [n_layer] of [n_head_kv, n_ctx, head_dim] f32, post-RoPE
+  std::vector<std::vector<float>> q_obs;  // [n_layer] of [n_obs, n_head, head_dim] f32, post-RoPE
+                                          // (unscaled), n_obs = obs_window
+};
+
+// Identity of the model a pack was compiled with; a pack only serves the same model.
+struct PackFingerprint {
+  std::string arch;
+  int n_layer = 0, n_head = 0, n_head_kv = 0, head_dim = 0, n_embd = 0, n_vocab = 0;
+  uint64_t weights_hash = 0;
+  uint64_t tokenizer_hash = 0;
+};
+
+struct CompileStats {
+  double kmeans_s = 0;  // fine + coarse clustering and reordering (wall)
+  double calib_s = 0;   // calibration (wall)
+  double write_s = 0;   // streaming the pack to disk incl. fsync (wall)
+  double total_s = 0;
+  int n_fine = 0;              // fine clusters per (layer, KV head)
+  int n_coarse = 0;            // coarse clusters per (layer, KV head); 0 = none
+  double fine_iters_mean = 0;  // mean Lloyd steps per job
+  double coarse_iters_mean = 0;
+  int fine_iters_max = 0;
+  double fine_objective = 0;     // mean over keys of (1 - cos) to their fine centroid
+  double coarse_objective = 0;   // size-weighted mean over fine centroids of (1 - cos) to coarse
+  double full_row_fraction = 0;  // rows compared with every centroid / (rows * steps): pruning
+  uint64_t pack_bytes = 0;
+};
+
+// Progress: stage ("kmeans", "calibrate", "write"), jobs done, jobs total. Called from the
+// calling thread or under a lock, never concurrently.
+using CompileProgress = std::function<void(const char* stage, int64_t done, int64_t total)>;
+
+// Calibration: global (all layers and heads) size-weighted quantiles of the cluster scores
+// averaged over the observation window's queries, on a grid of percentiles.
+struct CalibTable {
+  std::vector<double> percentiles;       // [n_grid] ascending: 0.00, 0.01, ... 0.99, 0.995, 0.999
+  std::vector<double> fine_threshold;    // [n_grid] quantile of fine-cluster scores
+  std::vector<double> coarse_threshold;  // [n_grid] quantile of coarse-cluster scores (0 if none)
+  std::vector<double> kept_fine;         // [n_grid] measured kept key fraction, levels = 1
+  std::vector<double> kept_hier;         // [n_grid] measured kept key fraction, levels = 2 with
+                                         // the automatic coarse percentile (= kept_fine if none)
+};
+// The percentile grid every pack uses.
+std::vector<double> calib_percentile_grid();
+
+// Coarse percentile used when SelectParams::coarse_percentile < 0: the coarse level keeps about
+// twice the fine level's key budget, max(0, 2p - 1), so most clusters the single-level lookup
+// would keep sit inside a surviving coarse cluster.
+inline double auto_coarse_percentile(double p) {
+  return p > 0.5 ? 2.0 * p - 1.0 : 0.0;
+}
+
+// One (layer, KV head) after clustering. Rows are the clustered keys sorted by (coarse, fine)
+// cluster, original order inside a cluster.
+struct HeadClusters {
+  std::vector<int32_t> perm;            // [n_clustered] row -> original position
+  std::vector<int32_t> fine_offsets;    // [n_fine + 1] row boundaries
+  std::vector<float> fine_centroids;    // [n_fine, head_dim] mean of raw keys
+  std::vector<float> fine_sizes;        // [n_fine] keys per cluster
+  std::vector<float> coarse_centroids;  // [n_coarse, head_dim] mean of raw keys
+  std::vector<int32_t> coarse_ranges;   // [n_coarse + 1] fine-cluster boundaries
+  int fine_iters = 0, coarse_iters = 0;
+  double fine_objective = 0, coarse_objective = 0;  // final J (sums, not means)
+  int64_t full_rows = 0;
+};
+
+// In-memory result of clustering + calibration (what a pack stores besides K/V and tokens).
+struct SqueezedContext {
+  int n_layer = 0, n_head = 0, n_head_kv = 0, head_dim = 0;
+  int64_t n_ctx = 0, n_obs = 0, n_clustered = 0;
+  int n_fine = 0, n_coarse = 0;
+  CompileParams params;
+  std::vector<HeadClusters> heads;  // [n_layer * n_head_kv], index layer * n_head_kv + h
+  CalibTable calib;
+  CompileStats stats;
+};
+
+// Clusters and calibrates. Validates the capture (shapes, finite values) and the params.
+Result<SqueezedContext> squeeze_context(const ContextCapture& cap, const CompileParams& p,
+                                        const CompileProgress& progress = nullptr);
+
+// Streams the pack to `out_path` atomically (temp file, fsync, rename). K/V rows come from
+// `cap` in the order of each head's perm. Sets sc.stats.write_s / pack_bytes in `stats`.
+Status pack_write(const SqueezedContext& sc, const ContextCapture& cap, const PackFingerprint& fp,
+                  const std::string& out_path, CompileStats* stats = nullptr,
+                  const CompileProgress& progress = nullptr);
+
+// squeeze_context + pack_write.
+Status pack_compile(const ContextCapture& cap, const CompileParams& p, const PackFingerprint& fp,
+                    const std::string& out_path, CompileStats* stats,
+                    const CompileProgress& progress = nullptr);
+
+// ---- online lookup ----
+
+class Pack;
+
+struct SelectParams {
+  double percentile = 0.9;  // keep clusters scoring >= the calibrated quantile at this percentile
+  int levels = 2;           // 1: all fine centroids; 2: coarse first (1 if the pack has none)
+  double coarse_percentile = -1;  // < 0: auto_coarse_percentile(percentile)
+  int64_t block = 0;              // > 0: one selection per block of this many query tokens
+  // Not NaN: use this score threshold at both levels instead of the calibrated ones
+  // (-inf keeps every cluster: squeezed attention then equals dense attention).
+  double threshold_override = std::numeric_limits<double>::quiet_NaN();
+};
+
+struct HeadSelection {
+  std::vector<RowRange> ranges;    // rows of clustered_kv(layer, h), ascending, disjoint, merged
+  int64_t kept_keys = 0;           // rows covered by ranges
+  int64_t clusters_kept = 0;       // fine clusters kept
+  int64_t centroids_compared = 0;  // fine + coarse centroids scored (per query vector set)
+};
+
+struct SelectorImpl;
+
+// Plan step of the lookup; holds preallocated scratch reused across layers and steps.
+class Selector {
+ public:
+  Selector(const Pack& pack, int n_threads);
+  ~Selector();
+  Selector(const Selector&) = delete;
+  Selector& operator=(const Selector&) = delete;
+
+  // q: [n_q, n_head, head_dim] f32 post-RoPE (unscaled) queries of the user tokens for `layer`.
+  // Fills sel (resized to n_blocks * n_head_kv): sel[b * n_head_kv + h] is block b's selection
+  // for KV head h; block b covers query tokens [b * block, min(n_q, (b + 1) * block)), a
+  // single block (b = 0) when sp.block <= 0. Ranges are rows of the pack's clustered,
+  // cluster-contiguous K/V of (layer, h), adjacent selected clusters merged into one range.
+  // Allocation-free once the scratch has grown to the largest n_q seen.
+  void plan(int layer, const float* q, int64_t n_q, const SelectParams& sp,
+            std::vector<HeadSelection>& sel);
+
+  static int64_t n_blocks(int64_t n_q, const SelectParams& sp) {
+    return sp.block > 0 ? (n_q + sp.block - 1) / sp.block : 1;
+  }
+
+ private:
+  std::unique_ptr<SelectorImpl> impl_;
+};
+
+}  // namespace sqz
