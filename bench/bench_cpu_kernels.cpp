@@ -182,6 +182,7 @@ int main(int argc, char** argv) {
       for (cpu::MatmulKernel k :
            {cpu::MatmulKernel::kAmxBf16, cpu::MatmulKernel::kTileF32, cpu::MatmulKernel::kVecDot}) {
         if (k == cpu::MatmulKernel::kAmxBf16 && !cpu::amx_available()) continue;
+        if (k == cpu::MatmulKernel::kVecDot && n_tok > 16) continue;  // not a prefill kernel
         double gf[2];
         for (int th = 1; th <= 2; th++) {
           const double s = median_seconds(shapes[i].n_out == 49152 ? 3 : reps, [&] {

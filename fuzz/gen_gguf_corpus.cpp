@@ -24,8 +24,8 @@ void add_llama(sqz::GgufWriter& w) {
   w.add_u32("llama.rope.dimension_count", 16);
   w.add_string("tokenizer.ggml.model", "gpt2");
   w.add_string("tokenizer.ggml.pre", "smollm");
-  w.add_array_string("tokenizer.ggml.tokens", {"<|endoftext|>", "<|im_start|>", "<|im_end|>", "a",
-                                               "b", "ab", "\xc4\xa0"});
+  w.add_array_string("tokenizer.ggml.tokens",
+                     {"<|endoftext|>", "<|im_start|>", "<|im_end|>", "a", "b", "ab", "\xc4\xa0"});
   w.add_array_i32("tokenizer.ggml.token_type", {3, 3, 3, 1, 1, 1, 1});
   w.add_array_f32("tokenizer.ggml.scores", {0, 0, 0, -1, -2, -3, -4});
   w.add_array_string("tokenizer.ggml.merges", {"a b"});

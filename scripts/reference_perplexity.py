@@ -18,9 +18,11 @@ Method (identical to what `sqz perplexity --file F --ctx N` must implement):
      stderr_ppl = ppl * std(NLL, ddof=1)/sqrt(n) (delta method, tokens treated
      as independent, so it is a lower bound on the true sampling error).
 
-Note that llama.cpp's llama-perplexity uses a different method (BOS at the
-start of each window, only the second half of each window scored), so its
-number is a cross-check of magnitude only.
+llama.cpp's llama-perplexity uses a different method: same non-overlapping
+chunks, BOS replacing the first token only when the GGUF asks for BOS (this one
+does not), and only the second half of each window scored. For a like-for-like
+cross-check each ctx entry also carries "llamacpp_style", our fp32 forward
+scored that way.
 
 The model is loaded by transformers' GGUF loader, which dequantizes every
 tensor to float32 (exact: d*q + m in float), so this is the "ideal" fp32
@@ -127,6 +129,11 @@ def perplexity(model, ids: list[int], n_ctx: int) -> dict:
         print(f"  ctx {n_ctx} chunk {c + 1}/{n_chunks}: mean nll {chunk_means[-1]:.5f}",
               file=sys.stderr)
     nll = np.concatenate(nll_all)
+    # llama.cpp's llama-perplexity on the same chunks (this GGUF has
+    # add_bos_token=false, so it inserts no BOS) scores only tokens
+    # first+1..N-1 with first = N/2, i.e. nll entries first..N-2 of each chunk.
+    first = n_ctx // 2
+    lc = np.concatenate([a[first:] for a in nll_all])
     mean = float(nll.mean())
     ppl = math.exp(mean)
     se_mean = float(nll.std(ddof=1) / math.sqrt(len(nll)))
@@ -139,6 +146,13 @@ def perplexity(model, ids: list[int], n_ctx: int) -> dict:
         "n_tokens_scored": int(len(nll)),
         "n_tokens_dropped_tail": len(ids) - n_chunks * n_ctx,
         "chunk_nll_mean": [round(x, 6) for x in chunk_means],
+        "llamacpp_style": {
+            "ppl": math.exp(float(lc.mean())),
+            "nll_mean": float(lc.mean()),
+            "n_tokens_scored": int(len(lc)),
+            "method": "same chunks; score only tokens ctx/2+1..ctx-1 of each chunk "
+                      "(llama-perplexity's scheme without BOS)",
+        },
     }
 
 

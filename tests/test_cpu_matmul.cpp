@@ -83,18 +83,11 @@ struct Case {
   int64_t n_in, n_out;
 };
 
+// mag: sum_i |w_i x_i| per output, the magnitude every rounding bound scales with.
 void check_kernel(MatmulKernel k, const Case& c, const Weights& w, const std::vector<float>& x,
-                  int64_t n_tok, const std::vector<double>& ref) {
+                  int64_t n_tok, const std::vector<double>& ref, const std::vector<double>& mag) {
   const int64_t n_in = c.n_in, n_out = c.n_out;
   const double u = std::ldexp(1.0, -24);
-  // |w||x| per output: the magnitude every rounding bound scales with.
-  std::vector<double> mag(n_tok * n_out, 0.0);
-  for (int64_t t = 0; t < n_tok; t++)
-    for (int64_t o = 0; o < n_out; o++) {
-      double m = 0;
-      for (int64_t i = 0; i < n_in; i++) m += std::fabs(w.deq[o * n_in + i] * x[t * n_in + i]);
-      mag[t * n_out + o] = m;
-    }
 
   // The tight model of what the kernel computes, and its budget against the true product.
   std::vector<double> model(n_tok * n_out);
@@ -186,8 +179,16 @@ void run_case(const Case& c, std::initializer_list<int64_t> toks, std::mt19937_6
     for (int64_t i = 0; i < (int64_t)x.size(); i += 37) x[i] *= 8;  // some activation outliers
     const std::vector<double> ref =
         ref::ref_matmul(c.t, w.bytes.data(), c.n_in, c.n_out, x.data(), n_tok);
+    std::vector<double> mag(n_tok * c.n_out, 0.0);
+    for (int64_t t = 0; t < n_tok; t++)
+      for (int64_t o = 0; o < c.n_out; o++) {
+        double m = 0;
+        for (int64_t i = 0; i < c.n_in; i++)
+          m += std::fabs(w.deq[o * c.n_in + i] * x[t * c.n_in + i]);
+        mag[t * c.n_out + o] = m;
+      }
     for (MatmulKernel k : {MatmulKernel::kVecDot, MatmulKernel::kTileF32, MatmulKernel::kAmxBf16})
-      check_kernel(k, c, w, x, n_tok, ref);
+      check_kernel(k, c, w, x, n_tok, ref, mag);
     // kAuto must equal the kernel it claims to pick.
     const MatmulKernel picked = cpu::matmul_auto_kernel(w.view, n_tok);
     const std::vector<float> ya = run(MatmulKernel::kAuto, w, x, n_tok, 2);

@@ -105,7 +105,7 @@ std::vector<uint8_t> random_blocks(DType t, int64_t n, uint64_t seed) {
 
 // ---------------------------------------------------------------------------------------------
 // Layouts against gguf-py (ggml's own Python port of the dequantizers), an implementation
-// independent of this repository. Values produced by this script (gguf 0.x, numpy):
+// independent of this repository. Values produced with gguf-py 0.19.0 (numpy) by:
 //   g = splitmix64(seed = ggml_type_id * 1000003); bytes = little-endian 64-bit outputs;
 //   then for every block and f16 field (offsets as in f16_fields) one more output v patched in as
 //   f16bits(v) (bf16bits for BF16); y = gguf.quants.dequantize(bytes, type);
@@ -272,8 +272,9 @@ Range range_of(const float* x, int64_t n, bool clip_at_zero) {
 }
 
 // Per-element error budget of quantize_row(t) for element i of x.
-//  Q4_0/Q5_0 (d = signed absmax / -8 or -16): codes cover [-8d, 7d]; the far end clips by at
-//    most one step: |err| <= amax/8 (amax/16), + f16 rounding of d (2^-11 relative).
+//  Q4_0/Q5_0 (d = signed absmax / -8 or -16, |d| rounded up in f16): codes cover [-8d, 7d]
+//    around the absmax sign; the far end clips by at most one step: |err| <= |d| ~ amax/8
+//    (amax/16), |d| <= amax/8 (1 + 2^-10).
 //  Q4_1/Q5_1: m = min rounded down in f16 (<= 2^-10 |min| below), d = (max - m)/levels rounded
 //    up; no clipping: |err| <= d/2 = (range + 2^-10 |min|) / (2 levels) * (1 + 2^-10).
 //  Q8_0: d = absmax/127 in f16; codes round with the stored d: |err| <= d/2.

@@ -42,7 +42,8 @@ ContextCapture synthetic_capture(const Shape& s, uint64_t seed) {
     std::vector<float> k = test::randn(rng, per_layer, 0.5f);
     for (size_t r = 0; r < per_layer / (size_t)s.head_dim; r++) {
       const size_t dsel = (size_t)(rng() % 8);
-      for (int i = 0; i < s.head_dim; i++) k[r * (size_t)s.head_dim + (size_t)i] += dirs[dsel * (size_t)s.head_dim + (size_t)i];
+      for (int i = 0; i < s.head_dim; i++)
+        k[r * (size_t)s.head_dim + (size_t)i] += dirs[dsel * (size_t)s.head_dim + (size_t)i];
     }
     c.k.push_back(std::move(k));
     c.v.push_back(test::randn(rng, per_layer));
@@ -75,10 +76,10 @@ std::unique_ptr<Fixture> make_fixture(DType kv_type, uint64_t seed) {
   fp.head_dim = f->s.head_dim;
   fp.n_embd = f->s.n_head * f->s.head_dim;
   fp.n_vocab = 1000;
-  f->path = (std::filesystem::path(testing::TempDir()) /
-             ("sqz_baselines_" + std::to_string(seed) + "_" + std::to_string((int)kv_type) +
-              ".sqzpack"))
-                .string();
+  f->path =
+      (std::filesystem::path(testing::TempDir()) /
+       ("sqz_baselines_" + std::to_string(seed) + "_" + std::to_string((int)kv_type) + ".sqzpack"))
+          .string();
   Status st = pack_compile(cap, cp, fp, f->path, nullptr);
   EXPECT_TRUE(st.ok()) << st.message();
   if (!st.ok()) return nullptr;
@@ -210,8 +211,12 @@ TEST(Baselines, BudgetsAndRanges) {
         for (int l = 0; l < p.n_layer(); l++) {
           const std::vector<float> q = test::randn(rng, (size_t)(n_q * p.n_head() * p.head_dim()));
           for (BudgetedSelector* s : all) {
-            SCOPED_TRACE(testing::Message() << "budget " << b << " n_q " << n_q << " layer " << l
-                                            << " selector " << (s == &streaming ? "streaming" : s == &quest ? "quest" : s == &oracle ? "oracle" : "random"));
+            SCOPED_TRACE(testing::Message()
+                         << "budget " << b << " n_q " << n_q << " layer " << l << " selector "
+                         << (s == &streaming ? "streaming"
+                             : s == &quest   ? "quest"
+                             : s == &oracle  ? "oracle"
+                                             : "random"));
             s->set_budget(b);
             std::vector<HeadSelection> sel = poisoned(p.n_head_kv());
             s->plan(l, q.data(), n_q, sel);
@@ -272,7 +277,8 @@ TEST(Baselines, OracleSelectsTrueTopK) {
   OracleTopKSelector o(*f->idx, 2);
   for (int64_t n_q : {1, 4})
     for (double b : {0.1, 0.3}) {
-      const std::vector<float> q = test::randn(rng, (size_t)(n_q * p.n_head() * p.head_dim()), 2.0f);
+      const std::vector<float> q =
+          test::randn(rng, (size_t)(n_q * p.n_head() * p.head_dim()), 2.0f);
       o.set_budget(b);
       for (int l = 0; l < p.n_layer(); l++) {
         std::vector<HeadSelection> sel;
@@ -292,7 +298,8 @@ TEST(Baselines, OracleSelectsTrueTopK) {
           const int64_t k = f->idx->affordable_keys(b);
           std::vector<int32_t> order(ref.size());
           std::iota(order.begin(), order.end(), 0);
-          std::sort(order.begin(), order.end(), [&](int32_t a, int32_t c) { return ref[(size_t)a] > ref[(size_t)c]; });
+          std::sort(order.begin(), order.end(),
+                    [&](int32_t a, int32_t c) { return ref[(size_t)a] > ref[(size_t)c]; });
           std::set<int32_t> sel_rows;
           for (const RowRange& r : sel[(size_t)h].ranges)
             for (int32_t i = r.begin; i < r.end; i++) sel_rows.insert(i);
@@ -304,7 +311,8 @@ TEST(Baselines, OracleSelectsTrueTopK) {
           EXPECT_NEAR(got_mass, best, 1e-6 * best);
           // ...and the sets agree where the k-th and (k+1)-th scores are clearly apart.
           if (k < (int64_t)ref.size() &&
-              ref[(size_t)order[(size_t)k - 1]] - ref[(size_t)order[(size_t)k]] > 1e-4 * ref[(size_t)order[(size_t)k - 1]]) {
+              ref[(size_t)order[(size_t)k - 1]] - ref[(size_t)order[(size_t)k]] >
+                  1e-4 * ref[(size_t)order[(size_t)k - 1]]) {
             std::set<int32_t> want(order.begin(), order.begin() + k);
             EXPECT_EQ(sel_rows, want);
           }
@@ -337,14 +345,16 @@ TEST(Baselines, QuestBoundDominatesTrueScores) {
             for (int64_t t = 0; t < n_q; t++)
               for (int64_t g = 0; g < group; g++)
                 for (int64_t i = 0; i < d; i++)
-                  s += (double)q[(size_t)((t * p.n_head() + h * group + g) * d + i)] * key_at(kv, r, i);
+                  s += (double)q[(size_t)((t * p.n_head() + h * group + g) * d + i)] *
+                       key_at(kv, r, i);
             double& m = truemax[(size_t)(perm[r] / P)];
             m = std::max(m, s);
           }
           for (int64_t pg = 0; pg < np; pg++) {
             ASSERT_TRUE(std::isfinite(bound[(size_t)pg]));
             // f32 accumulation of the bound: allow a tiny relative slack.
-            EXPECT_GE(bound[(size_t)pg], truemax[(size_t)pg] - 1e-4 * (1 + std::fabs(truemax[(size_t)pg])))
+            EXPECT_GE(bound[(size_t)pg],
+                      truemax[(size_t)pg] - 1e-4 * (1 + std::fabs(truemax[(size_t)pg])))
                 << "page " << pg;
           }
         }
@@ -370,8 +380,10 @@ TEST(Baselines, QuestPicksHighestBoundPages) {
     for (int64_t pg = 0; pg < np; pg++) {
       const bool full_page = (pg + 1) * 16 <= p.n_clustered();
       if (!full_page) continue;  // the short last page may be taken out of order to fill up
-      if (pos.count((int32_t)(pg * 16))) min_kept = std::min(min_kept, bound[(size_t)pg]);
-      else max_dropped = std::max(max_dropped, bound[(size_t)pg]);
+      if (pos.count((int32_t)(pg * 16)))
+        min_kept = std::min(min_kept, bound[(size_t)pg]);
+      else
+        max_dropped = std::max(max_dropped, bound[(size_t)pg]);
     }
     EXPECT_GE(min_kept, max_dropped);
   }

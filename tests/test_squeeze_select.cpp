@@ -60,7 +60,9 @@ std::set<int32_t> clusters_of(const Pack& pk, int l, int h, const HeadSelection&
     EXPECT_LT(s.ranges[i].begin, s.ranges[i].end);
     EXPECT_GE(s.ranges[i].begin, 0);
     EXPECT_LE(s.ranges[i].end, pk.n_clustered());
-    if (i > 0) EXPECT_LT(s.ranges[i - 1].end, s.ranges[i].begin) << "unmerged or unordered";
+    if (i > 0) {
+      EXPECT_LT(s.ranges[i - 1].end, s.ranges[i].begin) << "unmerged or unordered";
+    }
     covered += s.ranges[i].end - s.ranges[i].begin;
   }
   EXPECT_EQ(covered, s.kept_keys);

@@ -27,23 +27,23 @@ namespace rc = sqz::refcuda;
 static int g_failures = 0;
 static int g_checks = 0;
 
-#define CUDA_OK(x)                                                                     \
-  do {                                                                                 \
-    cudaError_t e_ = (x);                                                              \
-    if (e_ != cudaSuccess) {                                                           \
+#define CUDA_OK(x)                                                                           \
+  do {                                                                                       \
+    cudaError_t e_ = (x);                                                                    \
+    if (e_ != cudaSuccess) {                                                                 \
       std::fprintf(stderr, "CUDA error %s at %s:%d: %s\n", cudaGetErrorString(e_), __FILE__, \
-                   __LINE__, #x);                                                      \
-      std::exit(2);                                                                    \
-    }                                                                                  \
+                   __LINE__, #x);                                                            \
+      std::exit(2);                                                                          \
+    }                                                                                        \
   } while (0)
-#define SQZ_OK(x)                                                                               \
-  do {                                                                                          \
-    int s_ = (x);                                                                               \
-    if (s_ != SQZ_CUDA_OK) {                                                                    \
+#define SQZ_OK(x)                                                                            \
+  do {                                                                                       \
+    int s_ = (x);                                                                            \
+    if (s_ != SQZ_CUDA_OK) {                                                                 \
       std::fprintf(stderr, "sqz error %s at %s:%d: %s\n", sqz_cuda_status_str(s_), __FILE__, \
-                   __LINE__, #x);                                                               \
-      std::exit(2);                                                                             \
-    }                                                                                           \
+                   __LINE__, #x);                                                            \
+      std::exit(2);                                                                          \
+    }                                                                                        \
   } while (0)
 
 static bool expect(bool ok, const std::string& what) {
@@ -60,14 +60,18 @@ struct Dev {
   T* p = nullptr;
   size_t n = 0;
   Dev() = default;
-  explicit Dev(size_t count) : n(count) { CUDA_OK(cudaMalloc(&p, std::max<size_t>(1, n) * sizeof(T))); }
+  explicit Dev(size_t count) : n(count) {
+    CUDA_OK(cudaMalloc(&p, std::max<size_t>(1, n) * sizeof(T)));
+  }
   Dev(const Dev&) = delete;
   Dev& operator=(const Dev&) = delete;
   Dev(Dev&& o) noexcept : p(o.p), n(o.n) { o.p = nullptr; }
   ~Dev() {
     if (p) cudaFree(p);
   }
-  void upload(const std::vector<T>& h) { CUDA_OK(cudaMemcpy(p, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice)); }
+  void upload(const std::vector<T>& h) {
+    CUDA_OK(cudaMemcpy(p, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
+  }
   std::vector<T> download(size_t count) const {
     std::vector<T> h(count);
     if (count) CUDA_OK(cudaMemcpy(h.data(), p, count * sizeof(T), cudaMemcpyDeviceToHost));
@@ -171,13 +175,14 @@ struct Case {
 };
 
 static void check_attention(const char* tag, int n_q, int n_heads, int D, sqz_cuda_dtype dt,
-                            bool prefill, const std::vector<float>& out, const std::vector<float>& lse,
-                            const std::vector<double>& ref_out, const std::vector<double>& ref_lse,
-                            double vmax) {
+                            bool prefill, const std::vector<float>& out,
+                            const std::vector<float>& lse, const std::vector<double>& ref_out,
+                            const std::vector<double>& ref_lse, double vmax) {
   // Error budget: prefill rounds P to the 16-bit type before P.V (relative 2^-9 for bf16, 2^-12
   // for f16, round-to-nearest), so |out - ref| <= u * max|v| plus f32 accumulation; decode keeps
   // P in f32. Logits come from exactly representable 16-bit inputs with f32 sums.
-  const double u = prefill ? (dt == SQZ_CUDA_BF16 ? std::ldexp(1.0, -9) : std::ldexp(1.0, -12)) : 0.0;
+  const double u =
+      prefill ? (dt == SQZ_CUDA_BF16 ? std::ldexp(1.0, -9) : std::ldexp(1.0, -12)) : 0.0;
   const double tol_out = 2.0 * u * vmax + 2e-5 * std::max(1.0, vmax);
   const double tol_lse = 1e-3;
   double worst = 0.0, worst_lse = 0.0;
@@ -252,7 +257,8 @@ static void run_case(const Case& c, std::mt19937_64& rng) {
       if (c.hier)
         while (parent + 1 < n_coarse && co[parent + 1] <= j) parent++;
       std::vector<float> b(D);
-      for (int d = 0; d < D; d++) b[d] = (c.hier ? a[(size_t)parent * D + d] : 0.0f) + 0.8f * nd(rng);
+      for (int d = 0; d < D; d++)
+        b[d] = (c.hier ? a[(size_t)parent * D + d] : 0.0f) + 0.8f * nd(rng);
       std::vector<double> mean(D, 0.0);
       for (int r = fo[j]; r < fo[j + 1]; r++)
         for (int d = 0; d < D; d++) {
@@ -356,7 +362,8 @@ static void run_case(const Case& c, std::mt19937_64& rng) {
   Dev<unsigned char> ws(wsb);
   CUDA_OK(cudaMemset(ws.p, 0xab, wsb));  // garbage everywhere except what init clears
   SQZ_OK(sqz_cuda_workspace_init(&shape, ws.p, 0));
-  sqz_cuda_context ctx{dK.p, dV.p, 0, 0, dF.p, dFo.p, c.hier ? dC.p : nullptr, c.hier ? dCo.p : nullptr};
+  sqz_cuda_context ctx{
+      dK.p, dV.p, 0, 0, dF.p, dFo.p, c.hier ? dC.p : nullptr, c.hier ? dCo.p : nullptr};
   sqz_cuda_query q{dQ.p, c.n_q, 0, (float)scale, (float)thr_f, (float)thr_c};
   Dev<float> out((size_t)c.n_q * n_heads * D), lse((size_t)c.n_q * n_heads);
   sqz_cuda_state st{out.p, 0, lse.p, 0};
@@ -409,13 +416,15 @@ static void run_case(const Case& c, std::mt19937_64& rng) {
       gset.insert(j);
       gscore[j] = g_fs[(size_t)h * n_fine + e];
     }
-    std::snprintf(buf, sizeof buf, "head %d: compared set (%zu) equals reference (%zu)", h, gset.size(), rset.size());
+    std::snprintf(buf, sizeof buf, "head %d: compared set (%zu) equals reference (%zu)", h,
+                  gset.size(), rset.size());
     expect(gset == rset, buf);
     double worst = 0.0;
     for (size_t e = 0; e < r.compared.size(); e++) {
       const int j = r.compared[e];
       if (fo[j + 1] == fo[j] || gscore[j] < 0) continue;
-      worst = std::max(worst, std::fabs(gscore[j] - r.fine_score[e]) / (std::fabs(r.fine_score[e]) + 1e-6 * qtot));
+      worst = std::max(worst, std::fabs(gscore[j] - r.fine_score[e]) /
+                                  (std::fabs(r.fine_score[e]) + 1e-6 * qtot));
     }
     std::snprintf(buf, sizeof buf, "head %d: fine scores rel err %.3g <= 2e-3", h, worst);
     expect(worst <= 2e-3, buf);
@@ -426,8 +435,9 @@ static void run_case(const Case& c, std::mt19937_64& rng) {
       gr.push_back({g_rg[((size_t)h * n_fine + i) * 2], g_rg[((size_t)h * n_fine + i) * 2 + 1]});
     int rows = 0;
     for (auto& x : ranges[h]) rows += x.second - x.first;
-    std::snprintf(buf, sizeof buf, "head %d: kept ranges (%zu, %d rows) equal reference (%zu, %d rows)",
-                  h, gr.size(), g_rows[h], ranges[h].size(), rows);
+    std::snprintf(buf, sizeof buf,
+                  "head %d: kept ranges (%zu, %d rows) equal reference (%zu, %d rows)", h,
+                  gr.size(), g_rows[h], ranges[h].size(), rows);
     expect(gr == ranges[h] && g_rows[h] == rows, buf);
   }
   // Attention over the reference ranges.
@@ -457,8 +467,8 @@ static void run_ranges_case(int n_ctx, int group, int n_q, int D, sqz_cuda_dtype
                             int num_sms, std::mt19937_64& rng) {
   const int n_kv = 3, n_heads = n_kv * group, n_fine = std::max(4, n_ctx / 7);
   char tag[200];
-  std::snprintf(tag, sizeof tag, "ranges ctx=%d g=%d nq=%d D=%d %s mode=%d sms=%d", n_ctx, group, n_q, D,
-                dt == SQZ_CUDA_BF16 ? "bf16" : "f16", mode, num_sms);
+  std::snprintf(tag, sizeof tag, "ranges ctx=%d g=%d nq=%d D=%d %s mode=%d sms=%d", n_ctx, group,
+                n_q, D, dt == SQZ_CUDA_BF16 ? "bf16" : "f16", mode, num_sms);
   std::printf("case %s\n", tag);
   const Half16 Kh = to16(randn(rng, (size_t)n_kv * n_ctx * D, 1.0f), dt);
   const Half16 Vh = to16(randn(rng, (size_t)n_kv * n_ctx * D, 1.0f), dt);
@@ -466,8 +476,8 @@ static void run_ranges_case(int n_ctx, int group, int n_q, int D, sqz_cuda_dtype
   std::vector<std::vector<std::pair<int, int>>> R(n_kv);
   std::vector<int32_t> flat((size_t)n_kv * n_fine * 2, 0), nr(n_kv, 0);
   for (int h = 0; h < n_kv; h++) {
-    if (mode == 1 && h == 1) continue;                     // empty head
-    if (mode == 2 || (mode == 1 && h == 2)) {               // whole context
+    if (mode == 1 && h == 1) continue;         // empty head
+    if (mode == 2 || (mode == 1 && h == 2)) {  // whole context
       R[h].push_back({0, n_ctx});
     } else {  // random disjoint ranges, many of one row
       int pos = (int)(rng() % 3);
@@ -520,18 +530,19 @@ static void run_ranges_case(int n_ctx, int group, int n_q, int D, sqz_cuda_dtype
         rc::attend(&Qh.vals[row * D], D, scale, kr, vr, &ref_out[row * D], &ref_lse[row]);
       }
   }
-  check_attention(tag, n_q, n_heads, D, dt, n_q * group > 8, out.download(out.n), lse.download(lse.n),
-                  ref_out, ref_lse, vmax);
+  check_attention(tag, n_q, n_heads, D, dt, n_q * group > 8, out.download(out.n),
+                  lse.download(lse.n), ref_out, ref_lse, vmax);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Dense causal attention of user tokens + merge with a context state.
-static void run_dense_case(int n_q, int n_keys, int group, int D, sqz_cuda_dtype dt, int64_t key_pos0,
-                           int64_t q_pos0, std::mt19937_64& rng) {
+static void run_dense_case(int n_q, int n_keys, int group, int D, sqz_cuda_dtype dt,
+                           int64_t key_pos0, int64_t q_pos0, std::mt19937_64& rng) {
   const int n_kv = 2, n_heads = n_kv * group;
   char tag[200];
-  std::snprintf(tag, sizeof tag, "dense nq=%d keys=%d g=%d D=%d %s kpos0=%lld qpos0=%lld", n_q, n_keys,
-                group, D, dt == SQZ_CUDA_BF16 ? "bf16" : "f16", (long long)key_pos0, (long long)q_pos0);
+  std::snprintf(tag, sizeof tag, "dense nq=%d keys=%d g=%d D=%d %s kpos0=%lld qpos0=%lld", n_q,
+                n_keys, group, D, dt == SQZ_CUDA_BF16 ? "bf16" : "f16", (long long)key_pos0,
+                (long long)q_pos0);
   std::printf("case %s\n", tag);
   // User K/V in [n_keys, n_kv, D] layout (the API default).
   const Half16 Kh = to16(randn(rng, (size_t)n_keys * n_kv * D, 1.0f), dt);
@@ -593,18 +604,22 @@ static void run_dense_case(int n_q, int n_keys, int group, int D, sqz_cuda_dtype
     }
     double l;
     rc::merge_states(oa.data(), g_lse[r], obd.data(), lb[r], D, o.data(), &l);
-    if (std::isinf(l)) inf_ok &= std::isinf(gl[r]) && gl[r] < 0;
-    else worst_l = std::max(worst_l, std::fabs(gl[r] - l));
+    if (std::isinf(l))
+      inf_ok &= std::isinf(gl[r]) && gl[r] < 0;
+    else
+      worst_l = std::max(worst_l, std::fabs(gl[r] - l));
     for (int d = 0; d < D; d++) {
       fin &= std::isfinite(gm[r * D + d]);
       worst = std::max(worst, std::fabs(gm[r * D + d] - o[d]));
-      worst16 = std::max(worst16, std::fabs(rc::bf16_to_f32(gm16[r * D + d]) - o[d]) / (std::fabs(o[d]) + 1e-3));
+      worst16 = std::max(
+          worst16, std::fabs(rc::bf16_to_f32(gm16[r * D + d]) - o[d]) / (std::fabs(o[d]) + 1e-3));
     }
   }
   char buf[256];
   std::snprintf(buf, sizeof buf, "%s merge: finite, -inf handled", tag);
   expect(fin && inf_ok, buf);
-  std::snprintf(buf, sizeof buf, "%s merge: f32 max err %.3g <= 1e-5, lse %.3g <= 1e-5, bf16 rel %.3g <= 2^-8", tag,
+  std::snprintf(buf, sizeof buf,
+                "%s merge: f32 max err %.3g <= 1e-5, lse %.3g <= 1e-5, bf16 rel %.3g <= 2^-8", tag,
                 worst, worst_l, worst16);
   expect(worst <= 1e-5 && worst_l <= 1e-5 && worst16 <= std::ldexp(1.0, -8), buf);
 }
@@ -620,7 +635,8 @@ static void run_kmeans_case(int n, int dim, int k, int true_k, std::mt19937_64& 
   for (int i = 0; i < n; i++) {
     truth[i] = (int)(rng() % true_k);
     std::normal_distribution<float> nd(0.0f, 0.15f);
-    for (int d = 0; d < dim; d++) X[(size_t)i * dim + d] = centres[(size_t)truth[i] * dim + d] + nd(rng);
+    for (int d = 0; d < dim; d++)
+      X[(size_t)i * dim + d] = centres[(size_t)truth[i] * dim + d] + nd(rng);
   }
   Dev<float> dX(X.size());
   dX.upload(X);
@@ -629,12 +645,16 @@ static void run_kmeans_case(int n, int dim, int k, int true_k, std::mt19937_64& 
   Dev<float> c0((size_t)k * dim), c1((size_t)k * dim), c10((size_t)k * dim);
   Dev<int32_t> a0(n), cnt(k), perm(n), off(k + 1), a10(n);
   const uint64_t seed = rng();
-  SQZ_OK(sqz_cuda_kmeans_run(km, dX.p, SQZ_CUDA_F32, n, k, 0, seed, c0.p, a0.p, nullptr, nullptr, nullptr, 0));
-  SQZ_OK(sqz_cuda_kmeans_run(km, dX.p, SQZ_CUDA_F32, n, k, 1, seed, c1.p, nullptr, nullptr, nullptr, nullptr, 0));
+  SQZ_OK(sqz_cuda_kmeans_run(km, dX.p, SQZ_CUDA_F32, n, k, 0, seed, c0.p, a0.p, nullptr, nullptr,
+                             nullptr, 0));
+  SQZ_OK(sqz_cuda_kmeans_run(km, dX.p, SQZ_CUDA_F32, n, k, 1, seed, c1.p, nullptr, nullptr, nullptr,
+                             nullptr, 0));
   const auto t0 = std::chrono::steady_clock::now();
-  SQZ_OK(sqz_cuda_kmeans_run(km, dX.p, SQZ_CUDA_F32, n, k, 10, seed, c10.p, a10.p, cnt.p, perm.p, off.p, 0));
+  SQZ_OK(sqz_cuda_kmeans_run(km, dX.p, SQZ_CUDA_F32, n, k, 10, seed, c10.p, a10.p, cnt.p, perm.p,
+                             off.p, 0));
   CUDA_OK(cudaDeviceSynchronize());
-  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  const double ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   std::printf("  kmeans 10 iters: %.2f ms\n", ms);
   // Normalised points (what the GPU clusters, up to bf16 rounding).
   std::vector<double> Xn((size_t)n * dim);
@@ -644,8 +664,8 @@ static void run_kmeans_case(int n, int dim, int k, int true_k, std::mt19937_64& 
     for (int d = 0; d < dim; d++) Xn[(size_t)i * dim + d] = X[(size_t)i * dim + d] / std::sqrt(s);
   }
   const auto hc0 = c0.download(c0.n), hc1 = c1.download(c1.n), hc10 = c10.download(c10.n);
-  const auto ha0 = a0.download(n), ha10 = a10.download(n), hcnt = cnt.download(k), hperm = perm.download(n),
-             hoff = off.download(k + 1);
+  const auto ha0 = a0.download(n), ha10 = a10.download(n), hcnt = cnt.download(k),
+             hperm = perm.download(n), hoff = off.download(k + 1);
   char buf[256];
   // Invariants of the final assignment.
   bool inv = hoff[0] == 0 && hoff[k] == n;
@@ -662,7 +682,8 @@ static void run_kmeans_case(int n, int dim, int k, int true_k, std::mt19937_64& 
   expect(inv, buf);
   // Assignment is the argmax cosine to the returned centroids, up to bf16 rounding of both sides
   // (each factor relative 2^-9 -> |cos error| <~ 2 * 2^-8 with unit vectors; margin 0.02).
-  auto check_argmax = [&](const std::vector<float>& C, const std::vector<int32_t>& A, const char* what) {
+  auto check_argmax = [&](const std::vector<float>& C, const std::vector<int32_t>& A,
+                          const char* what) {
     int bad = 0;
     for (int i = 0; i < n; i++) {
       double best = -2, got = -2;
@@ -683,7 +704,8 @@ static void run_kmeans_case(int n, int dim, int k, int true_k, std::mt19937_64& 
   bool unit = true;
   for (int c = 0; c < k; c++) {
     double s = 0;
-    for (int d = 0; d < dim; d++) s += (double)hc10[(size_t)c * dim + d] * hc10[(size_t)c * dim + d];
+    for (int d = 0; d < dim; d++)
+      s += (double)hc10[(size_t)c * dim + d] * hc10[(size_t)c * dim + d];
     unit &= std::fabs(std::sqrt(s) - 1.0) < 1e-2;
   }
   std::snprintf(buf, sizeof buf, "%s: centroids unit norm", tag);
@@ -705,7 +727,8 @@ static void run_kmeans_case(int n, int dim, int k, int true_k, std::mt19937_64& 
       for (int d = 0; d < dim; d++)
         worst = std::max(worst, std::fabs(hc1[(size_t)c * dim + d] - sum[(size_t)c * dim + d] / s));
     }
-    std::snprintf(buf, sizeof buf, "%s: one update = normalised member mean (max err %.3g <= 8e-3)", tag, worst);
+    std::snprintf(buf, sizeof buf, "%s: one update = normalised member mean (max err %.3g <= 8e-3)",
+                  tag, worst);
     expect(worst <= 8e-3, buf);
   }
   // Well-separated truth, over-clustered (k >= 2 * true_k so seeding covers every planted
@@ -718,7 +741,8 @@ static void run_kmeans_case(int n, int dim, int k, int true_k, std::mt19937_64& 
       const int mx = *std::max_element(h.begin(), h.end());
       impure += (hoff[c + 1] - hoff[c]) - mx;
     }
-    std::snprintf(buf, sizeof buf, "%s: purity vs planted clusters (impure points %d <= 2%%)", tag, impure);
+    std::snprintf(buf, sizeof buf, "%s: purity vs planted clusters (impure points %d <= 2%%)", tag,
+                  impure);
     expect(impure <= n / 50, buf);
   }
   sqz_cuda_kmeans_destroy(km);
@@ -727,7 +751,8 @@ static void run_kmeans_case(int n, int dim, int k, int true_k, std::mt19937_64& 
 int main(int argc, char** argv) {
   uint64_t seed = 20261127;
   if (argc > 1) seed = std::strtoull(argv[1], nullptr, 10);
-  std::printf("test_cuda_squeeze seed=%llu (pass a seed as argv[1] to replay)\n", (unsigned long long)seed);
+  std::printf("test_cuda_squeeze seed=%llu (pass a seed as argv[1] to replay)\n",
+              (unsigned long long)seed);
   cudaDeviceProp prop;
   CUDA_OK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
@@ -735,16 +760,16 @@ int main(int argc, char** argv) {
   const auto BF = SQZ_CUDA_BF16, F16 = SQZ_CUDA_F16;
   // n_ctx, group, n_q, D, hier, dtype, keep_coarse, keep_fine, num_sms
   const Case cases[] = {
-      {113, 1, 1, 128, false, BF, 0, 0.3, 0},    {113, 4, 1, 128, true, BF, 0.5, 0.5, 0},
-      {113, 8, 1, 128, true, BF, 1.0, 1.0, 0},   {501, 1, 1, 128, true, BF, 0.3, 0.4, 0},
-      {501, 4, 2, 128, true, BF, 0.4, 0.3, 0},   {501, 8, 1, 64, false, F16, 0, 0.2, 0},
-      {3771, 1, 1, 128, true, BF, 0.2, 0.3, 0},  {3771, 4, 1, 128, true, BF, 0.25, 0.25, 3},
-      {3771, 8, 1, 128, false, BF, 0, 0.1, 0},   {3771, 1, 5, 128, true, F16, 0.3, 0.3, 0},
+      {113, 1, 1, 128, false, BF, 0, 0.3, 0},     {113, 4, 1, 128, true, BF, 0.5, 0.5, 0},
+      {113, 8, 1, 128, true, BF, 1.0, 1.0, 0},    {501, 1, 1, 128, true, BF, 0.3, 0.4, 0},
+      {501, 4, 2, 128, true, BF, 0.4, 0.3, 0},    {501, 8, 1, 64, false, F16, 0, 0.2, 0},
+      {3771, 1, 1, 128, true, BF, 0.2, 0.3, 0},   {3771, 4, 1, 128, true, BF, 0.25, 0.25, 3},
+      {3771, 8, 1, 128, false, BF, 0, 0.1, 0},    {3771, 1, 5, 128, true, F16, 0.3, 0.3, 0},
       {3771, 4, 1, 128, true, BF, 0.0, 0.5, 0},  // empty selection (no coarse kept)
       {3771, 1, 1, 128, true, BF, 1.0, 1.0, 1},  // full selection, few SMs -> long chunks
-      {113, 1, 77, 128, true, BF, 0.5, 0.5, 0},  {501, 4, 33, 128, true, BF, 0.3, 0.4, 0},
-      {501, 8, 9, 64, true, F16, 0.4, 0.4, 0},   {3771, 1, 77, 128, true, BF, 0.2, 0.3, 0},
-      {3771, 4, 40, 128, false, BF, 0, 0.15, 2}, {3771, 8, 20, 128, true, BF, 1.0, 1.0, 0},
+      {113, 1, 77, 128, true, BF, 0.5, 0.5, 0},   {501, 4, 33, 128, true, BF, 0.3, 0.4, 0},
+      {501, 8, 9, 64, true, F16, 0.4, 0.4, 0},    {3771, 1, 77, 128, true, BF, 0.2, 0.3, 0},
+      {3771, 4, 40, 128, false, BF, 0, 0.15, 2},  {3771, 8, 20, 128, true, BF, 1.0, 1.0, 0},
       {3771, 1, 130, 128, true, BF, 0.0, 0.3, 0},  // empty, prefill
       {3771, 4, 64, 64, true, BF, 0.3, 0.3, 0},
   };
@@ -757,8 +782,8 @@ int main(int argc, char** argv) {
   }
   run_dense_case(1, 1, 1, 128, BF, 0, 0, rng);
   run_dense_case(77, 77, 4, 128, BF, 10, 10, rng);
-  run_dense_case(200, 260, 1, 128, F16, 0, 60, rng);   // 60 past user tokens
-  run_dense_case(130, 130, 8, 64, BF, 20, 0, rng);     // early queries see nothing
+  run_dense_case(200, 260, 1, 128, F16, 0, 60, rng);  // 60 past user tokens
+  run_dense_case(130, 130, 8, 64, BF, 20, 0, rng);    // early queries see nothing
   run_kmeans_case(3771, 128, 40, 20, rng);
   run_kmeans_case(501, 64, 120, 10, rng);  // many more clusters than structure: reseeding
   run_kmeans_case(113, 128, 113, 5, rng);  // k == n

@@ -1,5 +1,6 @@
 #include "engine/squeeze_session.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <limits>
@@ -75,6 +76,7 @@ class SqueezeAttention : public AttentionProvider {
         n_blocks = Selector::n_blocks(n_tok, sp_);
         if (n_blocks > 1) block = sp_.block;
       }
+      if (sinks_ > 0) add_sinks(layer);
       if (measure_mass_ && n_blocks == 1) measure_mass(layer, q, n_tok);
     }
     // One plan/run per selection block: a block's query tokens see the clusters selected for
@@ -147,6 +149,48 @@ class SqueezeAttention : public AttentionProvider {
   int64_t kept_ = 0, compared_ = 0, lookups_ = 0;
   KeySelector* alt_ = nullptr;
   bool measure_mass_ = false;
+  int sinks_ = 0;
+  std::vector<std::vector<int32_t>> sink_rows_;  // [n_layer * n_head_kv] rows of positions < sinks_
+  std::vector<RowRange> merged_;
+
+ public:
+  void set_sinks(int n) {
+    sinks_ = n;
+    if (n <= 0) return;
+    const int64_t nc = pack_.n_clustered();
+    sink_rows_.assign((size_t)(c_.n_layer * c_.n_head_kv), {});
+    for (int l = 0; l < c_.n_layer; l++)
+      for (int h = 0; h < c_.n_head_kv; h++) {
+        const int32_t* perm = pack_.perm(l, h);
+        auto& rows = sink_rows_[(size_t)(l * c_.n_head_kv + h)];
+        for (int64_t r = 0; r < nc; r++)
+          if (perm[r] < n) rows.push_back((int32_t)r);
+      }
+  }
+
+ private:
+  // Attention sinks (the first tokens, which draw a large share of attention in every head) are
+  // always read: union of their rows with each selection, kept sorted and disjoint.
+  void add_sinks(int layer) {
+    for (size_t i = 0; i < sel_.size(); i++) {
+      const int h = (int)(i % (size_t)c_.n_head_kv);
+      HeadSelection& hs = sel_[i];
+      merged_ = hs.ranges;
+      for (int32_t r : sink_rows_[(size_t)(layer * c_.n_head_kv + h)]) merged_.push_back({r, r + 1});
+      std::sort(merged_.begin(), merged_.end(),
+                [](const RowRange& a, const RowRange& b) { return a.begin < b.begin; });
+      hs.ranges.clear();
+      hs.kept_keys = 0;
+      for (const RowRange& r : merged_) {
+        if (!hs.ranges.empty() && r.begin <= hs.ranges.back().end) {
+          hs.ranges.back().end = std::max(hs.ranges.back().end, r.end);
+        } else {
+          hs.ranges.push_back(r);
+        }
+      }
+      for (const RowRange& r : hs.ranges) hs.kept_keys += r.end - r.begin;
+    }
+  }
   double mass_sum_ = 0;
   int64_t mass_n_ = 0;
   std::vector<uint8_t> selmask_;
@@ -223,6 +267,7 @@ Result<AskSetup> make_setup(const Engine& e, const Pack& pack, int64_t n_user_ma
   s.attn = std::make_unique<SqueezeAttention>(pack, *s.user, c, e.params().n_threads,
                                               ap.dense ? Mode::kDense : Mode::kSqueezed, sp,
                                               ap.selector, ap.measure_mass);
+  s.attn->set_sinks(ap.sink_tokens);
   e.model().init_scratch(s.scratch, e.params().n_batch, e.params().n_threads);
   return s;
 }

@@ -54,6 +54,7 @@ struct AskParams {
   bool dense = false;       // exact full attention over the pack's KV (the reference)
   bool keep_all = false;    // threshold -inf: every cluster kept (must reproduce dense)
   KeySelector* selector = nullptr;  // non-null: use this instead of centroid lookup
+  int sink_tokens = 0;        // always read the first N context positions (attention sinks)
   bool measure_mass = false;  // compute the true softmax mass captured by the selection (slow)
 };
 

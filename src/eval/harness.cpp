@@ -51,8 +51,8 @@ EvalConfig smoke_config() {
   c.tasks = {{TaskKind::kNiahSingle, 1, 1}, {TaskKind::kPrefixQa, 1, 3}};
   c.methods = {"squeeze", "quest"};
   c.budgets = {0.25};
-  c.max_tokens = 12;
   c.mass_every = 2;
+  c.always_generate = true;  // also checks the teacher-forced shortcut against generation
   return c;
 }
 
@@ -68,7 +68,6 @@ EvalConfig full_config() {
              {TaskKind::kVariableTracking, 1, 2}, {TaskKind::kCommonWords, 1, 1}};
   c.methods = kMethods;
   c.budgets = {0.25, 0.125, 0.0625};
-  c.max_tokens = 12;
   c.mass_every = 8;
   return c;
 }
@@ -91,6 +90,7 @@ json config_json(const EvalConfig& c) {
             {"obs_window", c.obs_window},
             {"seed", c.kmeans_seed}}},
           {"gen", {{"max_tokens", c.max_tokens}, {"stop", c.stop}}},
+          {"always_generate", c.always_generate},
           {"kl", c.kl},
           {"mass_every", c.mass_every},
           {"sinks", c.sinks},
@@ -144,6 +144,8 @@ struct Record {
   std::string answer;
   bool correct = false, exact = false, agree = false;
   double kl = std::nan("");  // NaN: not computed
+  int tf_match = -1;          // teacher-forced pass reproduced the dense answer (-1: not run)
+  bool generated = false;     // the method's own generation ran (else: answer = dense's)
   double mass = -1;          // -1: not measured
   int64_t gen_tokens = 0;
   double ask_s = 0, score_s = 0;
@@ -172,6 +174,8 @@ json record_json(const Record& r) {
           {"exact", r.exact},
           {"agree_dense", r.agree},
           {"kl", num(r.kl)},
+          {"tf_match", r.tf_match < 0 ? json() : json(r.tf_match == 1)},
+          {"generated", r.generated},
           {"mass", r.mass < 0 ? json() : json(r.mass)},
           {"gen_tokens", r.gen_tokens},
           {"ask_s", r.ask_s},
@@ -365,6 +369,7 @@ Result<EvalConfig> eval_config_from_json(const std::string& text) {
       if (j["gen"].contains("stop")) c.stop = j["gen"]["stop"].get<std::vector<std::string>>();
     }
     c.kl = j.value("kl", c.kl);
+    c.always_generate = j.value("always_generate", c.always_generate);
     c.mass_every = j.value("mass_every", c.mass_every);
     c.sinks = j.value("sinks", c.sinks);
     c.quest_page_size = j.value("quest_page_size", c.quest_page_size);
@@ -515,45 +520,98 @@ Result<EvalRunSummary> run_eval(const EvalConfig& cfg, const EvalOptions& opt) {
       ap0.gen.stop = cfg.stop;
       const std::vector<int32_t> qtok = question_tokens(e, q.text);
 
-      // Runs one method: generation, then (optionally) teacher-forced logits on the dense
-      // answer's tokens for KL.
-      std::vector<int32_t> dense_tokens;
+      // The dense answer's tokens plus, when dense stopped at end-of-turn, one more row: the
+      // prediction after the last token (the appended id is never fed, only its row is used).
+      std::vector<int32_t> scored;
       std::vector<float> dense_logits;
-      auto run_one = [&](Record r, AskParams ap, bool mass) -> Result<Record> {
-        const double t0 = now_s();
-        SQZ_ASSIGN_OR_RETURN(AskResult res, ask(e, *pack, q.text, ap));
-        r.ask_s = now_s() - t0;
+      std::string dense_text;
+      int64_t dense_n = 0;
+      bool dense_eos = false;
+      // Does this teacher-forced run reproduce dense's greedy answer? Greedy decoding is
+      // deterministic, so when every row's argmax (lowest index on ties, as the sampler) is the
+      // dense token and the last row predicts end-of-turn, the method's own greedy generation
+      // is token for token the dense one.
+      auto reproduces = [&](const std::vector<float>& lg) {
+        for (int64_t i = 0; i < (int64_t)scored.size(); i++) {
+          const float* row = lg.data() + i * nv;
+          int32_t best = 0;
+          for (int32_t v = 1; v < nv; v++)
+            if (row[v] > row[best]) best = v;
+          if (i < dense_n) {
+            if (best != scored[(size_t)i]) return false;
+          } else if (best != tok.eos() && best != tok.eot()) {
+            return false;
+          }
+        }
+        return true;
+      };
+      auto fill_gen = [&](Record& r, const AskResult& res) {
         r.answer = res.gen.text;
         r.gen_tokens = (int64_t)res.gen.tokens.size();
         r.budget = res.budget;
         r.kept_fraction = res.kept_fraction;
         r.centroid_fraction = res.centroid_fraction;
-        r.percentile = ap.dense ? 0 : res.percentile;
-        r.correct = answer_contains(r.answer, q.expected);
-        r.exact = answer_exact(r.answer, q.expected);
-        if (cfg.kl || mass) {
+      };
+      // Runs one method. With KL on: the teacher-forced pass on the dense answer first (KL,
+      // mass, budget); generation only when that pass does not reproduce the dense answer (or
+      // always_generate). With KL off: generation (mass measured there when asked).
+      auto run_one = [&](Record r, AskParams ap, bool mass) -> Result<Record> {
+        if (ap.dense) {
+          const double t0 = now_s();
+          SQZ_ASSIGN_OR_RETURN(AskResult res, ask(e, *pack, q.text, ap));
+          r.ask_s = now_s() - t0;
+          fill_gen(r, res);
+          r.generated = true;
+          dense_text = res.gen.text;
+          dense_n = (int64_t)res.gen.tokens.size();
+          dense_eos = res.gen.stop_reason == "eos";
+          scored = res.gen.tokens;
+          if (dense_eos) scored.push_back(tok.eot());
+          if (cfg.kl && !scored.empty()) {
+            const double t1 = now_s();
+            SQZ_ASSIGN_OR_RETURN(dense_logits, ask_score_tokens(e, *pack, qtok, scored, ap, nullptr));
+            r.score_s = now_s() - t1;
+            r.kl = 0;
+            r.tf_match = reproduces(dense_logits);  // self-consistency of the two passes
+          }
+        } else if (cfg.kl && !scored.empty()) {
           const double t1 = now_s();
           AskParams sp = ap;
           sp.measure_mass = mass;
           AskResult st;
-          std::vector<float> logits;
-          if (ap.dense) {
-            dense_tokens = res.gen.tokens;
-          }
-          if (dense_tokens.empty()) {
-            SQZ_ASSIGN_OR_RETURN(logits, ask_first_logits(e, *pack, qtok, sp, &st));
-          } else {
-            SQZ_ASSIGN_OR_RETURN(logits, ask_score_tokens(e, *pack, qtok, dense_tokens, sp, &st));
-          }
-          if (ap.dense) {
-            dense_logits = std::move(logits);
-            r.kl = 0;
-          } else {
-            if (cfg.kl) r.kl = mean_kl(dense_logits, logits, nv);
-            if (mass) r.mass = st.mass_captured;
-          }
+          SQZ_ASSIGN_OR_RETURN(std::vector<float> lg,
+                               ask_score_tokens(e, *pack, qtok, scored, sp, &st));
           r.score_s = now_s() - t1;
+          r.kl = mean_kl(dense_logits, lg, nv);
+          if (mass) r.mass = st.mass_captured;
+          r.tf_match = reproduces(lg);
+          r.budget = st.budget;
+          r.kept_fraction = st.kept_fraction;
+          r.centroid_fraction = st.centroid_fraction;
+          r.percentile = st.percentile;
+          if (r.tf_match && !cfg.always_generate) {
+            r.answer = dense_text;
+            r.gen_tokens = dense_n;
+          } else {
+            const double t0 = now_s();
+            SQZ_ASSIGN_OR_RETURN(AskResult res, ask(e, *pack, q.text, ap));
+            r.ask_s = now_s() - t0;
+            fill_gen(r, res);
+            r.generated = true;
+          }
+        } else {
+          const double t0 = now_s();
+          AskParams gp = ap;
+          gp.measure_mass = mass;
+          SQZ_ASSIGN_OR_RETURN(AskResult res, ask(e, *pack, q.text, gp));
+          r.ask_s = now_s() - t0;
+          fill_gen(r, res);
+          r.generated = true;
+          r.percentile = res.percentile;
+          if (mass) r.mass = res.mass_captured;
         }
+        r.correct = answer_contains(r.answer, q.expected);
+        r.exact = answer_exact(r.answer, q.expected);
         return r;
       };
 
@@ -596,6 +654,7 @@ Result<EvalRunSummary> run_eval(const EvalConfig& cfg, const EvalOptions& opt) {
             ap.selector = s;
           }
           SQZ_ASSIGN_OR_RETURN(r, run_one(r, ap, want_mass));
+          if (ap.selector) r.percentile = 0;  // baselines use no percentile
           if (m == "squeeze" || (m == "squeeze_h" && matched < 0)) matched = r.budget;
           r.agree = normalize_answer(r.answer) == dense_norm;
           out.push_back(std::move(r));
@@ -630,16 +689,18 @@ Result<EvalRunSummary> run_eval(const EvalConfig& cfg, const EvalOptions& opt) {
     std::string csv =
         "qid,task,length,instance,n_ctx,depth,value_kind,method,target_budget,budget,"
         "kept_fraction,centroid_fraction,percentile,correct,exact,agree_dense,kl,mass,"
-        "gen_tokens,ask_s,score_s,expected,answer\n";
+        "tf_match,generated,gen_tokens,ask_s,score_s,expected,answer\n";
     for (const Record& r : recs) {
       std::string exp;
       for (const auto& x : r.expected) exp += (exp.empty() ? "" : "|") + x;
-      csv += fmt::format("{},{},{},{},{},{:.4f},{},{},{},{:.6f},{:.6f},{:.6f},{:.4f},{},{},{},{},{},{},{:.3f},{:.3f},{},{}\n",
+      csv += fmt::format("{},{},{},{},{},{:.4f},{},{},{},{:.6f},{:.6f},{:.6f},{:.4f},{},{},{},{},{},{},{},{},{:.3f},{:.3f},{},{}\n",
                          r.qid, r.task, r.length, r.instance, r.n_ctx, r.depth, r.value_kind,
                          r.method, r.target_budget, r.budget, r.kept_fraction,
                          r.centroid_fraction, r.percentile, (int)r.correct, (int)r.exact,
                          (int)r.agree, std::isnan(r.kl) ? std::string() : fmt::format("{:.6g}", r.kl),
-                         r.mass < 0 ? std::string() : fmt::format("{:.6f}", r.mass), r.gen_tokens,
+                         r.mass < 0 ? std::string() : fmt::format("{:.6f}", r.mass),
+                         r.tf_match < 0 ? std::string() : std::to_string(r.tf_match),
+                         (int)r.generated, r.gen_tokens,
                          r.ask_s, r.score_s, csv_field(exp), csv_field(r.answer));
     }
     SQZ_RETURN_IF_ERROR(

@@ -45,11 +45,17 @@ struct EvalConfig {
   double coarse = 0.01;
   int obs_window = 32;
   uint64_t kmeans_seed = 0;
-  // Generation (greedy).
-  int max_tokens = 16;
+  // Generation (greedy). Answers of the default model echo the question before the value
+  // ("The special magic number for X is 4718293."), digits are one token each: up to 32
+  // tokens, and the answer is the first line (the model often rambles on after a blank line).
+  int max_tokens = 32;
   std::vector<std::string> stop = {"\n"};
   // Metrics.
   bool kl = true;      // teacher-forced KL(dense || method) on the dense answer's tokens
+  // With kl on, a method whose teacher-forced pass reproduces the dense greedy answer token
+  // for token (and the end of turn) has that answer; its own generation is skipped unless
+  // always_generate (which re-checks the shortcut: the records then show both).
+  bool always_generate = false;
   int mass_every = 0;  // measure the true softmax mass captured on every N-th question (0: never)
   // Baselines.
   int sinks = 4;

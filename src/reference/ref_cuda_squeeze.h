@@ -70,7 +70,7 @@ inline uint16_t f32_to_f16(float f) {
     return (uint16_t)(sign | m);
   }
   int e;
-  const double fr = std::frexp((double)a, &e);  // a = fr * 2^e, fr in [0.5, 1)
+  const double fr = std::frexp((double)a, &e);         // a = fr * 2^e, fr in [0.5, 1)
   uint32_t m = (uint32_t)std::nearbyint(fr * 2048.0);  // 11 significant bits
   if (m == 2048) {
     m = 1024;
@@ -211,7 +211,8 @@ inline LookupResult lookup(const LookupHead& h, const float* qs, int nq, double 
     for (size_t e = 0; e < nc; e++) r.fine_score[e] += den > 0 ? std::exp(l[e] - mx) / den : 0.0;
   }
   for (size_t e = 0; e < nc; e++)
-    if (nfine(r.compared[e]) > 0 && r.fine_score[e] >= thr_fine * nq) r.kept.push_back(r.compared[e]);
+    if (nfine(r.compared[e]) > 0 && r.fine_score[e] >= thr_fine * nq)
+      r.kept.push_back(r.compared[e]);
   return r;
 }
 

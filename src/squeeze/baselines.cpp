@@ -141,8 +141,8 @@ void QuestSelector::page_bounds(int layer, int h, const float* q, int64_t n_q, i
   bool have = false;
   for (auto& e : cache_) have = have || e.first == page_size;
   if (!have)
-    cache_.emplace_back(page_size,
-                        std::vector<Bounds>((size_t)idx_.pack().n_layer() * idx_.pack().n_head_kv()));
+    cache_.emplace_back(
+        page_size, std::vector<Bounds>((size_t)idx_.pack().n_layer() * idx_.pack().n_head_kv()));
   const Bounds& b = bounds(layer, h, page_size);
   const Pack& pk = idx_.pack();
   const int64_t d = pk.head_dim(), group = pk.n_head() / pk.n_head_kv();

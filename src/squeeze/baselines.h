@@ -81,7 +81,9 @@ class QuestSelector : public BudgetedSelector {
   // Smallest power of two >= 4 / budget, at least 16: the page metadata (2 vectors per page)
   // then costs at most half the budget, leaving the rest for keys. Fixed before any result.
   static int auto_page_size(double budget);
-  int page_size_for(double budget) const { return page_size_ > 0 ? page_size_ : auto_page_size(budget); }
+  int page_size_for(double budget) const {
+    return page_size_ > 0 ? page_size_ : auto_page_size(budget);
+  }
 
   // Upper bound of every page of (layer, h): out[p] = sum over query tokens t and the group's
   // query heads g of sum_i max(q_i * min_i, q_i * max_i), min/max over the keys of page p

@@ -1,11 +1,8 @@
 // Calibration of the global score thresholds (docs/squeeze.md, "Calibration").
-#include <omp.h>
-
 #include <algorithm>
-#include <atomic>
+#include <cfloat>
 #include <cmath>
 #include <limits>
-#include <mutex>
 
 #include "squeeze/calib_internal.h"
 #include "squeeze/centroid_kernels.h"
@@ -202,7 +199,10 @@ Status calibrate(const ContextCapture& cap, SqueezedContext& sc, const CompilePr
             double D = 0.0;
             for (int c = 0; c < kc; c++)
               D += survive[(size_t)c] ? A[(size_t)(q * kc + c)] : B[(size_t)(q * kc + c)];
-            invDf[(size_t)q] = (float)(1.0 / ((double)nqv * D));
+            // D > 0 unless every term underflowed (logit gaps > ~87): then score nothing;
+            // clamped so a tiny D cannot make inf * 0 = NaN below.
+            invDf[(size_t)q] =
+                D > 0.0 ? (float)std::min(1.0 / ((double)nqv * D), (double)FLT_MAX) : 0.0f;
           }
           double kept = 0.0;
           for (int c = 0; c < kc; c++) {

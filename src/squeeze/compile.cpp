@@ -1,12 +1,12 @@
 // Offline half of squeezed attention: validate the capture, cluster every (layer, KV head)'s
 // keys (fine K-means, then weighted K-means of the fine centroids into coarse groups), order
 // rows by (coarse, fine) cluster, then calibrate (calib.cpp) and write the pack (pack_io.cpp).
-#include <omp.h>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
+#include <limits>
 #include <mutex>
 
 #include "squeeze/calib_internal.h"

@@ -584,29 +584,31 @@ Status Pack::load() {
     return Error(Code::kFormat, "{}: section 'meta': fingerprint disagrees with dims", path);
 
   // ---- section sizes ----
-  const uint64_t H = (uint64_t)n_layer_ * (uint64_t)n_head_kv_;
-  const uint64_t esz = kv_type_ == DType::kF32 ? 4 : 2;
-  const uint64_t d = (uint64_t)head_dim_;
-  const uint64_t expect[kPackSectionCount + 1] = {
+  // 128-bit products: crafted dims must not wrap around to a small "expected" size.
+  using u128 = unsigned __int128;
+  const u128 H = (u128)n_layer_ * (u128)n_head_kv_;
+  const u128 esz = kv_type_ == DType::kF32 ? 4 : 2;
+  const u128 d = (u128)head_dim_;
+  const u128 expect[kPackSectionCount + 1] = {
       0,
       sec_size[1],
-      (uint64_t)n_ctx_ * 4,
-      H * (uint64_t)n_clustered_ * d * esz,
-      H * (uint64_t)n_clustered_ * d * esz,
-      H * (uint64_t)n_clustered_ * 4,
-      H * ((uint64_t)n_fine_ + 1) * 4,
-      H * (uint64_t)n_fine_ * d * 4,
-      H * (uint64_t)n_fine_ * 4,
-      H * (uint64_t)n_coarse_ * d * 4,
-      H * ((uint64_t)n_coarse_ + 1) * 4,
-      H * (uint64_t)n_obs_ * d * esz,
-      H * (uint64_t)n_obs_ * d * esz,
-      5 * (uint64_t)n_grid * 8,
+      (u128)n_ctx_ * 4,
+      H * (u128)n_clustered_ * d * esz,
+      H * (u128)n_clustered_ * d * esz,
+      H * (u128)n_clustered_ * 4,
+      H * ((u128)n_fine_ + 1) * 4,
+      H * (u128)n_fine_ * d * 4,
+      H * (u128)n_fine_ * 4,
+      H * (u128)n_coarse_ * d * 4,
+      H * ((u128)n_coarse_ + 1) * 4,
+      H * (u128)n_obs_ * d * esz,
+      H * (u128)n_obs_ * d * esz,
+      5 * (u128)n_grid * 8,
   };
   for (uint32_t id = 2; id <= kPackSectionCount; id++)
-    if (sec_size[id] != expect[id])
+    if ((u128)sec_size[id] != expect[id])
       return Error(Code::kFormat, "{}: section '{}' has {} bytes; the metadata implies {}", path,
-                   pack_section_name(id), sec_size[id], expect[id]);
+                   pack_section_name(id), sec_size[id], (double)expect[id]);
 
   // ---- contents (a pack with valid checksums can still be crafted; never index blindly) ----
   tokens_ = (const int32_t*)sec_[(uint32_t)PackSection::kTokens];

@@ -156,6 +156,8 @@ struct HeadSelection {
 struct SelectorImpl;
 
 // Plan step of the lookup; holds preallocated scratch reused across layers and steps.
+// Keeps a reference to the pack (which must outlive it); not safe to call from two threads at
+// once (parallelism is inside plan()).
 class Selector {
  public:
   Selector(const Pack& pack, int n_threads);

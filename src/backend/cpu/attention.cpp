@@ -5,12 +5,13 @@
 // converted to f32 once per (query chunk, tile). For decode (one token, a GQA group of 1-8 heads)
 // this reads each K/V row exactly once, which is what matters: decode attention is bound by
 // memory bandwidth. Prefill re-reads tiles once per query chunk, amortised over kQRows rows.
+#include "attention/attention.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
 
-#include "attention/attention.h"
 #include "core/fp16.h"
 
 #if defined(__AVX512F__)
@@ -21,8 +22,8 @@ namespace sqz {
 
 namespace {
 
-constexpr int kKeyTile = 32;   // keys converted per tile
-constexpr int kQRows = 16;     // query rows (token × head) per chunk
+constexpr int kKeyTile = 32;  // keys converted per tile
+constexpr int kQRows = 16;    // query rows (token × head) per chunk
 constexpr int kMaxHeadDim = 256;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 

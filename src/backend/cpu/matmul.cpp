@@ -16,6 +16,7 @@
 #include <mutex>
 
 #include "backend/cpu/quant.h"
+#include "backend/cpu/quant_blocks.h"
 #include "backend/cpu/quant_impl.h"
 #include "core/fp16.h"
 
@@ -38,7 +39,7 @@ namespace sqz::cpu {
 
 namespace {
 
-constexpr int64_t kDecodeMaxTokens = 5;  // n_tok <= this: vec-dot kernel (measured crossover)
+constexpr int64_t kDecodeMaxTokens = 4;  // n_tok <= this: vec-dot kernel (measured crossover)
 constexpr int64_t kF32TileRows = 64;     // W rows per f32 tile: 64 x 1536 x 4 = 384 KiB (L2)
 constexpr size_t kAlign = 64;
 constexpr size_t kPrefetchBytes = 4096;  // decode: software prefetch distance in the weight stream
@@ -239,12 +240,63 @@ AmxScratch amx_layout(const TensorView& W, int64_t n_tok) {
 
 // Dequantize W rows [r0, r0 + 32) (rows >= n_out are zero) into the B-tile layout:
 // panel[g][s] is the 1 KiB tile for row group g (16 rows) and k-step s (32 k).
+// One 32-element block dequantized straight to 16 bf16 (k even, k odd) pairs: for the formats
+// whose block is exactly one k-step this skips the f32 staging round trip (short prefills are
+// dominated by panel packing). Same arithmetic as the f32 dequantizers, then RNE to bf16.
+inline __m512i nibble_block_pairs(const uint8_t* qs, __m512 d, __m512 m) {
+  const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)qs));
+  const __m512 lo = _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(15)));
+  const __m512 hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4));
+  return (__m512i)_mm512_cvtne2ps_pbh(_mm512_fmadd_ps(d, hi, m), _mm512_fmadd_ps(d, lo, m));
+}
+template <DType t>
+inline __m512i block_pairs(const uint8_t* row, int64_t blk) {
+  if constexpr (t == DType::kQ4_0) {
+    const BlockQ4_0* b = (const BlockQ4_0*)row + blk;
+    const __m512 d = _mm512_set1_ps(fp16_to_fp32(b->d));
+    return nibble_block_pairs(b->qs, d, _mm512_mul_ps(d, _mm512_set1_ps(-8.0f)));
+  } else if constexpr (t == DType::kQ4_1) {
+    const BlockQ4_1* b = (const BlockQ4_1*)row + blk;
+    return nibble_block_pairs(b->qs, _mm512_set1_ps(fp16_to_fp32(b->d)),
+                              _mm512_set1_ps(fp16_to_fp32(b->m)));
+  } else {  // Q8_0
+    const BlockQ8_0* b = (const BlockQ8_0*)row + blk;
+    const __m512 d = _mm512_set1_ps(fp16_to_fp32(b->d));
+    const __m512 lo =
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)b->qs)));
+    const __m512 hi =
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(b->qs + 16))));
+    return (__m512i)_mm512_cvtne2ps_pbh(_mm512_mul_ps(d, hi), _mm512_mul_ps(d, lo));
+  }
+}
+
+template <DType t>
+void pack_group_direct(const uint8_t* rows, size_t row_bytes, int64_t ksteps, uint16_t* pg) {
+  for (int64_t ks = 0; ks < ksteps; ks++) {
+    __m512i v[16];
+#pragma GCC unroll 16
+    for (int r = 0; r < 16; r++) v[r] = block_pairs<t>(rows + r * row_bytes, ks);
+    transpose16x16(v);
+    uint16_t* tile = pg + (size_t)ks * 512;
+#pragma GCC unroll 16
+    for (int p = 0; p < 16; p++) _mm512_store_si512((__m512i*)(tile + 32 * p), v[p]);
+  }
+}
+
 void pack_panel(const TensorView& W, const Shape& s, int64_t r0, int64_t kp, detail::DequantFn dq,
                 uint16_t* panel, float* stage) {
   const int64_t ksteps = kp / 32;
+  const bool direct = W.type == DType::kQ4_0 || W.type == DType::kQ4_1 || W.type == DType::kQ8_0;
   for (int g = 0; g < 2; g++) {
     const int64_t rg = r0 + 16 * g;
     uint16_t* pg = panel + (size_t)g * ksteps * 512;
+    if (direct && rg + 16 <= s.n_out) {  // full group of a 32-block format (kp == n_in)
+      const uint8_t* rows = (const uint8_t*)W.data + rg * s.row_bytes;
+      if (W.type == DType::kQ4_0) pack_group_direct<DType::kQ4_0>(rows, s.row_bytes, ksteps, pg);
+      if (W.type == DType::kQ4_1) pack_group_direct<DType::kQ4_1>(rows, s.row_bytes, ksteps, pg);
+      if (W.type == DType::kQ8_0) pack_group_direct<DType::kQ8_0>(rows, s.row_bytes, ksteps, pg);
+      continue;
+    }
     for (int64_t k0 = 0; k0 < kp; k0 += kDqChunk) {
       const int64_t len = std::min(kDqChunk, kp - k0);                         // multiple of 32
       const int64_t valid = std::max<int64_t>(0, std::min(len, s.n_in - k0));  // real elements
@@ -325,15 +377,25 @@ void matmul_amx(const TensorView& W, const float* x, int64_t n_tok, float* y, vo
           _tile_zero(1);
           _tile_zero(2);
           _tile_zero(3);
-          for (int64_t ks = 0; ks < ksteps; ks++) {
-            _tile_loadd(4, a0 + ks * 32, xstride);
-            _tile_loadd(5, a1 + ks * 32, xstride);
-            _tile_loadd(6, b0 + ks * 512, 64);
-            _tile_loadd(7, b1 + ks * 512, 64);
-            _tile_dpbf16ps(0, 4, 6);
-            _tile_dpbf16ps(1, 4, 7);
-            _tile_dpbf16ps(2, 5, 6);
-            _tile_dpbf16ps(3, 5, 7);
+          if (t0 + 16 < n_tok) {
+            for (int64_t ks = 0; ks < ksteps; ks++) {
+              _tile_loadd(4, a0 + ks * 32, xstride);
+              _tile_loadd(5, a1 + ks * 32, xstride);
+              _tile_loadd(6, b0 + ks * 512, 64);
+              _tile_loadd(7, b1 + ks * 512, 64);
+              _tile_dpbf16ps(0, 4, 6);
+              _tile_dpbf16ps(1, 4, 7);
+              _tile_dpbf16ps(2, 5, 6);
+              _tile_dpbf16ps(3, 5, 7);
+            }
+          } else {  // at most 16 tokens left (short prompts): skip the all-padding A tile
+            for (int64_t ks = 0; ks < ksteps; ks++) {
+              _tile_loadd(4, a0 + ks * 32, xstride);
+              _tile_loadd(6, b0 + ks * 512, 64);
+              _tile_loadd(7, b1 + ks * 512, 64);
+              _tile_dpbf16ps(0, 4, 6);
+              _tile_dpbf16ps(1, 4, 7);
+            }
           }
           // C tile (i, j): tokens t0 + 16i, outputs r0 + 16j. Full tiles go straight to y.
           auto store = [&](int tile, int i, int j) {

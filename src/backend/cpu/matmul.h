@@ -9,7 +9,7 @@ namespace sqz::cpu {
 
 // W: TensorView with ne = {n_in, n_out} (row-major [n_out][n_in], rows of W.type).
 // x: [n_tok, n_in] f32 (row stride n_in). y: [n_tok, n_out] f32 (row stride n_out).
-// Few tokens (decode, n_tok <= 5) quantize x once to vec_dot_type and use vec_dot per row;
+// Few tokens (decode, n_tok <= 4) quantize x once to vec_dot_type and use vec_dot per row;
 // more tokens (prefill) dequantize panels of W and run a GEMM (AMX bf16 where available, else
 // f32 tiles + OpenBLAS sgemm). See MatmulKernel below for the kernels and their error bounds.
 // Threads: uses an OpenMP parallel region with `n_threads` threads over output rows.
@@ -20,7 +20,7 @@ void matmul(const TensorView& W, const float* x, int64_t n_tok, float* y, void* 
 
 // ---- additions (see matmul.cpp) ----
 
-// The kernels behind matmul(); kAuto is what matmul() does (vec-dot for n_tok <= 5, else AMX
+// The kernels behind matmul(); kAuto is what matmul() does (vec-dot for n_tok <= 4, else AMX
 // bf16 when the CPU and kernel allow it, else the f32 tile GEMM). Explicit choices exist for
 // tests and benchmarks; every kernel handles every weight type and shape.
 //  kVecDot:  x quantized once to vec_dot_type(W.type), one vec_dot per (row, token).

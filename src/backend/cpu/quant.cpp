@@ -209,11 +209,18 @@ float signed_absmax(const float* x, int n) {
   return mx;
 }
 
+// d = mx / -levels as f16 with its magnitude rounded up: mx then maps exactly to the most
+// negative code and nothing beyond one step on the other side gets clipped.
+f16_t neg_scale_f16(float mx, int levels) {
+  const f16_t mag = f16_ceil(std::fabs(mx) / (float)levels);
+  return mx > 0 ? (f16_t)(mag | 0x8000) : mag;
+}
+
 void q_q4_0(const float* src, void* dst, int64_t n) {
   BlockQ4_0* b = (BlockQ4_0*)dst;
   for (int64_t i = 0; i < n / kQK; i++, src += kQK) {
     const float mx = signed_absmax(src, kQK);
-    b[i].d = f2h(mx / -8.0f);
+    b[i].d = neg_scale_f16(mx, 8);
     const float d = h2f(b[i].d);
     const float id = d != 0 ? 1.0f / d : 0.0f;
     for (int j = 0; j < kQK / 2; j++) {
@@ -227,7 +234,7 @@ void q_q5_0(const float* src, void* dst, int64_t n) {
   BlockQ5_0* b = (BlockQ5_0*)dst;
   for (int64_t i = 0; i < n / kQK; i++, src += kQK) {
     const float mx = signed_absmax(src, kQK);
-    b[i].d = f2h(mx / -16.0f);
+    b[i].d = neg_scale_f16(mx, 16);
     const float d = h2f(b[i].d);
     const float id = d != 0 ? 1.0f / d : 0.0f;
     uint32_t qh = 0;

@@ -28,10 +28,10 @@ constexpr int attn_mma_smem_bytes() {
 template <int D, typename T, bool SPARSE>
 __global__ void __launch_bounds__(kAttnThreads, 2) attn_mma_kernel(RunArgs a) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  T* sK = reinterpret_cast<T*>(smem_raw);  // [kStages][64 * D]
-  T* sV = sK + kStages * kTileRows * D;    // [kStages][64 * D]
+  T* sK = reinterpret_cast<T*>(smem_raw);                                     // [kStages][64 * D]
+  T* sV = sK + kStages * kTileRows * D;                                       // [kStages][64 * D]
   int64_t* s_off = reinterpret_cast<int64_t*>(sV + kStages * kTileRows * D);  // [kStages][64]
-  int32_t* s_rows = reinterpret_cast<int32_t*>(s_off + kStages * kTileRows);   // [kRowWin]
+  int32_t* s_rows = reinterpret_cast<int32_t*>(s_off + kStages * kTileRows);  // [kRowWin]
   pdl_wait();
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int qtot = a.qtot, group = a.o.group;

@@ -98,7 +98,9 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pr
   const int n = pred ? 16 : 0;
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::);
+}
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
@@ -207,7 +209,9 @@ __device__ __forceinline__ int block_exclusive_max(int v, int lowest, int* scrat
   return max(warp_base, excl);
 }
 
-__device__ __forceinline__ int ceil_div_dev(int a, int b) { return (a + b - 1) / b; }
+__device__ __forceinline__ int ceil_div_dev(int a, int b) {
+  return (a + b - 1) / b;
+}
 
 // Programmatic dependent launch (sm_90): every kernel waits for its predecessor's memory at
 // entry (so overlapping launches never touch the workspace early) and lets its dependent grid

@@ -177,8 +177,10 @@ __global__ void sample_kernel(const float* dist, int n, const float* blocksum, i
     int lo = 0, hi = n_blocks - 1;
     while (lo < hi) {
       const int mid = (lo + hi) >> 1;
-      if (s_pref[mid] > target) hi = mid;
-      else lo = mid + 1;
+      if (s_pref[mid] > target)
+        hi = mid;
+      else
+        lo = mid + 1;
     }
     float acc = lo > 0 ? s_pref[lo - 1] : 0.0f;
     const int b0 = lo * kSampleBlock, b1 = min(n, b0 + kSampleBlock);
@@ -311,7 +313,7 @@ bool assign_pass(sqz_cuda_kmeans* km, int n, int k, cudaStream_t st) {
     const int rows = std::min(km->chunk, n - r0);
     if (!gemm_scores(km, r0, rows, 0, k, km->scores)) return false;
     argmax_kernel<<<blocks_for((int64_t)rows * 32, 256), 256, 0, st>>>(km->scores, rows, k, r0,
-                                                                         km->assign, km->best);
+                                                                       km->assign, km->best);
   }
   return true;
 }
@@ -333,8 +335,8 @@ extern "C" {
 void sqz_cuda_kmeans_destroy(sqz_cuda_kmeans* km) {
   if (!km) return;
   if (km->handle) cublasDestroy(km->handle);
-  void* bufs[] = {km->xn,      km->cb,     km->scores, km->best,    km->dist,   km->blocksum,
-                  km->assign,  km->counts, km->offsets, km->cursor, km->perm,   km->sampled};
+  void* bufs[] = {km->xn,     km->cb,     km->scores,  km->best,   km->dist, km->blocksum,
+                  km->assign, km->counts, km->offsets, km->cursor, km->perm, km->sampled};
   for (void* b : bufs)
     if (b) cudaFree(b);
   delete km;
@@ -387,14 +389,16 @@ int sqz_cuda_kmeans_run(sqz_cuda_kmeans* km, const void* points, sqz_cuda_dtype 
   const int nb = blocks_for((int64_t)n * 32, 256);
   switch (dtype) {
     case SQZ_CUDA_F32:
-      normalize_kernel<float><<<nb, 256, 0, st>>>(static_cast<const float*>(points), n, dim, km->xn);
+      normalize_kernel<float>
+          <<<nb, 256, 0, st>>>(static_cast<const float*>(points), n, dim, km->xn);
       break;
     case SQZ_CUDA_BF16:
       normalize_kernel<__nv_bfloat16>
           <<<nb, 256, 0, st>>>(static_cast<const __nv_bfloat16*>(points), n, dim, km->xn);
       break;
     case SQZ_CUDA_F16:
-      normalize_kernel<__half><<<nb, 256, 0, st>>>(static_cast<const __half*>(points), n, dim, km->xn);
+      normalize_kernel<__half>
+          <<<nb, 256, 0, st>>>(static_cast<const __half*>(points), n, dim, km->xn);
       break;
     default:
       return SQZ_CUDA_EINVAL;
@@ -413,7 +417,7 @@ int sqz_cuda_kmeans_run(sqz_cuda_kmeans* km, const void* points, sqz_cuda_dtype 
       const int rows = std::min(km->chunk, n - r0);
       if (!gemm_scores(km, r0, rows, have, fresh, km->scores)) return SQZ_CUDA_ECUDA;
       dist_update_kernel<<<blocks_for((int64_t)rows * 32, 256), 256, 0, st>>>(km->scores, rows,
-                                                                               fresh, r0, km->dist);
+                                                                              fresh, r0, km->dist);
     }
     have += fresh;
     if (have >= k) break;
@@ -431,16 +435,18 @@ int sqz_cuda_kmeans_run(sqz_cuda_kmeans* km, const void* points, sqz_cuda_dtype 
   for (int it = 0; it < iters; it++) {
     if (!assign_pass(km, n, k, st)) return SQZ_CUDA_ECUDA;
     sort_pass(km, n, k, st);
-    update_kernel<<<blocks_for((int64_t)k * 32, 256), 256, 0, st>>>(km->xn, dim, km->perm,
-                                                                    km->offsets, k, centroids, km->cb);
-    reseed_kernel<<<blocks_for(k, 256), 256, 0, st>>>(km->xn, n, dim, k, km->counts, km->assign, seed, it, centroids,
-                                    km->cb);
+    update_kernel<<<blocks_for((int64_t)k * 32, 256), 256, 0, st>>>(
+        km->xn, dim, km->perm, km->offsets, k, centroids, km->cb);
+    reseed_kernel<<<blocks_for(k, 256), 256, 0, st>>>(km->xn, n, dim, k, km->counts, km->assign,
+                                                      seed, it, centroids, km->cb);
   }
   // Final assignment to the returned centroids, sorted by cluster.
   if (!assign_pass(km, n, k, st)) return SQZ_CUDA_ECUDA;
   sort_pass(km, n, k, st);
-  if (assign) cudaMemcpyAsync(assign, km->assign, sizeof(int32_t) * n, cudaMemcpyDeviceToDevice, st);
-  if (counts) cudaMemcpyAsync(counts, km->counts, sizeof(int32_t) * k, cudaMemcpyDeviceToDevice, st);
+  if (assign)
+    cudaMemcpyAsync(assign, km->assign, sizeof(int32_t) * n, cudaMemcpyDeviceToDevice, st);
+  if (counts)
+    cudaMemcpyAsync(counts, km->counts, sizeof(int32_t) * k, cudaMemcpyDeviceToDevice, st);
   if (perm) cudaMemcpyAsync(perm, km->perm, sizeof(int32_t) * n, cudaMemcpyDeviceToDevice, st);
   if (offsets)
     cudaMemcpyAsync(offsets, km->offsets, sizeof(int32_t) * (k + 1), cudaMemcpyDeviceToDevice, st);

@@ -71,16 +71,17 @@ __device__ __forceinline__ void stage_counts(const LookupArgs& a, int stage, int
 
 template <typename T>
 struct Entry {
-  const T* c;    // centroid row
-  float log2w;   // log2(keys in the cluster); -inf for an empty cluster
-  int sign;      // +1 scored, -1 subtracted
+  const T* c;   // centroid row
+  float log2w;  // log2(keys in the cluster); -inf for an empty cluster
+  int sign;     // +1 scored, -1 subtracted
 };
 
 // Entry info of U entries at once, the dependent loads (compacted index -> offsets -> row
 // counts) issued level by level so the U chains overlap instead of running back to back.
 template <int D, typename T, int U>
-__device__ __forceinline__ void entry_batch(const LookupArgs& a, int stage, int h, const int (&e)[U],
-                                            int e1, int n_pos, Entry<T> (&out)[U]) {
+__device__ __forceinline__ void entry_batch(const LookupArgs& a, int stage, int h,
+                                            const int (&e)[U], int e1, int n_pos,
+                                            Entry<T> (&out)[U]) {
   const int32_t* fo = a.fine_off + (int64_t)h * (a.p.n_fine + 1);
   const int32_t* co = a.coarse_off + (int64_t)h * (a.p.n_coarse + 1);
   int idx[U], kind[U];  // kind: 0 invalid, 1 fine j, 2 coarse C (+), 3 coarse C (-)
@@ -128,8 +129,9 @@ __device__ __forceinline__ void entry_batch(const LookupArgs& a, int stage, int 
     const int w = hi[u] - lo[u];
     out[u].log2w = (kind[u] != 0 && w > 0) ? log2f((float)w) : kNegInf;
     out[u].sign = kind[u] == 0 ? 0 : (kind[u] == 3 ? -1 : 1);
-    out[u].c = kind[u] == 1 ? static_cast<const T*>(a.fine_c) + ((int64_t)h * a.p.n_fine + idx[u]) * D
-                            : static_cast<const T*>(a.coarse_c) + ((int64_t)h * a.p.n_coarse + idx[u]) * D;
+    out[u].c = kind[u] == 1
+                   ? static_cast<const T*>(a.fine_c) + ((int64_t)h * a.p.n_fine + idx[u]) * D
+                   : static_cast<const T*>(a.coarse_c) + ((int64_t)h * a.p.n_coarse + idx[u]) * D;
     if (kind[u] == 0) out[u].c = nullptr;
   }
 }
@@ -231,10 +233,18 @@ __device__ void select_coarse(const LookupArgs& a, int h) {
 __device__ void expand_rows(const PlanDev& p, int h, const int2* R, const int32_t* vs, int nr) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
   int32_t* out = p.rowidx + (int64_t)h * p.n_ctx;
-  for (int r = warp; r < nr; r += nw) {
-    const int2 rg = __ldcg(R + r);
-    const int v0 = __ldcg(vs + r);
-    for (int i = lane; i < rg.y - rg.x; i += 32) out[v0 + i] = rg.x + i;
+  // Each lane fetches one range descriptor (one L2 round trip per 32 ranges, not per range),
+  // then the warp writes the ranges' rows one after another, lanes on consecutive rows.
+  for (int r0 = warp * 32; r0 < nr; r0 += nw * 32) {
+    const int r = r0 + lane;
+    const int2 rg = r < nr ? __ldcg(R + r) : make_int2(0, 0);
+    const int v0 = r < nr ? __ldcg(vs + r) : 0;
+    const int cnt = min(32, nr - r0);
+    for (int k = 0; k < cnt; k++) {
+      const int b = __shfl_sync(0xffffffffu, rg.x, k), e = __shfl_sync(0xffffffffu, rg.y, k);
+      const int v = __shfl_sync(0xffffffffu, v0, k);
+      for (int i = lane; i < e - b; i += 32) out[v + i] = b + i;
+    }
   }
 }
 
@@ -311,8 +321,10 @@ __device__ void select_fine(const LookupArgs& a, int stage, int h) {
 #pragma unroll
     for (int i = 0; i < IT; i++) {
       if (!k[i]) continue;
-      if (st[i]) ridx++;
-      else atomicMax(&R[ridx].y, en[i]);
+      if (st[i])
+        ridx++;
+      else
+        atomicMax(&R[ridx].y, en[i]);
     }
     carry_r += ts;
     carry_rows += tr;
@@ -356,7 +368,8 @@ __device__ void partition_block(const PlanDev& p, int qtot) {
       // Enough items to fill the machine, never more than the partial buffers hold.
       const long long W = R * n_qb;
       const long long c1 = (W + p.prefill_target - 1) / p.prefill_target;
-      const long long room = p.prefill_max_items - n_groups > 1 ? p.prefill_max_items - n_groups : 1;
+      const long long room =
+          p.prefill_max_items - n_groups > 1 ? p.prefill_max_items - n_groups : 1;
       const long long c2 = (W + room - 1) / room;
       chunk = c1 > c2 ? c1 : c2;
       chunk = (chunk + 63) / 64 * 64;
@@ -442,9 +455,10 @@ __device__ bool last_of_head(const PlanDev& p, int slot, int h, unsigned n_ctas)
 // ---- small query path: CUDA cores, logits kept in the workspace ----
 
 template <int D, typename T, int QT>
-__global__ void __launch_bounds__(256, QT <= 2 ? 3 : 2) score_small_kernel(LookupArgs a, int stage, int nsplit) {
+__global__ void __launch_bounds__(256, QT <= 2 ? 3 : 2)
+    score_small_kernel(LookupArgs a, int stage, int nsplit) {
   constexpr int LPR = D / 8;  // lanes per centroid row (16 bytes each)
-  constexpr int RPW = 32 / LPR, NW = 8, NRG = NW * RPW, U = QT <= 2 ? 8 : 4;
+  constexpr int RPW = 32 / LPR, NW = 8, NRG = NW * RPW, U = QT == 1 ? 8 : 4;
   __shared__ Stat s_stat[NW][QT];
   __shared__ float s_L[kSmallQ];
   pdl_wait();
@@ -488,7 +502,8 @@ __global__ void __launch_bounds__(256, QT <= 2 ? 3 : 2) score_small_kernel(Looku
     entry_batch<D, T, U>(a, stage, h, ev, e1, n_pos, inf);
 #pragma unroll
     for (int u = 0; u < U; u++)
-      cv[u] = inf[u].c ? __ldg(reinterpret_cast<const uint4*>(inf[u].c + lr * 8)) : make_uint4(0, 0, 0, 0);
+      cv[u] = inf[u].c ? __ldg(reinterpret_cast<const uint4*>(inf[u].c + lr * 8))
+                       : make_uint4(0, 0, 0, 0);
 #pragma unroll
     for (int u = 0; u < U; u++) {
       const int ee = base + u * NRG + rg;
@@ -704,13 +719,17 @@ __global__ void __launch_bounds__(128) score_mma_kernel(LookupArgs a, int stage,
           const int sg = s_sign[buf][col];
           if (s[j][c] != kNegInf) {
             const float e = exp2f(s[j][c] - st0.m);
-            if (sg > 0) st0.sp += e;
-            else if (sg < 0) st0.sn += e;
+            if (sg > 0)
+              st0.sp += e;
+            else if (sg < 0)
+              st0.sn += e;
           }
           if (s[j][c + 2] != kNegInf) {
             const float e = exp2f(s[j][c + 2] - st1.m);
-            if (sg > 0) st1.sp += e;
-            else if (sg < 0) st1.sn += e;
+            if (sg > 0)
+              st1.sp += e;
+            else if (sg < 0)
+              st1.sn += e;
           }
         }
     } else {
@@ -757,8 +776,8 @@ __global__ void __launch_bounds__(128) score_mma_kernel(LookupArgs a, int stage,
 }
 
 // ---- plan from caller ranges ----
-__global__ void __launch_bounds__(256) plan_ranges_kernel(PlanDev p, const int32_t* ranges,
-                                                          const int32_t* n_ranges, int qtot) {
+__global__ void __launch_bounds__(256)
+    plan_ranges_kernel(PlanDev p, const int32_t* ranges, const int32_t* n_ranges, int qtot) {
   __shared__ int s_scan[33];
   pdl_wait();
   const int h = blockIdx.x, tid = threadIdx.x;
@@ -803,10 +822,18 @@ int launch_typed(const sqz_cuda_shape& s, const PlanDev& p, const LookupArgs& a,
     const dim3 grid(nsplit, n_kv);
     auto run = [&](int stage) {
       switch (a.qtot <= 1 ? 1 : a.qtot <= 2 ? 2 : a.qtot <= 4 ? 4 : 8) {
-        case 1: launch_k(score_small_kernel<D, T, 1>, grid, 256, 0, stream, a, stage, nsplit); break;
-        case 2: launch_k(score_small_kernel<D, T, 2>, grid, 256, 0, stream, a, stage, nsplit); break;
-        case 4: launch_k(score_small_kernel<D, T, 4>, grid, 256, 0, stream, a, stage, nsplit); break;
-        default: launch_k(score_small_kernel<D, T, 8>, grid, 256, 0, stream, a, stage, nsplit); break;
+        case 1:
+          launch_k(score_small_kernel<D, T, 1>, grid, 256, 0, stream, a, stage, nsplit);
+          break;
+        case 2:
+          launch_k(score_small_kernel<D, T, 2>, grid, 256, 0, stream, a, stage, nsplit);
+          break;
+        case 4:
+          launch_k(score_small_kernel<D, T, 4>, grid, 256, 0, stream, a, stage, nsplit);
+          break;
+        default:
+          launch_k(score_small_kernel<D, T, 8>, grid, 256, 0, stream, a, stage, nsplit);
+          break;
       }
     };
     if (hier) {

@@ -22,8 +22,8 @@ __device__ __forceinline__ void store_out<__half>(__half* p, float v) {
 // One warp per (token, head). Weights are computed relative to the larger lse so an empty state
 // (lse = -inf) gets weight 0 and two empty states give out = 0, lse = -inf (never NaN).
 template <typename TO>
-__global__ void merge_states_kernel(int n_q, int n_heads, int D, sqz_cuda_state a,
-                                    sqz_cuda_state b, TO* out, float* lse) {
+__global__ void merge_states_kernel(int n_q, int n_heads, int D, sqz_cuda_state a, sqz_cuda_state b,
+                                    TO* out, float* lse) {
   pdl_wait();
   const int w = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
   if (w >= n_q * n_heads) return;

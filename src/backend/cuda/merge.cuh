@@ -14,22 +14,68 @@ __device__ __forceinline__ void write_final(const OutView& o, int D, int h, int 
   const int t = m / o.group, hg = m - t * o.group;
   const int head = h * o.group + hg;
   o.out[(int64_t)t * o.out_tok_stride + (int64_t)head * D + d] = l > 0.0f ? acc / l : 0.0f;
-  if (d == 0) o.lse[(int64_t)t * o.lse_tok_stride + head] = l > 0.0f ? (mx + log2f(l)) * kLn2 : kNegInf;
+  if (d == 0)
+    o.lse[(int64_t)t * o.lse_tok_stride + head] = l > 0.0f ? (mx + log2f(l)) * kLn2 : kNegInf;
 }
 
 // Combines the partials of items [first, first + ns) (rows_per_item rows each; row rr of an item
 // is query row m0 + rr) into the final output. Partials are (unnormalised acc, base-2 max, sum).
-// Reads bypass L1: other CTAs wrote them during this launch.
+// Reads bypass L1: other CTAs wrote them during this launch. The (max, sum) pairs are staged in
+// shared memory first so each output element needs only the acc loads, issued 16 at a time
+// (this runs in one CTA per group at the kernel's tail, so its latency is on the critical path).
 __device__ inline void merge_split_group(const PlanDev& p, const OutView& o, int D, int h,
                                          int first, int ns, int rows_per_item, int m0, int qtot) {
+  constexpr int kStage = 1024;
+  __shared__ float2 s_ml[kStage];  // [row][item]: (max, sum) then (weight, -)
+  __shared__ float s_M[kPrefillBM], s_L[kPrefillBM];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
+  const int nrows = min(rows_per_item, qtot - m0);
+  if (nrows <= 0) return;
+  if (nrows * ns <= kStage && nrows <= kPrefillBM) {
+    for (int idx = tid; idx < nrows * ns; idx += blockDim.x) {
+      const int r = idx / ns, i = idx - r * ns;
+      s_ml[idx] = __ldcg(&p.pml[(int64_t)(first + i) * rows_per_item + r]);
+    }
+    __syncthreads();
+    for (int r = warp; r < nrows; r += nw) {
+      float M = kNegInf;
+      for (int i = lane; i < ns; i += 32) M = fmaxf(M, s_ml[r * ns + i].x);
+      M = warp_max(M);
+      float L = 0.0f;
+      for (int i = lane; i < ns; i += 32) {
+        const float2 ml = s_ml[r * ns + i];
+        const float w = M == kNegInf ? 0.0f : exp2_diff(ml.x, M);
+        L += ml.y * w;
+        s_ml[r * ns + i].x = w;
+      }
+      L = warp_sum(L);
+      if (lane == 0) {
+        s_M[r] = M;
+        s_L[r] = L;
+      }
+    }
+    __syncthreads();
+    for (int idx = tid; idx < nrows * D; idx += blockDim.x) {
+      const int rr = idx / D, d = idx - rr * D;
+      float acc = 0.0f;
+#pragma unroll 16
+      for (int i = 0; i < ns; i++) {
+        const float w = s_ml[rr * ns + i].x;
+        const float v = __ldcg(&p.pacc[((int64_t)(first + i) * rows_per_item + rr) * D + d]);
+        acc += w > 0.0f ? v * w : 0.0f;
+      }
+      write_final(o, D, h, m0 + rr, d, acc, s_M[rr], s_L[rr]);
+    }
+    return;
+  }
   for (int idx = threadIdx.x; idx < rows_per_item * D; idx += blockDim.x) {
     const int rr = idx / D, d = idx - rr * D;
     const int m = m0 + rr;
     if (m >= qtot) continue;
-    // Unrolled so the partials' loads are in flight together (ns is ~10-50).
     float M = kNegInf;
 #pragma unroll 8
-    for (int i = 0; i < ns; i++) M = fmaxf(M, __ldcg(&p.pml[(int64_t)(first + i) * rows_per_item + rr].x));
+    for (int i = 0; i < ns; i++)
+      M = fmaxf(M, __ldcg(&p.pml[(int64_t)(first + i) * rows_per_item + rr].x));
     float L = 0.0f, acc = 0.0f;
     if (M != kNegInf) {
 #pragma unroll 8

@@ -50,8 +50,8 @@ __device__ __forceinline__ void qk_tile(float (&s)[8][4], const uint32_t (&qf)[D
 #pragma unroll
     for (int j = 0; j < 8; j += 2) {
       uint32_t b[4];
-      ldmatrix_x4(b, sK + swz<D>(j * 8 + (lane & 7) + ((lane >> 4) << 3),
-                                 kk * 2 + ((lane >> 3) & 1)));
+      ldmatrix_x4(b,
+                  sK + swz<D>(j * 8 + (lane & 7) + ((lane >> 4) << 3), kk * 2 + ((lane >> 3) & 1)));
       Elem<T>::mma(s[j], qf[kk], b[0], b[1]);
       Elem<T>::mma(s[j + 1], qf[kk], b[2], b[3]);
     }
@@ -67,8 +67,8 @@ __device__ __forceinline__ void pv_tile(float (&acc)[D / 8][4], const uint32_t (
 #pragma unroll
     for (int j = 0; j < D / 8; j += 2) {
       uint32_t b[4];
-      ldmatrix_x4_trans(b, sV + swz<D>(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3),
-                                       j + (lane >> 4)));
+      ldmatrix_x4_trans(
+          b, sV + swz<D>(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), j + (lane >> 4)));
       Elem<T>::mma(acc[j], pa[kk], b[0], b[1]);
       Elem<T>::mma(acc[j + 1], pa[kk], b[2], b[3]);
     }

@@ -9,9 +9,9 @@
 
 namespace sqz::cuda {
 
-constexpr int kMaxScoreSplits = 64;  // split count of one head's centroid scoring (partials)
-constexpr int kSmallQ = 8;           // <= this many query rows per KV head: CUDA-core paths
-constexpr int kPrefillBM = 64;       // query rows per prefill attention CTA (4 warps x 16)
+constexpr int kMaxScoreSplits = 64;    // split count of one head's centroid scoring (partials)
+constexpr int kSmallQ = 8;             // <= this many query rows per KV head: CUDA-core paths
+constexpr int kPrefillBM = 64;         // query rows per prefill attention CTA (4 warps x 16)
 constexpr int kDecodeMaxChunk = 2048;  // rows of one decode work item (row map lives in smem)
 constexpr int kDecodeMinChunk = 128;   // shorter items cost more in latency than they balance
 
@@ -20,12 +20,12 @@ enum PlanMode : int32_t { kModeDecode = 0, kModePrefill = 1 };
 
 // meta[] slots.
 enum MetaSlot : int {
-  kMetaItems = 0,   // work items
-  kMetaChunk = 1,   // rows per split
-  kMetaMode = 2,    // PlanMode
-  kMetaQtot = 3,    // query rows per KV head of the plan (n_q * group)
-  kMetaGroups = 4,  // merge groups (decode: KV heads; prefill: KV heads x query blocks)
-  kMetaQBlocks = 5, // query blocks per KV head (prefill)
+  kMetaItems = 0,    // work items
+  kMetaChunk = 1,    // rows per split
+  kMetaMode = 2,     // PlanMode
+  kMetaQtot = 3,     // query rows per KV head of the plan (n_q * group)
+  kMetaGroups = 4,   // merge groups (decode: KV heads; prefill: KV heads x query blocks)
+  kMetaQBlocks = 5,  // query blocks per KV head (prefill)
   kMetaCount = 8
 };
 
@@ -37,9 +37,9 @@ struct WsLayout {
   int max_items = 0, max_groups = 0, max_partial_rows = 0;
   int decode_target = 0, prefill_target = 0, prefill_max_items = 0;
   size_t counters = 0, counters_bytes = 0;  // zeroed once by workspace_init
-  size_t head_cnt = 0;     // uint32 [3][n_kv]
-  size_t global_cnt = 0;   // uint32 [4]
-  size_t group_cnt = 0;    // uint32 [max_groups]
+  size_t head_cnt = 0;                      // uint32 [3][n_kv]
+  size_t global_cnt = 0;                    // uint32 [4]
+  size_t group_cnt = 0;                     // uint32 [max_groups]
   size_t score_part = 0;   // float4 [n_kv][q_max][kMaxScoreSplits]  (m, s_pos, s_neg, -)
   size_t lse_coarse = 0;   // float [n_kv][q_max]  base-2 log of the coarse denominator
   size_t logits = 0;       // float [n_kv][n_coarse + n_fine][kSmallQ]  small-query path only
@@ -110,20 +110,22 @@ struct OutView {
 
 // Arguments of the attention kernels (sparse decode, sparse prefill, dense causal).
 struct RunArgs {
-  PlanDev p;        // sparse: the plan (items, ranges, partial buffers)
-  const void* q;    // [n_q, n_heads, D]
+  PlanDev p;      // sparse: the plan (items, ranges, partial buffers)
+  const void* q;  // [n_q, n_heads, D]
   int64_t q_tok_stride;
-  int qtot;         // query rows per KV head (n_q * group)
-  float scale_log2; // softmax scale * log2(e)
-  const void* k;    // rows of KV head h at k + h * kv_head_stride + row * kv_row_stride
+  int qtot;          // query rows per KV head (n_q * group)
+  float scale_log2;  // softmax scale * log2(e)
+  const void* k;     // rows of KV head h at k + h * kv_head_stride + row * kv_row_stride
   const void* v;
   int64_t kv_head_stride, kv_row_stride;
   OutView o;
-  int n_keys;       // dense causal: key rows
+  int n_keys;  // dense causal: key rows
   int64_t key_pos0, q_pos0;
 };
 
 // Host helper: 16-bit element size check, dtype validity.
-inline bool dtype_ok(sqz_cuda_dtype t) { return t == SQZ_CUDA_BF16 || t == SQZ_CUDA_F16; }
+inline bool dtype_ok(sqz_cuda_dtype t) {
+  return t == SQZ_CUDA_BF16 || t == SQZ_CUDA_F16;
+}
 
 }  // namespace sqz::cuda

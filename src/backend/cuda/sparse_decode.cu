@@ -182,16 +182,8 @@ __global__ void __launch_bounds__(256, G <= 4 ? 2 : 1) sparse_decode_kernel(RunA
 
 template <int D, typename T, int G>
 int launch_g(const WsLayout& L, const RunArgs& a, cudaStream_t stream) {
-  static int blocks_per_sm = [] {
-    int b = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, sparse_decode_kernel<D, T, G>, 256, 0) !=
-        cudaSuccess)
-      b = 1;
-    return std::max(1, b);
-  }();
   // One CTA per possible item; CTAs past the plan's item count exit at once. The hardware
   // scheduler then balances the short items (persistent CTAs left a partial-wave tail).
-  (void)blocks_per_sm;
   const int grid = std::max(1, L.max_items);
   return launch_k(sparse_decode_kernel<D, T, G>, dim3(grid), dim3(256), 0, stream, a) == cudaSuccess
              ? SQZ_CUDA_OK

@@ -15,13 +15,14 @@ int launch_t(const WsLayout& L, const RunArgs& a, cudaStream_t stream) {
     cudaFuncSetAttribute(attn_mma_kernel<D, T, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                          smem);
     int b = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, attn_mma_kernel<D, T, true>, kAttnThreads, smem) !=
-        cudaSuccess)
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, attn_mma_kernel<D, T, true>, kAttnThreads,
+                                                      smem) != cudaSuccess)
       b = 1;
     return std::max(1, b);
   }();
   const int grid = std::max(1, std::min(L.max_items, L.num_sms * blocks_per_sm));
-  return launch_k(attn_mma_kernel<D, T, true>, dim3(grid), dim3(kAttnThreads), smem, stream, a) == cudaSuccess
+  return launch_k(attn_mma_kernel<D, T, true>, dim3(grid), dim3(kAttnThreads), smem, stream, a) ==
+                 cudaSuccess
              ? SQZ_CUDA_OK
              : SQZ_CUDA_ECUDA;
 }

@@ -13,7 +13,9 @@
 namespace sqz::cuda {
 
 namespace {
-size_t align_up(size_t x) { return (x + 255) & ~size_t(255); }
+size_t align_up(size_t x) {
+  return (x + 255) & ~size_t(255);
+}
 }  // namespace
 
 bool pdl_supported() {
@@ -54,7 +56,8 @@ bool make_layout(const sqz_cuda_shape& s, WsLayout* L) {
   l.prefill_target = 3 * sms;
   const int64_t rows = (int64_t)l.n_kv * l.n_ctx;
   const int64_t decode_items =
-      std::max<int64_t>(l.decode_target, (rows + kDecodeMaxChunk - 1) / kDecodeMaxChunk) + l.n_kv + 1;
+      std::max<int64_t>(l.decode_target, (rows + kDecodeMaxChunk - 1) / kDecodeMaxChunk) + l.n_kv +
+      1;
   const bool prefill = l.q_max > kSmallQ;
   const int n_qb_max = (l.q_max + kPrefillBM - 1) / kPrefillBM;
   l.max_groups = std::max(l.n_kv, prefill ? l.n_kv * n_qb_max : 0);
@@ -181,8 +184,8 @@ int sqz_cuda_workspace_init(const sqz_cuda_shape* shape, void* ws, cudaStream_t 
   return SQZ_CUDA_OK;
 }
 
-int sqz_cuda_plan(const sqz_cuda_shape* shape, const sqz_cuda_context* ctx,
-                  const sqz_cuda_query* q, void* ws, cudaStream_t stream) {
+int sqz_cuda_plan(const sqz_cuda_shape* shape, const sqz_cuda_context* ctx, const sqz_cuda_query* q,
+                  void* ws, cudaStream_t stream) {
   WsLayout L;
   if (!shape || !ctx || !ws || !make_layout(*shape, &L) || !check_query(*shape, q))
     return SQZ_CUDA_EINVAL;
@@ -200,9 +203,8 @@ int sqz_cuda_plan_ranges(const sqz_cuda_shape* shape, const int32_t* ranges,
   return launch_plan_ranges(*shape, L, make_plan_dev(L, ws), ranges, n_ranges, n_q, stream);
 }
 
-int sqz_cuda_run(const sqz_cuda_shape* shape, const sqz_cuda_context* ctx,
-                 const sqz_cuda_query* q, void* ws, const sqz_cuda_state* out,
-                 cudaStream_t stream) {
+int sqz_cuda_run(const sqz_cuda_shape* shape, const sqz_cuda_context* ctx, const sqz_cuda_query* q,
+                 void* ws, const sqz_cuda_state* out, cudaStream_t stream) {
   WsLayout L;
   if (!shape || !ctx || !ws || !out || !out->out || !out->lse || !make_layout(*shape, &L) ||
       !check_query(*shape, q) || !ctx->k || !ctx->v)
@@ -216,7 +218,8 @@ int sqz_cuda_run(const sqz_cuda_shape* shape, const sqz_cuda_context* ctx,
   a.k = ctx->k;
   a.v = ctx->v;
   a.kv_row_stride = ctx->kv_row_stride ? ctx->kv_row_stride : shape->head_dim;
-  a.kv_head_stride = ctx->kv_head_stride ? ctx->kv_head_stride : (int64_t)shape->n_ctx * a.kv_row_stride;
+  a.kv_head_stride =
+      ctx->kv_head_stride ? ctx->kv_head_stride : (int64_t)shape->n_ctx * a.kv_row_stride;
   if (a.kv_row_stride % 8 != 0 || a.kv_head_stride % 8 != 0 || a.q_tok_stride % 8 != 0)
     return SQZ_CUDA_EINVAL;  // 16-byte vector loads
   a.o = out_view(*shape, *out);
@@ -227,8 +230,10 @@ int sqz_cuda_run(const sqz_cuda_shape* shape, const sqz_cuda_context* ctx,
 
 int sqz_cuda_dense_causal(const sqz_cuda_shape* shape, const sqz_cuda_dense_args* d,
                           const sqz_cuda_state* out, cudaStream_t stream) {
-  if (!shape || !d || !out || !out->out || !out->lse || !d->q || !d->k || !d->v) return SQZ_CUDA_EINVAL;
-  if (shape->n_heads <= 0 || shape->n_kv_heads <= 0 || shape->n_heads % shape->n_kv_heads) return SQZ_CUDA_EINVAL;
+  if (!shape || !d || !out || !out->out || !out->lse || !d->q || !d->k || !d->v)
+    return SQZ_CUDA_EINVAL;
+  if (shape->n_heads <= 0 || shape->n_kv_heads <= 0 || shape->n_heads % shape->n_kv_heads)
+    return SQZ_CUDA_EINVAL;
   if (!dtype_ok(shape->dtype)) return SQZ_CUDA_EINVAL;
   if (d->n_q < 0 || d->n_keys < 0) return SQZ_CUDA_EINVAL;
   RunArgs a{};
@@ -239,7 +244,8 @@ int sqz_cuda_dense_causal(const sqz_cuda_shape* shape, const sqz_cuda_dense_args
   a.scale_log2 = d->scale * kLog2e;
   a.k = d->k;
   a.v = d->v;
-  a.kv_row_stride = d->kv_row_stride ? d->kv_row_stride : (int64_t)shape->n_kv_heads * shape->head_dim;
+  a.kv_row_stride =
+      d->kv_row_stride ? d->kv_row_stride : (int64_t)shape->n_kv_heads * shape->head_dim;
   a.kv_head_stride = d->kv_head_stride ? d->kv_head_stride : shape->head_dim;
   if (a.kv_row_stride % 8 != 0 || a.kv_head_stride % 8 != 0 || a.q_tok_stride % 8 != 0)
     return SQZ_CUDA_EINVAL;
@@ -279,12 +285,18 @@ int sqz_cuda_get_plan_view(const sqz_cuda_shape* shape, void* ws, sqz_cuda_plan_
 
 const char* sqz_cuda_status_str(int s) {
   switch (s) {
-    case SQZ_CUDA_OK: return "ok";
-    case SQZ_CUDA_EINVAL: return "invalid argument";
-    case SQZ_CUDA_EUNSUPPORTED: return "unsupported";
-    case SQZ_CUDA_ECUDA: return "CUDA error";
-    case SQZ_CUDA_ENOMEM: return "out of memory";
-    default: return "unknown status";
+    case SQZ_CUDA_OK:
+      return "ok";
+    case SQZ_CUDA_EINVAL:
+      return "invalid argument";
+    case SQZ_CUDA_EUNSUPPORTED:
+      return "unsupported";
+    case SQZ_CUDA_ECUDA:
+      return "CUDA error";
+    case SQZ_CUDA_ENOMEM:
+      return "out of memory";
+    default:
+      return "unknown status";
   }
 }
 

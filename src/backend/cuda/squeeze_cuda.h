@@ -41,7 +41,11 @@ typedef enum sqz_cuda_status {
   SQZ_CUDA_ENOMEM = 4
 } sqz_cuda_status;
 
-typedef enum sqz_cuda_dtype { SQZ_CUDA_BF16 = 0, SQZ_CUDA_F16 = 1, SQZ_CUDA_F32 = 2 } sqz_cuda_dtype;
+typedef enum sqz_cuda_dtype {
+  SQZ_CUDA_BF16 = 0,
+  SQZ_CUDA_F16 = 1,
+  SQZ_CUDA_F32 = 2
+} sqz_cuda_dtype;
 
 /* Static shape of one layer's squeezed context: everything the workspace size depends on. */
 typedef struct sqz_cuda_shape {
@@ -70,12 +74,12 @@ typedef struct sqz_cuda_context {
 
 /* The query tokens of one step and the selection thresholds. */
 typedef struct sqz_cuda_query {
-  const void* q;           /* [n_q, n_heads, head_dim] dtype, token stride q_tok_stride elements */
-  int32_t n_q;             /* 1 .. shape.max_q */
-  int64_t q_tok_stride;    /* 0 = n_heads * head_dim */
-  float scale;             /* softmax scale, usually 1/sqrt(head_dim) */
-  float threshold_fine;    /* keep fine cluster j if mean_q s_j >= threshold_fine */
-  float threshold_coarse;  /* keep coarse cluster C if mean_q s_C >= threshold_coarse */
+  const void* q;          /* [n_q, n_heads, head_dim] dtype, token stride q_tok_stride elements */
+  int32_t n_q;            /* 1 .. shape.max_q */
+  int64_t q_tok_stride;   /* 0 = n_heads * head_dim */
+  float scale;            /* softmax scale, usually 1/sqrt(head_dim) */
+  float threshold_fine;   /* keep fine cluster j if mean_q s_j >= threshold_fine */
+  float threshold_coarse; /* keep coarse cluster C if mean_q s_C >= threshold_coarse */
 } sqz_cuda_query;
 
 /* An attention state: out normalised by its own softmax denominator, lse in natural-log units.
@@ -92,8 +96,8 @@ size_t sqz_cuda_workspace_size(const sqz_cuda_shape* shape);
 int sqz_cuda_workspace_init(const sqz_cuda_shape* shape, void* ws, cudaStream_t stream);
 
 /* Lookup + partition for the step's query tokens. Single-level when shape->n_coarse == 0. */
-int sqz_cuda_plan(const sqz_cuda_shape* shape, const sqz_cuda_context* ctx,
-                  const sqz_cuda_query* q, void* ws, cudaStream_t stream);
+int sqz_cuda_plan(const sqz_cuda_shape* shape, const sqz_cuda_context* ctx, const sqz_cuda_query* q,
+                  void* ws, cudaStream_t stream);
 
 /* Plans from caller-chosen row ranges instead of a lookup (tests, other selection policies):
  * ranges [n_kv_heads, n_fine, 2] int32 device {begin, end} rows, sorted, non-overlapping;
@@ -102,9 +106,8 @@ int sqz_cuda_plan_ranges(const sqz_cuda_shape* shape, const int32_t* ranges,
                          const int32_t* n_ranges, int32_t n_q, void* ws, cudaStream_t stream);
 
 /* Exact attention of q over the planned rows. q->n_q must equal the plan's. */
-int sqz_cuda_run(const sqz_cuda_shape* shape, const sqz_cuda_context* ctx,
-                 const sqz_cuda_query* q, void* ws, const sqz_cuda_state* out,
-                 cudaStream_t stream);
+int sqz_cuda_run(const sqz_cuda_shape* shape, const sqz_cuda_context* ctx, const sqz_cuda_query* q,
+                 void* ws, const sqz_cuda_state* out, cudaStream_t stream);
 
 /* Causal attention of n_q user tokens over n_keys user K/V rows.
  * k, v: rows r of KV head h at base + h * kv_head_stride + r * kv_row_stride elements (dtype);
@@ -135,18 +138,18 @@ int sqz_cuda_merge(int32_t n_q, int32_t n_heads, int32_t head_dim, const sqz_cud
 /* Device pointers into the workspace, for inspecting a finished plan (tests, benchmarks).
  * Valid after the plan's kernels completed. */
 typedef struct sqz_cuda_plan_view {
-  const float* coarse_scores;  /* [n_kv, n_coarse] sum over queries of s_C (divide by n_q*group) */
-  const uint8_t* coarse_kept;  /* [n_kv, n_coarse] */
-  const int32_t* n_compared;   /* [n_kv] fine clusters scored (hierarchical: children of kept) */
-  const int32_t* compared;     /* [n_kv, n_fine] fine indices scored, ascending (hierarchical
-                                  only; single level scores every fine cluster in order) */
-  const float* fine_scores;    /* [n_kv, n_fine] sum over queries of s_j, by compared position */
-  const uint8_t* fine_kept;    /* [n_kv, n_fine] by compared position */
-  const int32_t* n_ranges;     /* [n_kv] */
-  const int32_t* ranges;       /* [n_kv, n_fine, 2] merged kept row ranges {begin, end} */
-  const int32_t* n_rows;       /* [n_kv] kept rows */
-  const int32_t* n_items;      /* [1] split-KV work items */
-  const int32_t* items;        /* [max_items, 4] {kv head, query block, v_begin, v_end} */
+  const float* coarse_scores; /* [n_kv, n_coarse] sum over queries of s_C (divide by n_q*group) */
+  const uint8_t* coarse_kept; /* [n_kv, n_coarse] */
+  const int32_t* n_compared;  /* [n_kv] fine clusters scored (hierarchical: children of kept) */
+  const int32_t* compared;    /* [n_kv, n_fine] fine indices scored, ascending (hierarchical
+                                 only; single level scores every fine cluster in order) */
+  const float* fine_scores;   /* [n_kv, n_fine] sum over queries of s_j, by compared position */
+  const uint8_t* fine_kept;   /* [n_kv, n_fine] by compared position */
+  const int32_t* n_ranges;    /* [n_kv] */
+  const int32_t* ranges;      /* [n_kv, n_fine, 2] merged kept row ranges {begin, end} */
+  const int32_t* n_rows;      /* [n_kv] kept rows */
+  const int32_t* n_items;     /* [1] split-KV work items */
+  const int32_t* items;       /* [max_items, 4] {kv head, query block, v_begin, v_end} */
   int32_t max_items;
 } sqz_cuda_plan_view;
 int sqz_cuda_get_plan_view(const sqz_cuda_shape* shape, void* ws, sqz_cuda_plan_view* view);
