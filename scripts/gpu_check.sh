@@ -2,9 +2,13 @@
 # On a GPU machine: build the CUDA squeeze kernels with plain nvcc (no fmt / nlohmann / OpenBLAS
 # needed), run the GPU tests, run the benchmark, copy logs and results to $OUT.
 #
-# Usage: scripts/gpu_check.sh [build|test|bench|all] [extra bench args...]
+# Usage: scripts/gpu_check.sh [build|lib|test|bench|all] [extra bench args...]
+#   lib: only the shared library (e.g. a baseline from another source tree, or a stamps build).
 # Env:   OUT (results folder, default /tmp/sqz_gpu_out), BUILD (default build-gpu),
-#        SQZ_ARCHS ("90 80" by default; "90" for a faster build), SQZ_COMMIT (recorded in JSON).
+#        SQZ_ARCHS ("90 80" by default; "90" for a faster build), SQZ_COMMIT (recorded in JSON),
+#        SRC (source root holding backend/cuda, default src), EXTRA (more nvcc flags, e.g.
+#        -DSQZ_PLAN_STAMPS), PREBUILT=1 (skip the build: use binaries already in $BUILD, e.g.
+#        built on a machine without a GPU and carried over).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-all}
@@ -22,18 +26,26 @@ if ! ls "$(dirname "$(command -v nvcc)")/../lib64/libcublas.so" >/dev/null 2>&1;
   d=$(python3 -c 'import nvidia.cublas, os; print(os.path.join(os.path.dirname(nvidia.cublas.__file__), "lib"))' 2>/dev/null)
   [ -n "$d" ] && CUBLAS_LINK="-L$d -l:libcublas.so.13 -Xlinker -rpath=$d"
 fi
-FLAGS="-std=c++17 -O3 --use_fast_math -lineinfo --expt-relaxed-constexpr -Xcompiler -fPIC -I src"
+SRC=${SRC:-src}
+FLAGS="-std=c++17 -O3 --use_fast_math -lineinfo --expt-relaxed-constexpr -Xcompiler -fPIC -I $SRC ${EXTRA:-}"
 
 build() {
+  if [ "${PREBUILT:-0}" = 1 ]; then
+    ls "$BUILD/libsqz_cuda.so" >/dev/null || return 1
+    echo "prebuilt binaries in $BUILD"
+    return 0
+  fi
   local t0=$SECONDS pids=() rc=0
-  for f in src/backend/cuda/*.cu; do
+  for f in "$SRC"/backend/cuda/*.cu; do
     local o="$BUILD/$(basename "$f" .cu).o"
     nvcc $FLAGS $GENCODE --threads 2 -Xptxas -v -c "$f" -o "$o" >"$o.log" 2>&1 &
     pids+=($!)
   done
-  nvcc $FLAGS -gencode=arch=compute_90,code=sm_90 -c dev/kernels/test_cuda_squeeze.cu \
-    -o "$BUILD/test_cuda_squeeze.obj" >"$BUILD/test.log" 2>&1 &
-  pids+=($!)
+  if [ "$MODE" != lib ]; then
+    nvcc $FLAGS -I src -gencode=arch=compute_90,code=sm_90 -c dev/kernels/test_cuda_squeeze.cu \
+      -o "$BUILD/test_cuda_squeeze.obj" >"$BUILD/test.log" 2>&1 &
+    pids+=($!)
+  fi
   for p in "${pids[@]}"; do wait "$p" || rc=1; done
   cat "$BUILD"/*.o.log > "$OUT/ptxas.log" 2>/dev/null
   if [ $rc -ne 0 ]; then
@@ -42,7 +54,10 @@ build() {
     return 1
   fi
   nvcc -shared -o "$BUILD/libsqz_cuda.so" "$BUILD"/*.o $CUBLAS_LINK || return 1
-  nvcc -o "$BUILD/test_cuda_squeeze" "$BUILD/test_cuda_squeeze.obj" "$BUILD"/*.o $CUBLAS_LINK || return 1
+  if [ "$MODE" != lib ]; then
+    nvcc -o "$BUILD/test_cuda_squeeze" "$BUILD/test_cuda_squeeze.obj" "$BUILD"/*.o $CUBLAS_LINK ||
+      return 1
+  fi
   echo "build ok in $((SECONDS - t0)) s ($GENCODE)"
 }
 
@@ -61,7 +76,7 @@ run_bench() {
 }
 
 case "$MODE" in
-  build) build ;;
+  build | lib) build ;;
   test) build && run_tests ;;
   bench) build && run_bench "$@" ;;
   all)

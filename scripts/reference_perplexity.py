@@ -98,6 +98,14 @@ def load_model(model_path: str):
 
     d, f = os.path.split(os.path.abspath(model_path))
     tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+    # transformers' GGUF tokenizer conversion drops SmolLM2's digit splitting (the real
+    # tokenizer.json pre-tokenizer is Digits(individual_digits) + ByteLevel; llama.cpp's "smollm"
+    # pre-type does the same). Restore it so the reference scores the same token ids the real
+    # tokenizer (and sqz) produce.
+    from tokenizers import pre_tokenizers as pre
+    tok.backend_tokenizer.pre_tokenizer = pre.Sequence([
+        pre.Digits(individual_digits=True),
+        pre.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)])
     model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
     model.eval()
     return tok, model

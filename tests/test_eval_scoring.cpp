@@ -104,7 +104,8 @@ TEST(EvalScoring, KlMatchesNaive) {
     const long double qi = std::exp((long double)q[(size_t)i]) / zq;
     ref += pi * std::log(pi / qi);
   }
-  EXPECT_NEAR(kl_from_logits(p.data(), q.data(), n), (double)ref, 1e-9 * std::max(1.0, (double)ref));
+  EXPECT_NEAR(kl_from_logits(p.data(), q.data(), n), (double)ref,
+              1e-9 * std::max(1.0, (double)ref));
   // Invariant to a constant shift of either row.
   std::vector<float> p2 = p;
   for (auto& x : p2) x += 7.0f;

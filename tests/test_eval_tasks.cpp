@@ -54,17 +54,19 @@ int64_t word_count(const std::string& s) {
 Corpus synthetic_corpus(uint64_t seed) {
   std::mt19937_64 rng(seed);
   const std::vector<std::string> vocab = {
-      "the",    "of",     "perl",   "python", "module", "function", "returns", "value",
-      "string", "number", "list",   "array",  "hash",   "file",     "handle",  "object",
-      "class",  "method", "scalar", "context", "error", "warning",  "option",  "syntax"};
+      "the",    "of",     "perl",   "python",  "module", "function", "returns", "value",
+      "string", "number", "list",   "array",   "hash",   "file",     "handle",  "object",
+      "class",  "method", "scalar", "context", "error",  "warning",  "option",  "syntax"};
   Corpus c;
   for (int p = 0; p < 400; p++) {
     std::string s;
     const int n = 20 + (int)(rng() % 60);
     for (int w = 0; w < n; w++) {
       if (w) s += ' ';
-      if (rng() % 17 == 0) s += std::to_string(rng() % 100000);
-      else s += vocab[rng() % vocab.size()];
+      if (rng() % 17 == 0)
+        s += std::to_string(rng() % 100000);
+      else
+        s += vocab[rng() % vocab.size()];
     }
     c.paragraphs.push_back(s + ".");
   }
@@ -78,9 +80,9 @@ Corpus synthetic_corpus(uint64_t seed) {
   return c;
 }
 
-const TaskKind kAll[] = {TaskKind::kNiahSingle,       TaskKind::kNiahMultiKey,
-                         TaskKind::kNiahMultiValue,   TaskKind::kVariableTracking,
-                         TaskKind::kCommonWords,      TaskKind::kPrefixQa};
+const TaskKind kAll[] = {TaskKind::kNiahSingle,     TaskKind::kNiahMultiKey,
+                         TaskKind::kNiahMultiValue, TaskKind::kVariableTracking,
+                         TaskKind::kCommonWords,    TaskKind::kPrefixQa};
 
 }  // namespace
 
@@ -124,9 +126,10 @@ TEST(EvalCorpus, HtmlParagraphs) {
       "text but must be dropped because it is navigation.</p></div></body></html>";
   const std::vector<std::string> ps = html_paragraphs(html);
   ASSERT_EQ(ps.size(), 2u);
-  EXPECT_EQ(ps[0],
-            "Classes provide a means of bundling data & functionality together; Python\xE2\x80\x99s "
-            "class mechanism adds classes with a minimum of new syntax.");
+  EXPECT_EQ(
+      ps[0],
+      "Classes provide a means of bundling data & functionality together; Python\xE2\x80\x99s "
+      "class mechanism adds classes with a minimum of new syntax.");
   EXPECT_NE(ps[1].find("<tags>"), std::string::npos);
 }
 
@@ -262,7 +265,8 @@ TEST(EvalTasks, MultiValueAndVariableTracking) {
   ASSERT_EQ(mv->needles.size(), 6u);
   for (const auto& q : mv->questions) {
     ASSERT_EQ(q.expected.size(), 2u);
-    const std::string key = q.text.substr(q.text.rfind(' ') + 1, q.text.size() - q.text.rfind(' ') - 2);
+    const std::string key =
+        q.text.substr(q.text.rfind(' ') + 1, q.text.size() - q.text.rfind(' ') - 2);
     for (const auto& v : q.expected)
       EXPECT_EQ(count_sub(mv->context, "for " + key + " is: " + v + "."), 1u) << key << " " << v;
   }

@@ -419,3 +419,148 @@ TEST(Baselines, RandomIsSeededAndUniform) {
   const double sd = std::sqrt(draws * pr * (1 - pr));
   for (int64_t x = 0; x < n; x++) EXPECT_NEAR(hits[(size_t)x], mean, 6 * sd) << x;
 }
+
+// ---- through the squeezed session, with the real model ----
+
+namespace {
+
+struct ModelFixture {
+  std::unique_ptr<Engine> engine;
+  std::unique_ptr<Pack> pack;
+  std::unique_ptr<BaselineIndex> idx;
+  std::vector<int32_t> qtok;
+};
+
+std::unique_ptr<ModelFixture> model_fixture() {
+  const std::string model = test::default_model_path();
+  if (model.empty()) return nullptr;
+  auto f = std::make_unique<ModelFixture>();
+  EngineParams ep;
+  ep.model_path = model;
+  ep.n_threads = 2;
+  auto e = Engine::create(ep);
+  EXPECT_TRUE(e.ok()) << e.status().message();
+  if (!e.ok()) return nullptr;
+  f->engine = std::move(e).value();
+  // ~400 tokens of varied text with a fact to retrieve.
+  std::string ctx;
+  for (int i = 0; i < 24; i++)
+    ctx += fmt::format(
+        "Paragraph {} describes how module number {} handles file {} and returns "
+        "status {}. ",
+        i, 17 * i + 3, i * i, i % 5);
+  ctx += "The secret code of the blue vault is 4718.";
+  CompileParams cp;
+  cp.clusters = 0.1;
+  cp.coarse = 0.03;
+  cp.obs_window = 16;
+  cp.n_threads = 2;
+  const std::string path =
+      (std::filesystem::path(testing::TempDir()) / "sqz_baselines_model.sqzpack").string();
+  auto rep = compile_context(*f->engine, ctx, cp, path, nullptr);
+  EXPECT_TRUE(rep.ok()) << rep.status().message();
+  if (!rep.ok()) return nullptr;
+  auto p = Pack::open(path);
+  EXPECT_TRUE(p.ok());
+  if (!p.ok()) return nullptr;
+  f->pack = std::move(p).value();
+  f->idx = std::make_unique<BaselineIndex>(*f->pack);
+  f->qtok = question_tokens(*f->engine, "What is the secret code of the blue vault?");
+  return f;
+}
+
+double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  if (a.size() != b.size()) return INFINITY;
+  double m = 0;
+  for (size_t i = 0; i < a.size(); i++) m = std::max(m, (double)std::fabs(a[i] - b[i]));
+  return m;
+}
+
+}  // namespace
+
+TEST(BaselinesModel, FullBudgetReproducesDense) {
+  auto f = model_fixture();
+  if (!f) GTEST_SKIP() << "default model not found";
+  AskParams dense;
+  dense.dense = true;
+  auto ld = ask_first_logits(*f->engine, *f->pack, f->qtok, dense, nullptr);
+  ASSERT_TRUE(ld.ok()) << ld.status().message();
+  // Every baseline at budget 1 reads every key: one range over all rows, as dense does, so the
+  // logits are identical (same segments, same kernel).
+  StreamingLlmSelector streaming(*f->idx, 4);
+  QuestSelector quest(*f->idx, 16, 2);
+  OracleTopKSelector oracle(*f->idx, 2);
+  RandomSelector random(*f->idx, 3);
+  for (BudgetedSelector* s :
+       std::initializer_list<BudgetedSelector*>{&streaming, &oracle, &random}) {
+    s->set_budget(1.0);
+    AskParams ap;
+    ap.selector = s;
+    AskResult st;
+    auto l = ask_first_logits(*f->engine, *f->pack, f->qtok, ap, &st);
+    ASSERT_TRUE(l.ok()) << l.status().message();
+    EXPECT_EQ(max_abs_diff(l.value(), ld.value()), 0.0);
+    EXPECT_NEAR(st.kept_fraction, 1.0, 1e-12);
+    EXPECT_EQ(st.centroid_fraction, 0.0);
+  }
+  // Quest pays for its page metadata: at budget 1 + metadata it also reads everything.
+  const int64_t meta = 2 * ((f->pack->n_clustered() + 15) / 16);
+  quest.set_budget(1.0 + (double)meta / (double)f->pack->n_ctx());
+  AskParams ap;
+  ap.selector = &quest;
+  AskResult st;
+  auto l = ask_first_logits(*f->engine, *f->pack, f->qtok, ap, &st);
+  ASSERT_TRUE(l.ok());
+  EXPECT_EQ(max_abs_diff(l.value(), ld.value()), 0.0);
+  EXPECT_NEAR(st.budget, 1.0 + (double)meta / (double)f->pack->n_ctx(), 1e-12);
+}
+
+TEST(BaselinesModel, MassMeterMatchesSession) {
+  auto f = model_fixture();
+  if (!f) GTEST_SKIP() << "default model not found";
+  const Pack& p = *f->pack;
+  // Squeezed lookup through the meter == the session's own lookup (same logits, same budget),
+  // and the meter's mass == the session's measure_mass (double reference loop).
+  for (int levels : {1, 2})
+    for (int sinks : {0, 4}) {
+      SCOPED_TRACE(testing::Message() << "levels " << levels << " sinks " << sinks);
+      AskParams native;
+      native.budget = 0.2;
+      native.select.levels = levels;
+      native.sink_tokens = sinks;
+      native.measure_mass = true;
+      AskResult s1;
+      auto l1 = ask_first_logits(*f->engine, p, f->qtok, native, &s1);
+      ASSERT_TRUE(l1.ok()) << l1.status().message();
+      SqueezeLookupSelector look(p, 2);
+      SelectParams sp;
+      sp.levels = levels;
+      sp.percentile = p.percentile_for_budget(0.2, p.n_coarse() > 0 ? levels : 1);
+      look.set_params(sp);
+      MassMeter meter(*f->idx, &look, sinks, 2);
+      AskParams wrapped;
+      wrapped.selector = &meter;
+      AskResult s2;
+      auto l2 = ask_first_logits(*f->engine, p, f->qtok, wrapped, &s2);
+      ASSERT_TRUE(l2.ok()) << l2.status().message();
+      EXPECT_EQ(max_abs_diff(l1.value(), l2.value()), 0.0);
+      EXPECT_DOUBLE_EQ(s1.budget, s2.budget);
+      EXPECT_DOUBLE_EQ(s1.kept_fraction, s2.kept_fraction);
+      ASSERT_GT(s1.mass_captured, 0.0);
+      // f32 dot products of 64 terms vs double: logits agree to ~1e-6 relative.
+      EXPECT_NEAR(meter.mass(), s1.mass_captured, 1e-4);
+    }
+  // A baseline measured both ways in one pass.
+  StreamingLlmSelector streaming(*f->idx, 4);
+  streaming.set_budget(0.3);
+  MassMeter meter(*f->idx, &streaming, 0, 2);
+  AskParams ap;
+  ap.selector = &meter;
+  ap.measure_mass = true;
+  AskResult st;
+  auto l = ask_first_logits(*f->engine, p, f->qtok, ap, &st);
+  ASSERT_TRUE(l.ok());
+  ASSERT_GT(st.mass_captured, 0.0);
+  EXPECT_LT(st.mass_captured, 1.0);
+  EXPECT_NEAR(meter.mass(), st.mass_captured, 1e-4);
+}

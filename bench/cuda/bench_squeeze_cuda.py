@@ -403,6 +403,62 @@ def bench_kmeans(lib, cx, heads, iters, card, commit, jsonl):
           f"(empty clusters in the last run: {empty})", flush=True)
 
 
+STAMP_NAMES = ["entry", "waited", "coarse_main", "coarse_tail", "coarse_L", "coarse_done",
+               "fine_start", "fine_main", "fine_tail", "fine_L", "ranges", "expand", "part_start",
+               "part_end", "fine_entry", "fsel_loaded", "csel_loaded"]
+
+
+def stamps_report(lib, timer, spec, reps, seed, jsonl, card, commit):
+    """Phase times of the plan from a -DSQZ_PLAN_STAMPS library: per event the earliest and the
+    latest CTA (globaltimer, us after the first CTA's entry), median over `reps` cold plans."""
+    lib.sqz_cuda_debug_stamps.argtypes = [ctypes.POINTER(ctypes.c_ulonglong), ctypes.c_int,
+                                          ctypes.c_int]
+    lib.sqz_cuda_debug_stamps.restype = ctypes.c_int
+    buf = (ctypes.c_ulonglong * 40)()
+    check(lib, lib.sqz_cuda_debug_stamps(buf, 0, 1), "stamps (library built without them?)")
+    shapes = {"llama2-7b": (32, 32, 128), "llama3-8b": (32, 8, 128)}
+    gen = torch.Generator(device="cuda")
+    gen.manual_seed(seed)
+    for item in spec.split(";"):
+        sname, ctx, kept = item.split(",")
+        ctx, kept = int(ctx), float(kept)
+        n_heads, n_kv, D = shapes[sname]
+        cx = make_context(n_kv, ctx, D, gen)
+        sqz = Sqz(lib, n_heads, n_kv, D, ctx, cx, 1)
+        q = make_queries(1, n_heads, n_kv, D, cx, gen)
+        tf, tc, actual = calibrate(sqz, q, n_kv * ctx, kept)
+        qs = sqz.query(q, tf, tc)
+        plan_ms = timer.median_ms(lambda: sqz.plan(qs), reps)
+        samples = {n: ([], []) for n in STAMP_NAMES}
+        check(lib, lib.sqz_cuda_debug_stamps(buf, 0, 1), "stamps reset")
+        for _ in range(reps):
+            timer.flush()
+            torch.cuda._sleep(SLEEP_CYCLES)
+            sqz.plan(qs)
+            check(lib, lib.sqz_cuda_debug_stamps(buf, 2 * len(STAMP_NAMES), 1), "stamps read")
+            t0 = buf[0]
+            for e, n in enumerate(STAMP_NAMES):
+                if buf[2 * e + 1] == 0:
+                    continue
+                samples[n][0].append((buf[2 * e] - t0) / 1e3)
+                samples[n][1].append((buf[2 * e + 1] - t0) / 1e3)
+        print(f"stamps {sname} ctx={ctx} kept={actual:.3f} plan (stamped build) {plan_ms * 1e3:.1f} us;"
+              f" us after first entry, median of {reps} cold plans: event earliest latest", flush=True)
+        rec = dict(card=card, bench="plan_stamps", shape=sname, ctx=ctx, q_tokens=1, kept=kept,
+                   plan_us_stamped=round(plan_ms * 1e3, 1), commit=commit,
+                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+        for n in STAMP_NAMES:
+            lo, hi = samples[n]
+            if lo:
+                a, b = statistics.median(lo), statistics.median(hi)
+                rec[n] = [round(a, 2), round(b, 2)]
+                print(f"  {n:12s} {a:8.2f} {b:8.2f}", flush=True)
+        with open(jsonl, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        del sqz, cx
+        torch.cuda.empty_cache()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lib", default="build-gpu/libsqz_cuda.so")
@@ -417,6 +473,9 @@ def main():
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--profile-one", default="",
                     help="SHAPE,CTX,Q_TOKENS,KEPT: calibrate, then run plan+run 3x (for ncu); no timing")
+    ap.add_argument("--stamps", default="",
+                    help="SHAPE,CTX,KEPT[;...]: decode plan phase times from a library built with "
+                         "-DSQZ_PLAN_STAMPS (no other benchmark)")
     args = ap.parse_args()
 
     lib = load_lib(args.lib)
@@ -446,6 +505,9 @@ def main():
     card = torch.cuda.get_device_name(0)
     commit = os.environ.get("SQZ_COMMIT") or subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
+    if args.stamps:
+        stamps_report(lib, Timer(), args.stamps, args.reps, args.seed, args.jsonl, card, commit)
+        return
     os.makedirs(os.path.dirname(args.jsonl) or ".", exist_ok=True)
     timer = Timer()
     copy_gbps = copy_bandwidth(timer)

@@ -172,6 +172,10 @@ struct Case {
   sqz_cuda_dtype dt;
   double keep_coarse, keep_fine;  // target fractions (<= 0: none, >= 1: all)
   int num_sms;                    // partition target override (0 = device)
+  // KV heads. Decode plans run fused (one launch, per-head flags) when the grid fits on the
+  // device at once, else one launch per stage: 32 exercises many heads waiting on their own
+  // flags concurrently, 1100 exceeds any H100/H200's resident CTAs and takes the fallback.
+  int n_kv = 2;
 };
 
 static void check_attention(const char* tag, int n_q, int n_heads, int D, sqz_cuda_dtype dt,
@@ -214,13 +218,13 @@ static void check_attention(const char* tag, int n_q, int n_heads, int D, sqz_cu
 }
 
 static void run_case(const Case& c, std::mt19937_64& rng) {
-  const int n_kv = 2, n_heads = n_kv * c.group, D = c.D, n_ctx = c.n_ctx;
+  const int n_kv = c.n_kv, n_heads = n_kv * c.group, D = c.D, n_ctx = c.n_ctx;
   const int n_fine = std::max(2, n_ctx / 19);
   const int n_coarse = c.hier ? std::max(2, n_fine / 5) : 0;
   char tag[200];
-  std::snprintf(tag, sizeof tag, "ctx=%d g=%d nq=%d D=%d %s %s keep=(%.2f,%.2f) sms=%d", n_ctx,
-                c.group, c.n_q, D, c.hier ? "hier" : "flat", c.dt == SQZ_CUDA_BF16 ? "bf16" : "f16",
-                c.keep_coarse, c.keep_fine, c.num_sms);
+  std::snprintf(tag, sizeof tag, "ctx=%d kv=%d g=%d nq=%d D=%d %s %s keep=(%.2f,%.2f) sms=%d",
+                n_ctx, n_kv, c.group, c.n_q, D, c.hier ? "hier" : "flat",
+                c.dt == SQZ_CUDA_BF16 ? "bf16" : "f16", c.keep_coarse, c.keep_fine, c.num_sms);
   std::printf("case %s\n", tag);
 
   // Clustered keys: coarse centres -> fine centres -> keys; cluster-contiguous by construction.
@@ -772,6 +776,10 @@ int main(int argc, char** argv) {
       {3771, 4, 40, 128, false, BF, 0, 0.15, 2},  {3771, 8, 20, 128, true, BF, 1.0, 1.0, 0},
       {3771, 1, 130, 128, true, BF, 0.0, 0.3, 0},  // empty, prefill
       {3771, 4, 64, 64, true, BF, 0.3, 0.3, 0},
+      // Many KV heads: fused decode with 32 / 8 heads, and the two-launch fallback.
+      {3771, 1, 1, 128, true, BF, 0.25, 0.3, 0, 32},  {3771, 4, 1, 128, true, BF, 0.3, 0.2, 0, 8},
+      {2000, 8, 1, 64, true, F16, 0.3, 0.3, 0, 8},    {1500, 1, 1, 128, false, BF, 0, 0.2, 0, 32},
+      {113, 1, 1, 128, true, BF, 0.5, 0.5, 0, 1100}, {113, 2, 1, 64, false, BF, 0, 0.4, 0, 1100},
   };
   for (const Case& c : cases) run_case(c, rng);
   for (int mode = 0; mode < 3; mode++) {

@@ -26,6 +26,7 @@ Result<std::unique_ptr<Engine>> Engine::create(const EngineParams& p) {
   SQZ_ASSIGN_OR_RETURN(std::unique_ptr<ModelFile> mf, model_file_open(p.model_path));
   e->file_ = std::shared_ptr<ModelFile>(std::move(mf));
   SQZ_ASSIGN_OR_RETURN(e->model_, LlamaModel::load(e->file_));
+  e->model_->set_prefill_f32(p.prefill_f32);
   SQZ_ASSIGN_OR_RETURN(e->tok_, Tokenizer::create(e->file_->tokenizer));
   const ModelConfig& c = e->file_->config;
   const int64_t train = c.n_ctx_train > 0 ? c.n_ctx_train : 4096;

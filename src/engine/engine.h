@@ -22,6 +22,7 @@ struct EngineParams {
   int64_t n_ctx = 0;        // 0 = the model's training context
   int64_t n_batch = 256;    // prefill chunk (tokens per forward call)
   DType kv_type = DType::kF16;
+  bool prefill_f32 = false;  // f32 prefill GEMMs instead of AMX bf16 (slower, reference numerics)
 };
 
 // Progress of a long prefill: done / total tokens.

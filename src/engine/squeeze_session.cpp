@@ -320,8 +320,10 @@ Result<CompileReport> compile_context(const Engine& e, const std::string& contex
     return Error(Code::kOutOfRange,
                  "context is {} tokens; the model window is {} and must leave room for questions",
                  n, e.n_ctx());
-  if (cp.obs_window < 0 || cp.obs_window >= n)
-    return Error(Code::kInvalidArgument, "obs-window {} must be in [0, {})", cp.obs_window, n);
+  // The observation window's queries are the calibration data, so it cannot be empty.
+  if (cp.obs_window < 1 || cp.obs_window >= n)
+    return Error(Code::kInvalidArgument, "obs-window {} must be in [1, {}) for a context of {} tokens",
+                 cp.obs_window, n, n);
   const int nt = e.params().n_threads;
   CompileReport rep;
   rep.n_ctx = n;

@@ -12,7 +12,9 @@ namespace sqz::eval {
 
 namespace {
 
-bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f'; }
+bool is_space(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f';
+}
 
 // Appends code point cp as UTF-8.
 void append_utf8(std::string& out, uint32_t cp) {
@@ -37,13 +39,13 @@ void append_utf8(std::string& out, uint32_t cp) {
 // names decode to nothing (deterministic, and rare enough not to matter for haystack text).
 bool named_entity(std::string_view name, std::string& out) {
   static const std::pair<const char*, uint32_t> kNames[] = {
-      {"lt", '<'},        {"gt", '>'},         {"amp", '&'},        {"quot", '"'},
-      {"apos", '\''},     {"verbar", '|'},     {"sol", '/'},        {"nbsp", ' '},
-      {"copy", 0xA9},     {"reg", 0xAE},       {"mdash", 0x2014},   {"ndash", 0x2013},
-      {"hellip", 0x2026}, {"lsquo", 0x2018},   {"rsquo", 0x2019},   {"ldquo", 0x201C},
-      {"rdquo", 0x201D},  {"para", 0xB6},      {"times", 0xD7},     {"eacute", 0xE9},
-      {"auml", 0xE4},     {"ouml", 0xF6},      {"uuml", 0xFC},      {"laquo", 0xAB},
-      {"raquo", 0xBB},    {"middot", 0xB7},    {"deg", 0xB0},       {"sect", 0xA7}};
+      {"lt", '<'},        {"gt", '>'},       {"amp", '&'},      {"quot", '"'},
+      {"apos", '\''},     {"verbar", '|'},   {"sol", '/'},      {"nbsp", ' '},
+      {"copy", 0xA9},     {"reg", 0xAE},     {"mdash", 0x2014}, {"ndash", 0x2013},
+      {"hellip", 0x2026}, {"lsquo", 0x2018}, {"rsquo", 0x2019}, {"ldquo", 0x201C},
+      {"rdquo", 0x201D},  {"para", 0xB6},    {"times", 0xD7},   {"eacute", 0xE9},
+      {"auml", 0xE4},     {"ouml", 0xF6},    {"uuml", 0xFC},    {"laquo", 0xAB},
+      {"raquo", 0xBB},    {"middot", 0xB7},  {"deg", 0xB0},     {"sect", 0xA7}};
   for (const auto& [n, cp] : kNames)
     if (name == n) {
       append_utf8(out, cp);
@@ -64,10 +66,14 @@ bool numeric_entity(std::string_view body, std::string& out) {
   uint32_t cp = 0;
   for (char c : body) {
     int d;
-    if (c >= '0' && c <= '9') d = c - '0';
-    else if (base == 16 && c >= 'a' && c <= 'f') d = c - 'a' + 10;
-    else if (base == 16 && c >= 'A' && c <= 'F') d = c - 'A' + 10;
-    else return false;
+    if (c >= '0' && c <= '9')
+      d = c - '0';
+    else if (base == 16 && c >= 'a' && c <= 'f')
+      d = c - 'a' + 10;
+    else if (base == 16 && c >= 'A' && c <= 'F')
+      d = c - 'A' + 10;
+    else
+      return false;
     cp = cp * (uint32_t)base + (uint32_t)d;
   }
   append_utf8(out, cp);
@@ -263,7 +269,7 @@ std::string strip_html(std::string_view s) {
         std::string_view body = s.substr(i + 1, e - i - 1);
         std::string dec;
         const bool ok = !body.empty() && body[0] == '#' ? numeric_entity(body.substr(1), dec)
-                                                         : named_entity(body, dec);
+                                                        : named_entity(body, dec);
         if (ok) {
           out += dec;
           i = e + 1;

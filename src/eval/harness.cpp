@@ -1,5 +1,7 @@
 #include "eval/harness.h"
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -23,6 +25,15 @@ namespace {
 
 using json = nlohmann::json;
 namespace fs = std::filesystem;
+
+// CPU seconds of this process (all threads): with other work on the machine, wall time
+// overstates the cost, this does not.
+double cpu_s() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return (double)u.ru_utime.tv_sec + 1e-6 * (double)u.ru_utime.tv_usec + (double)u.ru_stime.tv_sec +
+         1e-6 * (double)u.ru_stime.tv_usec;
+}
 
 double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -48,7 +59,7 @@ EvalConfig smoke_config() {
   c.name = "smoke";
   c.seed = 1;
   c.lengths = {1024};
-  c.tasks = {{TaskKind::kNiahSingle, 1, 1}, {TaskKind::kPrefixQa, 1, 3}};
+  c.tasks = {{TaskKind::kNiahSingle, 1, 1, {}}, {TaskKind::kPrefixQa, 1, 3, {}}};
   c.methods = {"squeeze", "quest"};
   c.budgets = {0.25};
   c.mass_every = 2;
@@ -57,18 +68,28 @@ EvalConfig smoke_config() {
 }
 
 EvalConfig full_config() {
-  // Sized to finish in about 40 minutes with 2 threads on the 2-core development machine
-  // (docs/eval.md gives the cost estimate this came from).
+  // Sized for about 40 minutes with 2 threads on an idle 2-core machine (docs/eval.md gives
+  // the cost estimate): >= 200 questions for every (method, budget) point. The list tasks the
+  // 135M model cannot do even densely (multi-value, variable tracking, common words) run at
+  // the two shorter lengths only; the retrieval tasks at every length.
   EvalConfig c;
   c.name = "full";
   c.seed = 1;
   c.lengths = {1024, 2048, 4096, 7168};
-  c.tasks = {{TaskKind::kPrefixQa, 1, 32},       {TaskKind::kNiahSingle, 2, 1},
-             {TaskKind::kNiahMultiKey, 1, 8},    {TaskKind::kNiahMultiValue, 1, 2},
-             {TaskKind::kVariableTracking, 1, 2}, {TaskKind::kCommonWords, 1, 1}};
+  c.tasks = {{TaskKind::kPrefixQa, 1, 40, {}},
+             {TaskKind::kNiahMultiKey, 1, 8, {}},
+             {TaskKind::kNiahSingle, 1, 1, {}},
+             {TaskKind::kNiahMultiValue, 1, 2, {1024, 2048}},
+             {TaskKind::kVariableTracking, 1, 2, {1024, 2048}},
+             {TaskKind::kCommonWords, 1, 1, {1024, 2048}}};
   c.methods = kMethods;
   c.budgets = {0.25, 0.125, 0.0625};
-  c.mass_every = 8;
+  // The squeezed variants and Quest at every budget; the references at <= 1/8.
+  c.method_budgets = {
+      {"oracle", {0.125, 0.0625}}, {"streaming", {0.125, 0.0625}}, {"random", {0.125}}};
+  c.max_tokens = 28;
+  c.kl_every = 2;
+  c.mass_every = 2;
   return c;
 }
 
@@ -76,14 +97,19 @@ EvalConfig full_config() {
 
 json config_json(const EvalConfig& c) {
   json tasks = json::array();
-  for (const auto& t : c.tasks)
-    tasks.push_back({{"task", task_name(t.kind)}, {"instances", t.instances}, {"items", t.items}});
+  for (const auto& t : c.tasks) {
+    json tj = {{"task", task_name(t.kind)}, {"instances", t.instances}, {"items", t.items}};
+    if (!t.lengths.empty()) tj["lengths"] = t.lengths;
+    tasks.push_back(tj);
+  }
   return {{"name", c.name},
           {"seed", c.seed},
           {"lengths", c.lengths},
           {"tasks", tasks},
           {"methods", c.methods},
           {"budgets", c.budgets},
+          {"method_budgets", c.method_budgets},
+          {"squeeze_sink_tokens", c.squeeze_sink_tokens},
           {"compile",
            {{"clusters", c.clusters},
             {"coarse", c.coarse},
@@ -93,6 +119,7 @@ json config_json(const EvalConfig& c) {
           {"always_generate", c.always_generate},
           {"kl", c.kl},
           {"mass_every", c.mass_every},
+          {"kl_every", c.kl_every},
           {"sinks", c.sinks},
           {"quest_page_size", c.quest_page_size},
           {"random_seed", c.random_seed},
@@ -108,10 +135,26 @@ Status validate(const EvalConfig& c) {
     if (l < 128 || l > 1 << 20)
       return Error(Code::kInvalidArgument, "config: length {} out of [128, 2^20]", l);
   if (c.tasks.empty()) return Error(Code::kInvalidArgument, "config: no tasks");
-  for (const auto& t : c.tasks)
+  for (const auto& t : c.tasks) {
     if (t.instances < 1 || t.items < 1)
       return Error(Code::kInvalidArgument, "config: task {} needs instances >= 1 and items >= 1",
                    task_name(t.kind));
+    for (int64_t l : t.lengths)
+      if (std::find(c.lengths.begin(), c.lengths.end(), l) == c.lengths.end())
+        return Error(Code::kInvalidArgument, "config: task {} length {} is not in lengths",
+                     task_name(t.kind), l);
+  }
+  for (const auto& [m, bs] : c.method_budgets) {
+    if (std::find(c.methods.begin(), c.methods.end(), m) == c.methods.end() || m == "squeeze" ||
+        m == "squeeze_h")
+      return Error(Code::kInvalidArgument,
+                   "config: method_budgets: '{}' is not a baseline in methods", m);
+    for (double b : bs)
+      if (std::find(c.budgets.begin(), c.budgets.end(), b) == c.budgets.end())
+        return Error(Code::kInvalidArgument, "config: method_budgets: {} is not in budgets", b);
+  }
+  if (c.squeeze_sink_tokens < 0)
+    return Error(Code::kInvalidArgument, "config: squeeze_sink_tokens < 0");
   for (const auto& m : c.methods)
     if (std::find(kMethods.begin(), kMethods.end(), m) == kMethods.end())
       return Error(Code::kInvalidArgument,
@@ -119,12 +162,14 @@ Status validate(const EvalConfig& c) {
                    "random; dense always runs)",
                    m);
   for (double b : c.budgets)
-    if (!(b > 0 && b <= 1)) return Error(Code::kInvalidArgument, "config: budget {} not in (0, 1]", b);
+    if (!(b > 0 && b <= 1))
+      return Error(Code::kInvalidArgument, "config: budget {} not in (0, 1]", b);
   if (!c.methods.empty() && c.budgets.empty())
     return Error(Code::kInvalidArgument, "config: methods need at least one budget");
   if (c.obs_window < 0) return Error(Code::kInvalidArgument, "config: obs_window < 0");
   if (c.max_tokens < 1) return Error(Code::kInvalidArgument, "config: max_tokens < 1");
   if (c.mass_every < 0) return Error(Code::kInvalidArgument, "config: mass_every < 0");
+  if (c.kl_every < 1) return Error(Code::kInvalidArgument, "config: kl_every < 1");
   return Status::Ok();
 }
 
@@ -144,8 +189,8 @@ struct Record {
   std::string answer;
   bool correct = false, exact = false, agree = false;
   double kl = std::nan("");  // NaN: not computed
-  int tf_match = -1;          // teacher-forced pass reproduced the dense answer (-1: not run)
-  bool generated = false;     // the method's own generation ran (else: answer = dense's)
+  int tf_match = -1;         // teacher-forced pass reproduced the dense answer (-1: not run)
+  bool generated = false;    // the method's own generation ran (else: answer = dense's)
   double mass = -1;          // -1: not measured
   int64_t gen_tokens = 0;
   double ask_s = 0, score_s = 0;
@@ -252,8 +297,8 @@ json summarize(const std::vector<Record>& recs) {
   json rows = json::array();
   for (const auto& [k, a] : by) {
     const auto& [task, len, method, tb] = k;
-    const std::string group = task == "all" ? (len == 0 ? "overall" : "length")
-                                            : (len == 0 ? "task" : "task_length");
+    const std::string group =
+        task == "all" ? (len == 0 ? "overall" : "length") : (len == 0 ? "task" : "task_length");
     rows.push_back(agg_json(group, task, len, method, tb, a));
   }
   return rows;
@@ -264,8 +309,9 @@ std::string summary_csv(const json& rows) {
       "group,task,length,method,target_budget,n,correct,accuracy,ci_lo,ci_hi,exact,agree_dense,"
       "kl_mean,mass_mean,budget_mean,budget_max\n";
   auto f = [](const json& v) {
-    return v.is_null() ? std::string() : v.is_number_float() ? fmt::format("{:.6g}", v.get<double>())
-                                                             : v.dump();
+    return v.is_null()           ? std::string()
+           : v.is_number_float() ? fmt::format("{:.6g}", v.get<double>())
+                                 : v.dump();
   };
   for (const auto& r : rows)
     s += fmt::format("{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
@@ -310,6 +356,7 @@ struct Baselines {
   std::unique_ptr<QuestSelector> quest;
   std::unique_ptr<OracleTopKSelector> oracle;
   std::unique_ptr<RandomSelector> random;
+  std::unique_ptr<SqueezeLookupSelector> lookup;  // the squeezed lookup, for the mass meter
   BudgetedSelector* get(const std::string& m) {
     if (m == "streaming") return streaming.get();
     if (m == "quest") return quest.get();
@@ -326,7 +373,7 @@ double squeeze_kept_target(double target, int64_t n_ctx, int64_t n_obs, int n_fi
   const double n_cl = (double)std::max<int64_t>(1, n_ctx - n_obs);
   const double room = target * (double)n_ctx - (double)n_obs;
   const double k = levels >= 2 && n_coarse > 0 ? (room - n_coarse) / (n_cl + 2.0 * n_fine)
-                                                : (room - n_fine) / n_cl;
+                                               : (room - n_fine) / n_cl;
   return std::clamp(k, 0.002, 1.0);
 }
 
@@ -336,7 +383,9 @@ Result<EvalConfig> eval_config_builtin(const std::string& name) {
   return Error(Code::kInvalidArgument, "unknown built-in config '{}' (smoke, full)", name);
 }
 
-std::string eval_config_to_json(const EvalConfig& c) { return config_json(c).dump(2); }
+std::string eval_config_to_json(const EvalConfig& c) {
+  return config_json(c).dump(2);
+}
 
 Result<EvalConfig> eval_config_from_json(const std::string& text) {
   const json j = json::parse(text, nullptr, false);
@@ -352,11 +401,16 @@ Result<EvalConfig> eval_config_from_json(const std::string& text) {
       c.tasks.clear();
       for (const auto& t : j["tasks"]) {
         SQZ_ASSIGN_OR_RETURN(TaskKind k, parse_task_name(t.at("task").get<std::string>()));
-        c.tasks.push_back({k, t.value("instances", 1), t.value("items", 4)});
+        EvalTaskSpec ts{k, t.value("instances", 1), t.value("items", 4), {}};
+        if (t.contains("lengths")) ts.lengths = t["lengths"].get<std::vector<int64_t>>();
+        c.tasks.push_back(ts);
       }
     }
     if (j.contains("methods")) c.methods = j["methods"].get<std::vector<std::string>>();
     if (j.contains("budgets")) c.budgets = j["budgets"].get<std::vector<double>>();
+    if (j.contains("method_budgets"))
+      c.method_budgets = j["method_budgets"].get<std::map<std::string, std::vector<double>>>();
+    c.squeeze_sink_tokens = j.value("squeeze_sink_tokens", c.squeeze_sink_tokens);
     if (j.contains("compile")) {
       const json& cp = j["compile"];
       c.clusters = cp.value("clusters", c.clusters);
@@ -371,6 +425,7 @@ Result<EvalConfig> eval_config_from_json(const std::string& text) {
     c.kl = j.value("kl", c.kl);
     c.always_generate = j.value("always_generate", c.always_generate);
     c.mass_every = j.value("mass_every", c.mass_every);
+    c.kl_every = j.value("kl_every", c.kl_every);
     c.sinks = j.value("sinks", c.sinks);
     c.quest_page_size = j.value("quest_page_size", c.quest_page_size);
     c.random_seed = j.value("random_seed", c.random_seed);
@@ -409,12 +464,16 @@ Result<EvalRunSummary> run_eval(const EvalConfig& cfg, const EvalOptions& opt) {
   };
 
   SQZ_ASSIGN_OR_RETURN(Corpus corpus, load_corpus(cfg.corpus));
-  log(fmt::format("corpus: {} paragraphs, {} words", corpus.paragraphs.size(), corpus.words.size()));
+  log(fmt::format("corpus: {} paragraphs, {} words", corpus.paragraphs.size(),
+                  corpus.words.size()));
 
   // All task instances first (cheap), so the run's shape is known and logged up front.
   std::vector<TaskInstance> instances;
   for (int64_t len : cfg.lengths)
-    for (const auto& ts : cfg.tasks)
+    for (const auto& ts : cfg.tasks) {
+      if (!ts.lengths.empty() &&
+          std::find(ts.lengths.begin(), ts.lengths.end(), len) == ts.lengths.end())
+        continue;
       for (int i = 0; i < ts.instances; i++) {
         TaskParams tp;
         tp.kind = ts.kind;
@@ -425,6 +484,7 @@ Result<EvalRunSummary> run_eval(const EvalConfig& cfg, const EvalOptions& opt) {
         SQZ_ASSIGN_OR_RETURN(TaskInstance t, make_task(corpus, tp, count));
         instances.push_back(std::move(t));
       }
+    }
   int64_t n_q_total = 0;
   {
     std::ofstream tf(fs::path(opt.out_dir) / "tasks.jsonl", std::ios::trunc);
@@ -432,10 +492,17 @@ Result<EvalRunSummary> run_eval(const EvalConfig& cfg, const EvalOptions& opt) {
       n_q_total += (int64_t)t.questions.size();
       json qs = json::array();
       for (const auto& q : t.questions)
-        qs.push_back({{"id", q.id}, {"text", q.text}, {"expected", q.expected},
-                      {"value_kind", q.value_kind}, {"depth", q.depth}});
-      tf << json{{"task", task_name(t.kind)}, {"length", t.target_tokens}, {"instance", t.index},
-                 {"n_tokens", t.n_tokens}, {"context", t.context}, {"needles", t.needles},
+        qs.push_back({{"id", q.id},
+                      {"text", q.text},
+                      {"expected", q.expected},
+                      {"value_kind", q.value_kind},
+                      {"depth", q.depth}});
+      tf << json{{"task", task_name(t.kind)},
+                 {"length", t.target_tokens},
+                 {"instance", t.index},
+                 {"n_tokens", t.n_tokens},
+                 {"context", t.context},
+                 {"needles", t.needles},
                  {"questions", qs}}
                 .dump()
          << "\n";
@@ -446,11 +513,9 @@ Result<EvalRunSummary> run_eval(const EvalConfig& cfg, const EvalOptions& opt) {
                   instances.size(), n_q_total, cfg.methods.size(), cfg.budgets.size()));
   EvalRunSummary sum;
   sum.n_questions = n_q_total;
-  json meta = {{"config", config_json(cfg)},
-               {"machine", machine_json(ep.n_threads)},
-               {"model", opt.model_path},
-               {"n_instances", instances.size()},
-               {"n_questions", n_q_total}};
+  json meta = {{"config", config_json(cfg)},      {"machine", machine_json(ep.n_threads)},
+               {"model", opt.model_path},         {"command", opt.command},
+               {"n_instances", instances.size()}, {"n_questions", n_q_total}};
   if (opt.tasks_only) {
     meta["tasks_only"] = true;
     SQZ_RETURN_IF_ERROR(write_text(fs::path(opt.out_dir) / "meta.json", meta.dump(2) + "\n"));
@@ -475,16 +540,23 @@ Result<EvalRunSummary> run_eval(const EvalConfig& cfg, const EvalOptions& opt) {
     cp.seed = cfg.kmeans_seed;
     cp.n_threads = ep.n_threads;
     const double tc = now_s();
-    SQZ_ASSIGN_OR_RETURN(CompileReport crep, compile_context(e, inst.context, cp, pack_path, nullptr));
+    SQZ_ASSIGN_OR_RETURN(CompileReport crep,
+                         compile_context(e, inst.context, cp, pack_path, nullptr));
     const double compile_s = now_s() - tc;
     compile_s_total += compile_s;
     sum.n_compiles++;
     SQZ_ASSIGN_OR_RETURN(std::unique_ptr<Pack> pack, Pack::open(pack_path));
-    cf << json{{"task", task_name(inst.kind)}, {"length", inst.target_tokens},
-               {"instance", inst.index}, {"n_ctx", crep.n_ctx}, {"total_s", compile_s},
-               {"prefill_s", crep.prefill_s}, {"kmeans_s", crep.stats.kmeans_s},
-               {"calib_s", crep.stats.calib_s}, {"write_s", crep.stats.write_s},
-               {"n_fine", pack->n_fine()}, {"n_coarse", pack->n_coarse()}}
+    cf << json{{"task", task_name(inst.kind)},
+               {"length", inst.target_tokens},
+               {"instance", inst.index},
+               {"n_ctx", crep.n_ctx},
+               {"total_s", compile_s},
+               {"prefill_s", crep.prefill_s},
+               {"kmeans_s", crep.stats.kmeans_s},
+               {"calib_s", crep.stats.calib_s},
+               {"write_s", crep.stats.write_s},
+               {"n_fine", pack->n_fine()},
+               {"n_coarse", pack->n_coarse()}}
               .dump()
        << "\n";
     cf.flush();
@@ -498,10 +570,12 @@ Result<EvalRunSummary> run_eval(const EvalConfig& cfg, const EvalOptions& opt) {
     bl.quest = std::make_unique<QuestSelector>(*bl.idx, cfg.quest_page_size, ep.n_threads);
     bl.oracle = std::make_unique<OracleTopKSelector>(*bl.idx, ep.n_threads);
     bl.random = std::make_unique<RandomSelector>(*bl.idx, cfg.random_seed);
+    bl.lookup = std::make_unique<SqueezeLookupSelector>(*pack, ep.n_threads);
 
     for (const Question& q : inst.questions) {
       const double tq = now_s();
       const bool want_mass = cfg.mass_every > 0 && q_done % cfg.mass_every == 0;
+      const bool want_kl = cfg.kl && q_done % cfg.kl_every == 0;
       Record base;
       base.qid = q.id;
       base.task = task_name(inst.kind);
@@ -555,60 +629,77 @@ Result<EvalRunSummary> run_eval(const EvalConfig& cfg, const EvalOptions& opt) {
       // Runs one method. With KL on: the teacher-forced pass on the dense answer first (KL,
       // mass, budget); generation only when that pass does not reproduce the dense answer (or
       // always_generate). With KL off: generation (mass measured there when asked).
-      auto run_one = [&](Record r, AskParams ap, bool mass) -> Result<Record> {
-        if (ap.dense) {
+      // before_pass: called before each pass (the random baseline restarts its stream, so a
+      // teacher-forced pass and a generation that produce the same tokens select the same keys).
+      // With mass: the teacher-forced pass goes through a MassMeter around the same selection.
+      auto run_one = [&](Record r, AskParams ap, bool mass,
+                         const std::function<void()>& before_pass) -> Result<Record> {
+        auto gen_pass = [&](const AskParams& a) -> Result<AskResult> {
+          if (before_pass) before_pass();
           const double t0 = now_s();
-          SQZ_ASSIGN_OR_RETURN(AskResult res, ask(e, *pack, q.text, ap));
-          r.ask_s = now_s() - t0;
+          SQZ_ASSIGN_OR_RETURN(AskResult res, ask(e, *pack, q.text, a));
+          r.ask_s += now_s() - t0;
           fill_gen(r, res);
           r.generated = true;
+          return res;
+        };
+        // The pass's selection wrapped by a MassMeter (squeezed lookup: the same Selector at
+        // the same percentile, sinks added by the meter instead of the session).
+        std::unique_ptr<MassMeter> meter;
+        auto with_meter = [&](AskParams a) {
+          if (!mass || a.dense) return a;
+          if (a.selector) {
+            meter = std::make_unique<MassMeter>(*bl.idx, a.selector, 0, ep.n_threads);
+          } else {
+            SelectParams sp = a.select;
+            sp.percentile = r.percentile;
+            bl.lookup->set_params(sp);
+            meter =
+                std::make_unique<MassMeter>(*bl.idx, bl.lookup.get(), a.sink_tokens, ep.n_threads);
+            a.budget = -1;
+            a.sink_tokens = 0;
+          }
+          a.selector = meter.get();
+          return a;
+        };
+        if (ap.dense) {
+          SQZ_ASSIGN_OR_RETURN(AskResult res, gen_pass(ap));
           dense_text = res.gen.text;
           dense_n = (int64_t)res.gen.tokens.size();
           dense_eos = res.gen.stop_reason == "eos";
           scored = res.gen.tokens;
           if (dense_eos) scored.push_back(tok.eot());
-          if (cfg.kl && !scored.empty()) {
+          if (want_kl && !scored.empty()) {
             const double t1 = now_s();
-            SQZ_ASSIGN_OR_RETURN(dense_logits, ask_score_tokens(e, *pack, qtok, scored, ap, nullptr));
+            SQZ_ASSIGN_OR_RETURN(dense_logits,
+                                 ask_score_tokens(e, *pack, qtok, scored, ap, nullptr));
             r.score_s = now_s() - t1;
             r.kl = 0;
             r.tf_match = reproduces(dense_logits);  // self-consistency of the two passes
           }
-        } else if (cfg.kl && !scored.empty()) {
+        } else if (want_kl && !scored.empty()) {
+          if (before_pass) before_pass();
           const double t1 = now_s();
-          AskParams sp = ap;
-          sp.measure_mass = mass;
           AskResult st;
           SQZ_ASSIGN_OR_RETURN(std::vector<float> lg,
-                               ask_score_tokens(e, *pack, qtok, scored, sp, &st));
+                               ask_score_tokens(e, *pack, qtok, scored, with_meter(ap), &st));
           r.score_s = now_s() - t1;
           r.kl = mean_kl(dense_logits, lg, nv);
-          if (mass) r.mass = st.mass_captured;
+          if (meter) r.mass = meter->mass();
           r.tf_match = reproduces(lg);
           r.budget = st.budget;
           r.kept_fraction = st.kept_fraction;
           r.centroid_fraction = st.centroid_fraction;
-          r.percentile = st.percentile;
           if (r.tf_match && !cfg.always_generate) {
             r.answer = dense_text;
             r.gen_tokens = dense_n;
           } else {
-            const double t0 = now_s();
-            SQZ_ASSIGN_OR_RETURN(AskResult res, ask(e, *pack, q.text, ap));
-            r.ask_s = now_s() - t0;
-            fill_gen(r, res);
-            r.generated = true;
+            SQZ_RETURN_IF_ERROR(gen_pass(ap).status());
           }
         } else {
-          const double t0 = now_s();
-          AskParams gp = ap;
-          gp.measure_mass = mass;
-          SQZ_ASSIGN_OR_RETURN(AskResult res, ask(e, *pack, q.text, gp));
-          r.ask_s = now_s() - t0;
-          fill_gen(r, res);
-          r.generated = true;
-          r.percentile = res.percentile;
-          if (mass) r.mass = res.mass_captured;
+          SQZ_ASSIGN_OR_RETURN(AskResult res, gen_pass(with_meter(ap)));
+          (void)res;
+          if (meter) r.mass = meter->mass();
         }
         r.correct = answer_contains(r.answer, q.expected);
         r.exact = answer_exact(r.answer, q.expected);
@@ -621,7 +712,7 @@ Result<EvalRunSummary> run_eval(const EvalConfig& cfg, const EvalOptions& opt) {
       Record rd = base;
       rd.method = "dense";
       rd.target_budget = 1.0;
-      SQZ_ASSIGN_OR_RETURN(rd, run_one(rd, apd, false));
+      SQZ_ASSIGN_OR_RETURN(rd, run_one(rd, apd, false, nullptr));
       rd.agree = true;
       const std::string dense_norm = normalize_answer(rd.answer);
       std::vector<Record> out = {rd};
@@ -637,24 +728,35 @@ Result<EvalRunSummary> run_eval(const EvalConfig& cfg, const EvalOptions& opt) {
         for (const auto& m : cfg.methods)
           if (m != "squeeze" && m != "squeeze_h") order.push_back(m);
         for (const std::string& m : order) {
+          const bool squeezed = m == "squeeze" || m == "squeeze_h";
           AskParams ap = ap0;
           Record r = base;
           r.method = m;
           r.target_budget = target;
-          if (m == "squeeze" || m == "squeeze_h") {
+          std::function<void()> before;
+          if (squeezed) {
             const int levels = m == "squeeze_h" && pack->n_coarse() > 0 ? 2 : 1;
             ap.select.levels = levels;
             ap.budget = squeeze_kept_target(target, pack->n_ctx(), pack->n_obs(), pack->n_fine(),
                                             pack->n_coarse(), levels);
+            ap.sink_tokens = cfg.squeeze_sink_tokens;
+            // What the session derives from ap.budget (recorded, and used by the mass meter).
+            r.percentile =
+                pack->percentile_for_budget(ap.budget, pack->n_coarse() > 0 ? levels : 1);
           } else {
+            const auto only = cfg.method_budgets.find(m);
+            if (only != cfg.method_budgets.end() &&
+                std::find(only->second.begin(), only->second.end(), target) == only->second.end())
+              continue;
             BudgetedSelector* s = bl.get(m);
             s->set_budget(matched > 0 ? matched : target);
-            if (m == "random")
-              bl.random->reseed(derive_seed(derive_seed(cfg.random_seed, fnv1a(q.id)), bi));
+            if (m == "random") {
+              const uint64_t seed = derive_seed(derive_seed(cfg.random_seed, fnv1a(q.id)), bi);
+              before = [&bl, seed] { bl.random->reseed(seed); };
+            }
             ap.selector = s;
           }
-          SQZ_ASSIGN_OR_RETURN(r, run_one(r, ap, want_mass));
-          if (ap.selector) r.percentile = 0;  // baselines use no percentile
+          SQZ_ASSIGN_OR_RETURN(r, run_one(r, ap, want_mass, before));
           if (m == "squeeze" || (m == "squeeze_h" && matched < 0)) matched = r.budget;
           r.agree = normalize_answer(r.answer) == dense_norm;
           out.push_back(std::move(r));
@@ -673,7 +775,7 @@ Result<EvalRunSummary> run_eval(const EvalConfig& cfg, const EvalOptions& opt) {
       ask_s_total += dt;
       q_done++;
       const double elapsed = now_s() - t_start;
-      log(fmt::format("{} ({:.1f} s; elapsed {:.0f} s)", line, dt, elapsed));
+      log(fmt::format("{} ({:.1f} s; elapsed {:.0f} s, cpu {:.0f} s)", line, dt, elapsed, cpu_s()));
       for (auto& r : out) recs.push_back(std::move(r));
     }
     pack.reset();
@@ -683,8 +785,7 @@ Result<EvalRunSummary> run_eval(const EvalConfig& cfg, const EvalOptions& opt) {
   // Summaries.
   const json rows = summarize(recs);
   SQZ_RETURN_IF_ERROR(write_text(fs::path(opt.out_dir) / "summary.json", rows.dump(1) + "\n"));
-  SQZ_RETURN_IF_ERROR(
-      write_text(fs::path(opt.out_dir) / "summary.csv", summary_csv(rows)));
+  SQZ_RETURN_IF_ERROR(write_text(fs::path(opt.out_dir) / "summary.csv", summary_csv(rows)));
   {
     std::string csv =
         "qid,task,length,instance,n_ctx,depth,value_kind,method,target_budget,budget,"
@@ -693,37 +794,37 @@ Result<EvalRunSummary> run_eval(const EvalConfig& cfg, const EvalOptions& opt) {
     for (const Record& r : recs) {
       std::string exp;
       for (const auto& x : r.expected) exp += (exp.empty() ? "" : "|") + x;
-      csv += fmt::format("{},{},{},{},{},{:.4f},{},{},{},{:.6f},{:.6f},{:.6f},{:.4f},{},{},{},{},{},{},{},{},{:.3f},{:.3f},{},{}\n",
-                         r.qid, r.task, r.length, r.instance, r.n_ctx, r.depth, r.value_kind,
-                         r.method, r.target_budget, r.budget, r.kept_fraction,
-                         r.centroid_fraction, r.percentile, (int)r.correct, (int)r.exact,
-                         (int)r.agree, std::isnan(r.kl) ? std::string() : fmt::format("{:.6g}", r.kl),
-                         r.mass < 0 ? std::string() : fmt::format("{:.6f}", r.mass),
-                         r.tf_match < 0 ? std::string() : std::to_string(r.tf_match),
-                         (int)r.generated, r.gen_tokens,
-                         r.ask_s, r.score_s, csv_field(exp), csv_field(r.answer));
+      csv += fmt::format(
+          "{},{},{},{},{},{:.4f},{},{},{},{:.6f},{:.6f},{:.6f},{:.4f},{},{},{},{},{},{},{},{},{:."
+          "3f},{:.3f},{},{}\n",
+          r.qid, r.task, r.length, r.instance, r.n_ctx, r.depth, r.value_kind, r.method,
+          r.target_budget, r.budget, r.kept_fraction, r.centroid_fraction, r.percentile,
+          (int)r.correct, (int)r.exact, (int)r.agree,
+          std::isnan(r.kl) ? std::string() : fmt::format("{:.6g}", r.kl),
+          r.mass < 0 ? std::string() : fmt::format("{:.6f}", r.mass),
+          r.tf_match < 0 ? std::string() : std::to_string(r.tf_match), (int)r.generated,
+          r.gen_tokens, r.ask_s, r.score_s, csv_field(exp), csv_field(r.answer));
     }
-    SQZ_RETURN_IF_ERROR(
-        write_text(fs::path(opt.out_dir) / "results.csv", csv));
+    SQZ_RETURN_IF_ERROR(write_text(fs::path(opt.out_dir) / "results.csv", csv));
   }
   sum.n_records = (int64_t)recs.size();
   sum.wall_s = now_s() - t_start;
   meta["wall_s"] = sum.wall_s;
+  meta["cpu_s"] = cpu_s();
   meta["compile_s"] = compile_s_total;
   meta["questions_s"] = ask_s_total;
   meta["n_records"] = sum.n_records;
   meta["n_compiles"] = sum.n_compiles;
-  SQZ_RETURN_IF_ERROR(
-      write_text(fs::path(opt.out_dir) / "meta.json", meta.dump(2) + "\n"));
+  SQZ_RETURN_IF_ERROR(write_text(fs::path(opt.out_dir) / "meta.json", meta.dump(2) + "\n"));
   // Overall table on the log.
   for (const auto& r : rows)
     if (r["group"] == "overall")
-      log(fmt::format("{:<10} budget {:<7} n={:<4} acc {:.3f} [{:.3f}, {:.3f}] agree {:.3f} "
-                      "measured budget {:.4f}",
-                      r["method"].get<std::string>(), r["target_budget"].get<double>(),
-                      r["n"].get<int64_t>(), r["accuracy"].get<double>(), r["ci_lo"].get<double>(),
-                      r["ci_hi"].get<double>(), r["agree_dense"].get<double>(),
-                      r["budget_mean"].get<double>()));
+      log(fmt::format(
+          "{:<10} budget {:<7} n={:<4} acc {:.3f} [{:.3f}, {:.3f}] agree {:.3f} "
+          "measured budget {:.4f}",
+          r["method"].get<std::string>(), r["target_budget"].get<double>(), r["n"].get<int64_t>(),
+          r["accuracy"].get<double>(), r["ci_lo"].get<double>(), r["ci_hi"].get<double>(),
+          r["agree_dense"].get<double>(), r["budget_mean"].get<double>()));
   return sum;
 }
 

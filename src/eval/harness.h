@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -27,8 +28,9 @@ namespace sqz::eval {
 
 struct EvalTaskSpec {
   TaskKind kind = TaskKind::kNiahSingle;
-  int instances = 1;  // contexts (packs) per length
-  int items = 4;      // needles / keys / chains / facts per instance (see TaskParams)
+  int instances = 1;             // contexts (packs) per length
+  int items = 4;                 // needles / keys / chains / facts per instance (see TaskParams)
+  std::vector<int64_t> lengths;  // empty: the config's lengths
 };
 
 struct EvalConfig {
@@ -40,6 +42,9 @@ struct EvalConfig {
   // (2 levels), streaming, quest, oracle, random.
   std::vector<std::string> methods = {"squeeze"};
   std::vector<double> budgets = {0.25};  // target total budgets
+  // Baselines run only at these budgets (method -> budgets); others at every budget.
+  std::map<std::string, std::vector<double>> method_budgets;
+  int squeeze_sink_tokens = 0;  // AskParams::sink_tokens for squeeze / squeeze_h
   // Compile.
   double clusters = 0.05;
   double coarse = 0.01;
@@ -51,12 +56,13 @@ struct EvalConfig {
   int max_tokens = 32;
   std::vector<std::string> stop = {"\n"};
   // Metrics.
-  bool kl = true;      // teacher-forced KL(dense || method) on the dense answer's tokens
+  bool kl = true;  // teacher-forced KL(dense || method) on the dense answer's tokens
   // With kl on, a method whose teacher-forced pass reproduces the dense greedy answer token
   // for token (and the end of turn) has that answer; its own generation is skipped unless
   // always_generate (which re-checks the shortcut: the records then show both).
   bool always_generate = false;
-  int mass_every = 0;  // measure the true softmax mass captured on every N-th question (0: never)
+  int kl_every = 1;    // KL on every N-th question (the others skip the teacher-forced pass)
+  int mass_every = 0;  // true softmax mass captured (MassMeter) on every N-th question (0: never)
   // Baselines.
   int sinks = 4;
   int quest_page_size = 0;  // 0: QuestSelector::auto_page_size(budget)
@@ -75,6 +81,7 @@ struct EvalOptions {
   std::string model_path;
   int n_threads = 2;
   bool tasks_only = false;  // write tasks.jsonl and stop (no compile, no questions)
+  std::string command;      // the command line, recorded in meta.json
   std::function<void(const std::string&)> log;  // progress lines (nullptr: silent)
 };
 

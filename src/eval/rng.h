@@ -20,7 +20,9 @@ inline uint64_t mix64(uint64_t x) {
 }
 
 // Seed of a sub-stream: a function of the parent seed and a salt only.
-inline uint64_t derive_seed(uint64_t seed, uint64_t salt) { return mix64(seed ^ mix64(salt)); }
+inline uint64_t derive_seed(uint64_t seed, uint64_t salt) {
+  return mix64(seed ^ mix64(salt));
+}
 
 class Rng {
  public:

@@ -8,8 +8,12 @@
 namespace sqz::eval {
 
 namespace {
-bool is_alnum(char c) { return std::isalnum((unsigned char)c) != 0; }
-bool is_digit(char c) { return c >= '0' && c <= '9'; }
+bool is_alnum(char c) {
+  return std::isalnum((unsigned char)c) != 0;
+}
+bool is_digit(char c) {
+  return c >= '0' && c <= '9';
+}
 }  // namespace
 
 std::string normalize_answer(std::string_view s) {

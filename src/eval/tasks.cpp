@@ -15,49 +15,51 @@ namespace {
 // Word lists for keys and values. Hand-written so task generation needs no external word list;
 // chosen to be common English words that tokenize into few tokens.
 const std::vector<std::string> kAdj = {
-    "amber",  "ancient", "bitter", "bold",   "brave",  "bright", "calm",   "clever", "cold",
-    "crimson", "curious", "dark",  "eager",  "early",  "faint",  "fancy",  "gentle", "golden",
-    "grand",  "green",   "happy",  "hidden", "hollow", "humble", "icy",    "jolly",  "lively",
-    "lucky",  "mellow",  "misty",  "noble",  "proud",  "quiet",  "rapid",  "rough",  "rusty",
-    "silent", "silver",  "sleepy", "smooth", "steady", "stormy", "sunny",  "swift",  "tender",
-    "tidy",   "wild",    "windy",  "wise",   "young"};
+    "amber",   "ancient", "bitter", "bold",   "brave",  "bright", "calm",  "clever", "cold",
+    "crimson", "curious", "dark",   "eager",  "early",  "faint",  "fancy", "gentle", "golden",
+    "grand",   "green",   "happy",  "hidden", "hollow", "humble", "icy",   "jolly",  "lively",
+    "lucky",   "mellow",  "misty",  "noble",  "proud",  "quiet",  "rapid", "rough",  "rusty",
+    "silent",  "silver",  "sleepy", "smooth", "steady", "stormy", "sunny", "swift",  "tender",
+    "tidy",    "wild",    "windy",  "wise",   "young"};
 const std::vector<std::string> kNoun = {
-    "anchor", "badger",  "banner",  "barrel", "basket", "beacon", "bridge", "brook",  "candle",
-    "canyon", "castle",  "cedar",   "comet",  "compass", "cottage", "crane", "dragon", "falcon",
-    "feather", "forest", "fountain", "garden", "glacier", "harbor", "hammer", "island", "kettle",
-    "lantern", "meadow", "mirror",  "mountain", "oasis", "orchard", "otter", "palace", "pebble",
-    "pepper", "pilgrim", "planet",  "prairie", "quarry", "rabbit", "raven",  "ribbon", "river",
-    "saddle", "shadow",  "spruce",  "summit", "thistle", "thunder", "tiger", "tower",  "valley",
-    "violin", "walrus",  "willow",  "wizard", "zephyr"};
+    "anchor",  "badger",  "banner",  "barrel",  "basket",   "beacon",  "bridge",   "brook",
+    "candle",  "canyon",  "castle",  "cedar",   "comet",    "compass", "cottage",  "crane",
+    "dragon",  "falcon",  "feather", "forest",  "fountain", "garden",  "glacier",  "harbor",
+    "hammer",  "island",  "kettle",  "lantern", "meadow",   "mirror",  "mountain", "oasis",
+    "orchard", "otter",   "palace",  "pebble",  "pepper",   "pilgrim", "planet",   "prairie",
+    "quarry",  "rabbit",  "raven",   "ribbon",  "river",    "saddle",  "shadow",   "spruce",
+    "summit",  "thistle", "thunder", "tiger",   "tower",    "valley",  "violin",   "walrus",
+    "willow",  "wizard",  "zephyr"};
 const std::vector<std::string> kValueWords = {
-    "apple",    "biscuit", "cabbage", "carrot",  "cherry",  "cocoa",   "coffee",  "cotton",
-    "diamond",  "engine",  "glove",   "guitar",  "helmet",  "honey",   "jacket",  "ladder",
-    "lemon",    "marble",  "melon",   "needle",  "onion",   "orange",  "paper",   "peach",
-    "pencil",   "piano",   "pillow",  "potato",  "pumpkin", "rocket",  "saddle",  "salmon",
-    "scarf",    "shovel",  "spoon",   "sugar",   "teapot",  "tomato",  "trumpet", "turnip",
-    "umbrella", "velvet",  "wagon",   "walnut",  "whistle", "window",  "yogurt",  "zipper"};
+    "apple",    "biscuit", "cabbage", "carrot", "cherry",  "cocoa",  "coffee",  "cotton",
+    "diamond",  "engine",  "glove",   "guitar", "helmet",  "honey",  "jacket",  "ladder",
+    "lemon",    "marble",  "melon",   "needle", "onion",   "orange", "paper",   "peach",
+    "pencil",   "piano",   "pillow",  "potato", "pumpkin", "rocket", "saddle",  "salmon",
+    "scarf",    "shovel",  "spoon",   "sugar",  "teapot",  "tomato", "trumpet", "turnip",
+    "umbrella", "velvet",  "wagon",   "walnut", "whistle", "window", "yogurt",  "zipper"};
 const std::vector<std::string> kFirst = {
-    "Alice",  "Bruno",  "Clara",  "Daniel", "Elena",  "Felix",  "Greta",  "Hugo",   "Irene",
-    "Jonas",  "Karla",  "Leon",   "Marta",  "Nils",   "Olga",   "Pablo",  "Quinn",  "Rosa",
-    "Simon",  "Tilda",  "Ulrich", "Vera",   "Walter", "Xenia",  "Yusuf",  "Zora",   "Arne",
-    "Bettina", "Cyril", "Dora",   "Emil",   "Frida",  "Gustav", "Hanna",  "Ivo",    "Juno"};
+    "Alice",   "Bruno", "Clara",  "Daniel", "Elena",  "Felix",  "Greta", "Hugo",  "Irene",
+    "Jonas",   "Karla", "Leon",   "Marta",  "Nils",   "Olga",   "Pablo", "Quinn", "Rosa",
+    "Simon",   "Tilda", "Ulrich", "Vera",   "Walter", "Xenia",  "Yusuf", "Zora",  "Arne",
+    "Bettina", "Cyril", "Dora",   "Emil",   "Frida",  "Gustav", "Hanna", "Ivo",   "Juno"};
 const std::vector<std::string> kLast = {
-    "Abbott",  "Baxter",  "Calloway", "Dunmore", "Ellery",  "Fairfax", "Garrick", "Holloway",
-    "Ingram",  "Jessup",  "Kimball",  "Lockhart", "Merriweather", "Norcross", "Oakley",
-    "Pemberton", "Quimby", "Radcliffe", "Sheffield", "Thackeray", "Underhill", "Vandermeer",
-    "Whitlock", "Yardley", "Ashdown", "Blackwood", "Carrow", "Drummond", "Eastwick"};
-const std::vector<std::string> kTownA = {"Bram",  "Cold",  "Dun",   "Elder", "Fern",  "Glen",
-                                         "Hazel", "Iron",  "Kings", "Lark",  "Marsh", "North",
-                                         "Oak",   "Pine",  "Raven", "Stone", "Thorn", "Wester"};
-const std::vector<std::string> kTownB = {"wick", "ford", "bury", "haven", "mere", "stead",
+    "Abbott",       "Baxter",    "Calloway",  "Dunmore",    "Ellery",   "Fairfax",
+    "Garrick",      "Holloway",  "Ingram",    "Jessup",     "Kimball",  "Lockhart",
+    "Merriweather", "Norcross",  "Oakley",    "Pemberton",  "Quimby",   "Radcliffe",
+    "Sheffield",    "Thackeray", "Underhill", "Vandermeer", "Whitlock", "Yardley",
+    "Ashdown",      "Blackwood", "Carrow",    "Drummond",   "Eastwick"};
+const std::vector<std::string> kTownA = {"Bram",  "Cold", "Dun",   "Elder", "Fern",  "Glen",
+                                         "Hazel", "Iron", "Kings", "Lark",  "Marsh", "North",
+                                         "Oak",   "Pine", "Raven", "Stone", "Thorn", "Wester"};
+const std::vector<std::string> kTownB = {"wick", "ford", "bury", "haven", "mere",  "stead",
                                          "holm", "gate", "moor", "field", "cliff", "dale"};
-const std::vector<std::string> kFruit = {"apricot", "banana", "blueberry", "coconut", "fig",
-                                         "grape",   "kiwi",   "mango",     "papaya",  "pear",
+const std::vector<std::string> kFruit = {"apricot", "banana", "blueberry", "coconut",   "fig",
+                                         "grape",   "kiwi",   "mango",     "papaya",    "pear",
                                          "plum",    "quince", "raspberry", "strawberry"};
-const std::vector<std::string> kJob = {"baker",  "carpenter", "dentist",   "electrician",
-                                       "farmer", "gardener",  "journalist", "librarian",
-                                       "pilot",  "plumber",   "sailor",    "tailor",
-                                       "teacher", "veterinarian", "architect", "chemist"};
+const std::vector<std::string> kJob = {"baker",   "carpenter",    "dentist",    "electrician",
+                                       "farmer",  "gardener",     "journalist", "librarian",
+                                       "pilot",   "plumber",      "sailor",     "tailor",
+                                       "teacher", "veterinarian", "architect",  "chemist"};
 
 std::string hex_string(Rng& r, int n) {
   static const char* kHex = "0123456789abcdef";
@@ -172,8 +174,7 @@ Result<Assembled> assemble(const Corpus& corpus, Rng& rng, const std::vector<Nee
     }
     a.n_tokens = count(a.context);
     if (a.n_tokens <= target) return a;
-    if (hay.empty())
-      return Error(Code::kInvalidArgument, "needles alone exceed {} tokens", target);
+    if (hay.empty()) return Error(Code::kInvalidArgument, "needles alone exceed {} tokens", target);
     hay.pop_back();
   }
 }
@@ -206,7 +207,8 @@ std::string draw_key(UniqueDraw& u) {
 void set_depths(TaskInstance& t, const Assembled& a, const std::vector<int>& first_needle) {
   for (size_t q = 0; q < t.questions.size(); q++)
     t.questions[q].depth =
-        a.context.empty() ? 0 : (double)a.offsets[(size_t)first_needle[q]] / (double)a.context.size();
+        a.context.empty() ? 0
+                          : (double)a.offsets[(size_t)first_needle[q]] / (double)a.context.size();
 }
 
 const std::vector<std::string> kValueKinds = {"number", "word", "uuid"};
@@ -228,9 +230,9 @@ Result<TaskInstance> make_niah(const Corpus& corpus, const TaskParams& p, Rng& r
       q.value_kind = "number";
       for (int v = 0; v < 2; v++) {
         q.expected.push_back(draw_value(u, "number"));
-        needles.push_back({"One of the special magic numbers for " + key + " is: " +
-                               q.expected.back() + ".",
-                           depth[(size_t)(2 * k + v)]});
+        needles.push_back(
+            {"One of the special magic numbers for " + key + " is: " + q.expected.back() + ".",
+             depth[(size_t)(2 * k + v)]});
       }
       first.push_back(depth[(size_t)(2 * k)] < depth[(size_t)(2 * k + 1)] ? 2 * k : 2 * k + 1);
       t.questions.push_back(std::move(q));
@@ -318,8 +320,7 @@ Result<TaskInstance> make_cwe(const Corpus& corpus, const TaskParams& p, Rng& r,
     }
     g.shuffle(items);
     std::string s = header + "\n";
-    for (size_t i = 0; i < items.size(); i++)
-      s += std::to_string(i + 1) + ". " + items[i] + "\n";
+    for (size_t i = 0; i < items.size(); i++) s += std::to_string(i + 1) + ". " + items[i] + "\n";
     return s;
   };
   // Tokens per item from a trial list, then shrink until the exact count fits.
@@ -392,20 +393,27 @@ Result<TaskInstance> make_prefixqa(const Corpus& corpus, const TaskParams& p, Rn
   auto town = [](Rng& g) { return g.pick(kTownA) + g.pick(kTownB); };
   for (int i = 0; i < n; i++) {
     const FactTemplate& f = kFacts[(i + p.index) % n_templates];
-    const std::string subj = f.person ? u.draw([](Rng& g) {
-      return g.pick(kFirst) + " " + g.pick(kLast);
-    })
-                                      : u.draw(town);
+    const std::string subj =
+        f.person ? u.draw([](Rng& g) { return g.pick(kFirst) + " " + g.pick(kLast); })
+                 : u.draw(town);
     const std::string vk = f.value_kind;
     std::string value;
-    if (vk == "number" && f.person) value = u.draw([](Rng& g) { return std::to_string(g.range(1000, 9999)); });
-    else if (vk == "number") value = u.draw([](Rng& g) { return std::to_string(g.range(11, 98)); });
-    else if (vk == "word") value = u.pick(kValueWords);
-    else if (vk == "name") value = u.draw(town);
-    else if (vk == "year") value = u.draw([](Rng& g) { return std::to_string(g.range(1700, 1999)); });
-    else if (vk == "uuid") value = u.draw([](Rng& g) { return hex_string(g, 8) + "-" + hex_string(g, 4); });
-    else if (vk == "fruit") value = u.pick(kFruit);
-    else value = u.pick(kJob);
+    if (vk == "number" && f.person)
+      value = u.draw([](Rng& g) { return std::to_string(g.range(1000, 9999)); });
+    else if (vk == "number")
+      value = u.draw([](Rng& g) { return std::to_string(g.range(11, 98)); });
+    else if (vk == "word")
+      value = u.pick(kValueWords);
+    else if (vk == "name")
+      value = u.draw(town);
+    else if (vk == "year")
+      value = u.draw([](Rng& g) { return std::to_string(g.range(1700, 1999)); });
+    else if (vk == "uuid")
+      value = u.draw([](Rng& g) { return hex_string(g, 8) + "-" + hex_string(g, 4); });
+    else if (vk == "fruit")
+      value = u.pick(kFruit);
+    else
+      value = u.pick(kJob);
     needles.push_back(
         {replace_all(replace_all(f.fact, "{S}", subj), "{V}", value), depth[(size_t)i]});
     Question q;
@@ -427,12 +435,18 @@ Result<TaskInstance> make_prefixqa(const Corpus& corpus, const TaskParams& p, Rn
 
 const char* task_name(TaskKind k) {
   switch (k) {
-    case TaskKind::kNiahSingle: return "niah_single";
-    case TaskKind::kNiahMultiKey: return "niah_multikey";
-    case TaskKind::kNiahMultiValue: return "niah_multivalue";
-    case TaskKind::kVariableTracking: return "variable_tracking";
-    case TaskKind::kCommonWords: return "common_words";
-    case TaskKind::kPrefixQa: return "prefixqa";
+    case TaskKind::kNiahSingle:
+      return "niah_single";
+    case TaskKind::kNiahMultiKey:
+      return "niah_multikey";
+    case TaskKind::kNiahMultiValue:
+      return "niah_multivalue";
+    case TaskKind::kVariableTracking:
+      return "variable_tracking";
+    case TaskKind::kCommonWords:
+      return "common_words";
+    case TaskKind::kPrefixQa:
+      return "prefixqa";
   }
   return "?";
 }
@@ -453,9 +467,9 @@ Result<TaskInstance> make_task(const Corpus& corpus, const TaskParams& p,
   if (p.target_tokens < 64)
     return Error(Code::kInvalidArgument, "target length {} tokens is too short", p.target_tokens);
   // One stream per (seed, task, length, instance): instances do not shift when others change.
-  const uint64_t base = derive_seed(
-      derive_seed(derive_seed(p.seed, (uint64_t)p.kind + 1), (uint64_t)p.target_tokens),
-      (uint64_t)p.index);
+  const uint64_t base =
+      derive_seed(derive_seed(derive_seed(p.seed, (uint64_t)p.kind + 1), (uint64_t)p.target_tokens),
+                  (uint64_t)p.index);
   Status last = Error(Code::kInternal, "no attempt");
   // A drawn value may occur in the haystack by accident (a 4-digit number in the docs); such a
   // draw is rejected and the next attempt's stream used, so the answer is unambiguous.
@@ -465,10 +479,18 @@ Result<TaskInstance> make_task(const Corpus& corpus, const TaskParams& p,
     switch (p.kind) {
       case TaskKind::kNiahSingle:
       case TaskKind::kNiahMultiKey:
-      case TaskKind::kNiahMultiValue: res = make_niah(corpus, p, r, count); break;
-      case TaskKind::kVariableTracking: res = make_vt(corpus, p, r, count); break;
-      case TaskKind::kCommonWords: res = make_cwe(corpus, p, r, count); break;
-      case TaskKind::kPrefixQa: res = make_prefixqa(corpus, p, r, count); break;
+      case TaskKind::kNiahMultiValue:
+        res = make_niah(corpus, p, r, count);
+        break;
+      case TaskKind::kVariableTracking:
+        res = make_vt(corpus, p, r, count);
+        break;
+      case TaskKind::kCommonWords:
+        res = make_cwe(corpus, p, r, count);
+        break;
+      case TaskKind::kPrefixQa:
+        res = make_prefixqa(corpus, p, r, count);
+        break;
     }
     if (!res.ok()) return res.status();
     TaskInstance t = std::move(res).value();

@@ -30,8 +30,8 @@ const char* task_name(TaskKind k);
 Result<TaskKind> parse_task_name(const std::string& s);
 
 struct Question {
-  std::string id;    // unique in a run: "<task>/<tokens>/<instance>/<i>"
-  std::string text;  // what is asked after the context
+  std::string id;                     // unique in a run: "<task>/<tokens>/<instance>/<i>"
+  std::string text;                   // what is asked after the context
   std::vector<std::string> expected;  // each must appear in the answer (see scoring.h)
   std::string value_kind;             // "number", "word", "uuid", "name", "year", ...
   double depth = -1;  // relative position of the first evidence in the context [0, 1]

@@ -110,6 +110,7 @@ void LlamaModel::init_scratch(ForwardScratch& s, int64_t max_tokens, int n_threa
   const ModelConfig& c = config();
   const int64_t T = max_tokens;
   s.max_tokens = T;
+  s.prefill_kernel = (int)(prefill_f32_ ? cpu::MatmulKernel::kTileF32 : cpu::MatmulKernel::kAuto);
   s.x.resize((size_t)(T * c.n_embd));
   s.xn.resize((size_t)(T * c.n_embd));
   s.q.resize((size_t)(T * c.n_head * c.head_dim));
@@ -145,13 +146,17 @@ Status LlamaModel::forward(const int32_t* tokens, const int32_t* pos, int64_t n_
   }
   float* x = s.x.data();
   float* xn = s.xn.data();
-  void* mm = s.mm.data();
+  void* mm_scratch = s.mm.data();
+  const auto kernel = n_tok > 4 ? (cpu::MatmulKernel)s.prefill_kernel : cpu::MatmulKernel::kAuto;
+  auto mm = [&](const TensorView& W, const float* in, int64_t n, float* out) {
+    cpu::matmul_with(kernel, W, in, n, out, mm_scratch, n_threads);
+  };
   for (int il = 0; il < c.n_layer; il++) {
     const LayerWeights& L = layers_[(size_t)il];
     cpu::rmsnorm(x, L.attn_norm_f.data(), xn, n_tok, E, c.rms_eps);
-    cpu::matmul(*L.wq, xn, n_tok, s.q.data(), mm, n_threads);
-    cpu::matmul(*L.wk, xn, n_tok, s.k.data(), mm, n_threads);
-    cpu::matmul(*L.wv, xn, n_tok, s.v.data(), mm, n_threads);
+    mm(*L.wq, xn, n_tok, s.q.data());
+    mm(*L.wk, xn, n_tok, s.k.data());
+    mm(*L.wv, xn, n_tok, s.v.data());
     if (!L.bq_f.empty()) {
       for (int64_t t = 0; t < n_tok; t++) {
         for (int64_t i = 0; i < NQ; i++) s.q[(size_t)(t * NQ + i)] += L.bq_f[(size_t)i];
@@ -164,19 +169,19 @@ Status LlamaModel::forward(const int32_t* tokens, const int32_t* pos, int64_t n_
     cpu::rope(s.q.data(), n_tok, c.n_head, HD, NQ, pos, rope_freq_.data(), c.rope_neox);
     cpu::rope(s.k.data(), n_tok, c.n_head_kv, HD, NKV, pos, rope_freq_.data(), c.rope_neox);
     SQZ_RETURN_IF_ERROR(attn.attend(il, s.q.data(), s.k.data(), s.v.data(), n_tok, pos, s.attn.data()));
-    cpu::matmul(*L.wo, s.attn.data(), n_tok, xn, mm, n_threads);
+    mm(*L.wo, s.attn.data(), n_tok, xn);
     for (int64_t i = 0; i < n_tok * E; i++) x[i] += xn[i];
     cpu::rmsnorm(x, L.ffn_norm_f.data(), xn, n_tok, E, c.rms_eps);
-    cpu::matmul(*L.w_gate, xn, n_tok, s.gate.data(), mm, n_threads);
-    cpu::matmul(*L.w_up, xn, n_tok, s.up.data(), mm, n_threads);
+    mm(*L.w_gate, xn, n_tok, s.gate.data());
+    mm(*L.w_up, xn, n_tok, s.up.data());
     cpu::swiglu(s.gate.data(), s.up.data(), s.gate.data(), n_tok * FF);
-    cpu::matmul(*L.w_down, s.gate.data(), n_tok, xn, mm, n_threads);
+    mm(*L.w_down, s.gate.data(), n_tok, xn);
     for (int64_t i = 0; i < n_tok * E; i++) x[i] += xn[i];
   }
   if (n_logits > 0) {
     const int64_t t0 = n_tok - n_logits;
     cpu::rmsnorm(x + t0 * E, output_norm_f_.data(), xn, n_logits, E, c.rms_eps);
-    cpu::matmul(*output_, xn, n_logits, logits, mm, n_threads);
+    mm(*output_, xn, n_logits, logits);
   }
   return Status::Ok();
 }

@@ -45,6 +45,9 @@ struct ForwardScratch {
   int64_t max_tokens = 0;
   std::vector<float> x, xn, q, k, v, attn, gate, up, logits_in;
   std::vector<uint8_t> mm;  // matmul scratch
+  // Kernel for batches of more than 4 tokens: kAuto picks AMX bf16 where available (fast,
+  // bf16-rounded operands); kTileF32 keeps prefill in f32 (exact reference-grade numerics).
+  int prefill_kernel = 0;  // cpu::MatmulKernel as int (kept out of this header's includes)
 };
 
 class LlamaModel {
@@ -57,6 +60,9 @@ class LlamaModel {
   uint64_t weights_hash() const { return weights_hash_; }
 
   void init_scratch(ForwardScratch& s, int64_t max_tokens, int n_threads) const;
+  // Prefill numerics for scratches created afterwards: false = fastest kernel (AMX bf16 where
+  // available), true = f32 GEMM.
+  void set_prefill_f32(bool f32) { prefill_f32_ = f32; }
 
   // Runs n_tok tokens (n_tok <= s.max_tokens). logits: [n_logits, n_vocab] for the last
   // n_logits tokens of the batch (0 = none, e.g. context prefill).
@@ -73,6 +79,7 @@ class LlamaModel {
   std::vector<float> rope_freq_;  // [head_dim/2]
   std::vector<LayerWeights> layers_;
   uint64_t weights_hash_ = 0;
+  bool prefill_f32_ = false;
 };
 
 }  // namespace sqz

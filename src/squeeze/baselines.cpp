@@ -48,11 +48,38 @@ BaselineIndex::BaselineIndex(const Pack& pack) : pack_(pack) {
       // Pack::open validated perm as a permutation of [0, n_clustered).
       for (int64_t r = 0; r < n; r++) inv[perm[r]] = (int32_t)r;
     }
+  kt_.resize((size_t)pack.n_layer() * pack.n_head_kv());
+  ot_.resize((size_t)pack.n_layer() * pack.n_head_kv());
 }
 
 int64_t BaselineIndex::affordable_keys(double budget, int64_t metadata) const {
   const int64_t total = (int64_t)std::llround(budget * (double)pack_.n_ctx());
   return std::clamp<int64_t>(total - pack_.n_obs() - metadata, 0, pack_.n_clustered());
+}
+
+namespace {
+
+// f32 rows of a KV view in the centroid kernels' transposed layout.
+void build_keys_t(const KvHeadView& kv, int64_t n, int64_t d, std::vector<float>& out) {
+  std::vector<float> rows((size_t)std::max<int64_t>(1, n * d));
+  for (int64_t r = 0; r < n; r++) load_row(kv, r, d, rows.data() + r * d);
+  out.assign((size_t)cpu::centroid_transposed_size(std::max<int64_t>(1, n), d), 0.0f);
+  if (n > 0) cpu::centroids_transpose(rows.data(), n, d, d, out.data());
+}
+
+}  // namespace
+
+const std::vector<float>& BaselineIndex::clustered_keys_t(int layer, int h) const {
+  std::vector<float>& kt = kt_[(size_t)layer * pack_.n_head_kv() + h];
+  if (kt.empty())
+    build_keys_t(pack_.clustered_kv(layer, h), pack_.n_clustered(), pack_.head_dim(), kt);
+  return kt;
+}
+
+const std::vector<float>& BaselineIndex::obs_keys_t(int layer, int h) const {
+  std::vector<float>& ot = ot_[(size_t)layer * pack_.n_head_kv() + h];
+  if (ot.empty()) build_keys_t(pack_.obs_kv(layer, h), pack_.n_obs(), pack_.head_dim(), ot);
+  return ot;
 }
 
 int64_t mask_to_ranges(const uint8_t* mask, int64_t n, std::vector<RowRange>& out) {
@@ -218,27 +245,10 @@ struct OracleTopKSelector::Scratch {
 
 OracleTopKSelector::OracleTopKSelector(const BaselineIndex& idx, int n_threads)
     : idx_(idx), n_threads_(std::max(1, n_threads)) {
-  const Pack& pk = idx.pack();
-  kt_.resize((size_t)pk.n_layer() * pk.n_head_kv());
-  for (int h = 0; h < pk.n_head_kv(); h++) scratch_.push_back(std::make_unique<Scratch>());
+  for (int h = 0; h < idx.pack().n_head_kv(); h++) scratch_.push_back(std::make_unique<Scratch>());
 }
 
 OracleTopKSelector::~OracleTopKSelector() = default;
-
-const std::vector<float>& OracleTopKSelector::keys_t(int layer, int h) {
-  const Pack& pk = idx_.pack();
-  std::vector<float>& kt = kt_[(size_t)layer * pk.n_head_kv() + h];
-  if (!kt.empty()) return kt;
-  // f32 copy in the centroid kernels' transposed layout, so scoring every key is one SIMD
-  // pass (the oracle is evaluation-only; its memory is freed with the selector).
-  const int64_t n = pk.n_clustered(), d = pk.head_dim();
-  std::vector<float> rows((size_t)(n * d));
-  const KvHeadView kv = pk.clustered_kv(layer, h);
-  for (int64_t r = 0; r < n; r++) load_row(kv, r, d, rows.data() + r * d);
-  kt.resize((size_t)cpu::centroid_transposed_size(n, d));
-  cpu::centroids_transpose(rows.data(), n, d, d, kt.data());
-  return kt;
-}
 
 void OracleTopKSelector::key_scores(int layer, int h, const float* q, int64_t n_q,
                                     std::vector<double>& out) {
@@ -257,7 +267,7 @@ void OracleTopKSelector::key_scores(int layer, int h, const float* q, int64_t n_
       for (int64_t i = 0; i < d; i++) dst[i] = qr[i] * scale;
     }
   s.S.resize((size_t)(nqv * n));
-  const std::vector<float>& kt = keys_t(layer, h);
+  const std::vector<float>& kt = idx_.clustered_keys_t(layer, h);
   cpu::centroid_dots(s.Q.data(), nqv, d, d, kt.data(), n, 0, n, s.S.data(), n);
   for (int64_t r = 0; r < nqv; r++) {
     const float* l = s.S.data() + r * n;
@@ -320,6 +330,92 @@ void RandomSelector::plan(int layer, const float* q, int64_t n_q, std::vector<He
     const int32_t* inv = idx_.inv_perm(layer, h);
     for (int64_t j = 0; j < k; j++) mask_[(size_t)inv[pool_[(size_t)j]]] = 1;
     emit(mask_.data(), n, 0, sel[(size_t)h]);
+  }
+}
+
+// ---- mass meter ----
+
+struct MassMeter::Scratch {
+  std::vector<float> Q;       // [n_q * group, head_dim] scaled queries
+  std::vector<float> S;       // [n_q * group, n_clustered] logits
+  std::vector<float> So;      // [n_q * group, n_obs] logits
+  std::vector<uint8_t> mask;  // [n_clustered]
+  double sum = 0;
+  int64_t n = 0;
+};
+
+MassMeter::MassMeter(const BaselineIndex& idx, KeySelector* inner, int sinks, int n_threads)
+    : idx_(idx), inner_(inner), sinks_(sinks), n_threads_(std::max(1, n_threads)) {
+  for (int h = 0; h < idx.pack().n_head_kv(); h++) scratch_.push_back(std::make_unique<Scratch>());
+}
+
+MassMeter::~MassMeter() = default;
+
+void MassMeter::plan(int layer, const float* q, int64_t n_q, std::vector<HeadSelection>& sel) {
+  inner_->plan(layer, q, n_q, sel);
+  const Pack& pk = idx_.pack();
+  const int H = pk.n_head_kv();
+  const int64_t n = pk.n_clustered(), no = pk.n_obs(), d = pk.head_dim();
+  const int64_t group = pk.n_head() / H, nqv = n_q * group;
+  const float scale = 1.0f / std::sqrt((float)d);
+  auto job = [&](int h) {
+    Scratch& s = *scratch_[(size_t)h];
+    HeadSelection& hs = sel[(size_t)h];
+    s.mask.assign((size_t)n, 0);
+    for (const RowRange& r : hs.ranges)
+      std::fill(s.mask.begin() + r.begin, s.mask.begin() + r.end, (uint8_t)1);
+    if (sinks_ > 0) {
+      // Union with the sink rows, as the session's sink_tokens does; ranges re-merged.
+      const int32_t* inv = idx_.inv_perm(layer, h);
+      for (int64_t p = 0; p < std::min<int64_t>(sinks_, n); p++) s.mask[(size_t)inv[p]] = 1;
+      hs.kept_keys = mask_to_ranges(s.mask.data(), n, hs.ranges);
+    }
+    if (nqv == 0) return;
+    s.Q.resize((size_t)(nqv * d));
+    for (int64_t t = 0; t < n_q; t++)
+      for (int64_t g = 0; g < group; g++) {
+        const float* qr = q + (t * pk.n_head() + h * group + g) * d;
+        float* dst = s.Q.data() + (t * group + g) * d;
+        for (int64_t i = 0; i < d; i++) dst[i] = qr[i] * scale;
+      }
+    s.S.resize((size_t)(nqv * std::max<int64_t>(n, 1)));
+    s.So.resize((size_t)(nqv * std::max<int64_t>(no, 1)));
+    if (n > 0)
+      cpu::centroid_dots(s.Q.data(), nqv, d, d, idx_.clustered_keys_t(layer, h).data(), n, 0, n,
+                         s.S.data(), n);
+    if (no > 0)
+      cpu::centroid_dots(s.Q.data(), nqv, d, d, idx_.obs_keys_t(layer, h).data(), no, 0, no,
+                         s.So.data(), no);
+    for (int64_t r = 0; r < nqv; r++) {
+      const float* l = s.S.data() + r * n;
+      const float* lo = s.So.data() + r * no;
+      float m = -std::numeric_limits<float>::infinity();
+      for (int64_t j = 0; j < n; j++) m = std::max(m, l[j]);
+      for (int64_t j = 0; j < no; j++) m = std::max(m, lo[j]);
+      double tot = 0, kept = 0;
+      for (int64_t j = 0; j < n; j++) {
+        const double p = std::exp((double)(l[j] - m));
+        tot += p;
+        if (s.mask[(size_t)j]) kept += p;
+      }
+      for (int64_t j = 0; j < no; j++) {
+        const double p = std::exp((double)(lo[j] - m));
+        tot += p;
+        kept += p;
+      }
+      s.sum += kept / tot;
+      s.n++;
+    }
+  };
+  const int64_t work = (n + no) * nqv * d;
+  const int nt = work >= (1 << 20) ? std::min(n_threads_, H) : 1;
+#pragma omp parallel for num_threads(nt) schedule(static, 1) if (nt > 1)
+  for (int h = 0; h < H; h++) job(h);
+  for (auto& s : scratch_) {
+    sum_ += s->sum;
+    n_ += s->n;
+    s->sum = 0;
+    s->n = 0;
   }
 }
 

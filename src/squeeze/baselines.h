@@ -28,7 +28,9 @@
 
 namespace sqz {
 
-// Per-pack data shared by the baselines: inverse permutations.
+// Per-pack data shared by the baselines: inverse permutations, and f32 copies of the keys in
+// the centroid kernels' transposed layout (built lazily per (layer, head), for the oracle and
+// the mass meter; evaluation only — about n_ctx * head_dim * 4 bytes per (layer, head)).
 class BaselineIndex {
  public:
   explicit BaselineIndex(const Pack& pack);
@@ -40,10 +42,16 @@ class BaselineIndex {
   // Clustered keys a total budget affords after the observation window and `metadata`
   // vectors: round(budget * n_ctx) - n_obs - metadata, clamped to [0, n_clustered].
   int64_t affordable_keys(double budget, int64_t metadata = 0) const;
+  // Transposed f32 keys ([head_dim, padded rows], cpu::centroids_transpose layout) of the
+  // clustered rows / the observation window of (layer, h). Built on first use; different
+  // (layer, h) may be built concurrently, the same one must not.
+  const std::vector<float>& clustered_keys_t(int layer, int h) const;
+  const std::vector<float>& obs_keys_t(int layer, int h) const;
 
  private:
   const Pack& pack_;
-  std::vector<int32_t> inv_;  // [n_layer, n_head_kv, n_clustered]
+  std::vector<int32_t> inv_;                         // [n_layer, n_head_kv, n_clustered]
+  mutable std::vector<std::vector<float>> kt_, ot_;  // [n_layer * n_head_kv]
 };
 
 // Merged row ranges of a 0/1 mask over n rows (ascending, disjoint, no two adjacent); returns
@@ -120,10 +128,8 @@ class OracleTopKSelector : public BudgetedSelector {
 
  private:
   struct Scratch;
-  const std::vector<float>& keys_t(int layer, int h);
   const BaselineIndex& idx_;
   int n_threads_;
-  std::vector<std::vector<float>> kt_;  // [n_layer * n_head_kv] transposed f32 keys, lazily
   std::vector<std::unique_ptr<Scratch>> scratch_;  // [n_head_kv]
 };
 
@@ -143,6 +149,50 @@ class RandomSelector : public BudgetedSelector {
   uint64_t calls_ = 0;
   std::vector<int32_t> pool_;
   std::vector<uint8_t> mask_;
+};
+
+// The squeezed lookup itself (Selector::plan at a calibrated percentile) as a KeySelector, so
+// a MassMeter can wrap it. Selects exactly what AskParams{budget, select.levels} selects.
+class SqueezeLookupSelector : public KeySelector {
+ public:
+  SqueezeLookupSelector(const Pack& pack, int n_threads) : selector_(pack, n_threads) {}
+  void set_params(const SelectParams& sp) { sp_ = sp; }
+  void plan(int layer, const float* q, int64_t n_q, std::vector<HeadSelection>& sel) override {
+    selector_.plan(layer, q, n_q, sp_, sel);
+  }
+
+ private:
+  Selector selector_;
+  SelectParams sp_;
+};
+
+// Wraps a selection, adds the attention-sink rows (positions < sinks, as AskParams::sink_tokens
+// does) and measures the true softmax mass that the read keys capture: for every query row
+// and query head, softmax over all fixed-context keys (clustered + observation window) of
+// q·k / sqrt(head_dim), mass of the observation window + selected rows; mean over rows, heads,
+// layers and calls — the definition of AskParams::measure_mass, computed with the SIMD dot
+// kernels in f32 (f64 softmax sums) instead of a double reference loop, so it is cheap enough
+// to run on many questions.
+class MassMeter : public KeySelector {
+ public:
+  MassMeter(const BaselineIndex& idx, KeySelector* inner, int sinks = 0, int n_threads = 1);
+  ~MassMeter() override;
+  void plan(int layer, const float* q, int64_t n_q, std::vector<HeadSelection>& sel) override;
+  double mass() const { return n_ ? sum_ / (double)n_ : -1.0; }
+  void reset() {
+    sum_ = 0;
+    n_ = 0;
+  }
+
+ private:
+  struct Scratch;
+  const BaselineIndex& idx_;
+  KeySelector* inner_;
+  int sinks_;
+  int n_threads_;
+  double sum_ = 0;
+  int64_t n_ = 0;
+  std::vector<std::unique_ptr<Scratch>> scratch_;  // [n_head_kv]
 };
 
 }  // namespace sqz

@@ -170,7 +170,8 @@ class Selector {
   // for KV head h; block b covers query tokens [b * block, min(n_q, (b + 1) * block)), a
   // single block (b = 0) when sp.block <= 0. Ranges are rows of the pack's clustered,
   // cluster-contiguous K/V of (layer, h), adjacent selected clusters merged into one range.
-  // Allocation-free once the scratch has grown to the largest n_q seen.
+  // Allocation-free once the scratch (and sel's range vectors) have grown to the largest n_q
+  // seen. n_q <= 0 gives n_head_kv empty selections.
   void plan(int layer, const float* q, int64_t n_q, const SelectParams& sp,
             std::vector<HeadSelection>& sel);
 

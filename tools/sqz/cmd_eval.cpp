@@ -34,8 +34,12 @@ int run_eval_cmd(const EvalCmd& c) {
   eval::EvalOptions opt;
   opt.out_dir = c.out;
   opt.model_path = resolve_model(c.model);
-  opt.n_threads = c.threads > 0 ? c.threads : (int)std::max(1u, std::thread::hardware_concurrency());
+  opt.n_threads =
+      c.threads > 0 ? c.threads : (int)std::max(1u, std::thread::hardware_concurrency());
   opt.tasks_only = c.tasks_only;
+  opt.command = "sqz eval --config " + c.config + " --out " + c.out + " --threads " +
+                std::to_string(opt.n_threads) + (c.model.empty() ? "" : " --model " + c.model) +
+                (c.tasks_only ? " --tasks-only" : "");
   opt.log = [](const std::string& s) {
     std::fprintf(stderr, "[eval] %s\n", s.c_str());
     std::fflush(stderr);

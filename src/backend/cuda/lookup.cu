@@ -6,9 +6,59 @@
 #include "backend/cuda/mma_tile.cuh"
 
 namespace sqz::cuda {
+
+// ---- phase stamps: diagnostic builds (-DSQZ_PLAN_STAMPS) only, read by sqz_cuda_debug_stamps ----
+// Event e keeps the earliest and the latest %globaltimer value (ns; one clock shared by all SMs,
+// unlike clock64) at which thread 0 of any CTA passed it: g_stamp[2e] = min, g_stamp[2e+1] = max.
+// Measures where the plan's latency goes without a profiler (ncu serialises and cold-starts).
+enum StampEvent : int {
+  kStEntry = 0,        // kernel entry (coarse kernel, or the fused kernel)
+  kStWaited = 1,       // past griddepcontrol.wait
+  kStCoarseMain = 2,   // coarse scoring of the CTA's slice done
+  kStCoarseTail = 3,   // last CTA of a head starts the coarse tail
+  kStCoarseL = 4,      // coarse denominators known
+  kStCoarseDone = 5,   // coarse selection published (fused: the head's flag)
+  kStFineStart = 6,    // fine stage may start (fused: flag seen; two kernels: past the wait)
+  kStFineMain = 7,     // fine scoring of the CTA's slice done
+  kStFineTail = 8,     // last CTA of a head starts the fine tail
+  kStFineL = 9,        // fine denominators known
+  kStRanges = 10,      // merged ranges written
+  kStExpand = 11,      // row list written (entry of partition_tail)
+  kStPartStart = 12,   // the last head's CTA starts the partition
+  kStPartEnd = 13,     // partition written
+  kStFineEntry = 14,   // fine kernel entry (two-kernel path only)
+  kStFineSelLoaded = 15,    // fused fine tail: first tile's loads (cmp, logits, offsets) arrived
+  kStCoarseSelLoaded = 16,  // fused coarse tail: first tile's loads arrived
+  kStampEvents = 20
+};
+#ifdef SQZ_PLAN_STAMPS
+__device__ unsigned long long g_stamp[2 * kStampEvents];
+__device__ __forceinline__ void stamp(int e) {
+  if (threadIdx.x == 0) {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    atomicMin(&g_stamp[2 * e], t);
+    atomicMax(&g_stamp[2 * e + 1], t);
+  }
+}
+#else
+__device__ __forceinline__ void stamp(int) {}
+#endif
+
 namespace {
 
 enum Stage : int { kCoarse = 0, kFineSingle = 1, kFineHier = 2 };
+constexpr int kPartFast = 256;  // merge groups handled by the one-pass partition
+
+// Release / acquire of a per-head flag between CTAs of one grid (gpu scope).
+__device__ __forceinline__ unsigned ld_acquire_gpu(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ void st_release_gpu(unsigned* p, unsigned v) {
+  asm volatile("st.release.gpu.global.u32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+}
 
 struct LookupArgs {
   PlanDev p;
@@ -248,39 +298,95 @@ __device__ void expand_rows(const PlanDev& p, int h, const int2* R, const int32_
   }
 }
 
+// expand_rows with the range starts and kept-row prefixes in shared memory (s_vs[0..nr], strictly
+// increasing since ranges are non-empty): each warp owns a contiguous span of kept rows, lanes on
+// consecutive rows (coalesced stores), and a lane finds its range by one binary search and then
+// only steps forward. The per-range warp loop above serialises ~3 shuffles and a short store
+// loop per range: ~9 us for ~500 ranges per head at 128K (v6 stamps).
+constexpr int kExpandCap = 4096;  // ranges whose starts fit the fused tail's shared memory
+__device__ void expand_rows_smem(const PlanDev& p, int h, const int* s_b, const int* s_vs, int nr,
+                                 int n_rows) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  int32_t* out = p.rowidx + (int64_t)h * p.n_ctx;
+  const int span = ceil_div_dev(ceil_div_dev(n_rows, nw), 32) * 32;
+  const int v1 = min(n_rows, (warp + 1) * span);
+  int v = warp * span + lane;
+  if (v >= v1 || nr <= 0) return;
+  int lo = 0, hi = nr - 1;  // largest r with s_vs[r] <= v
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) >> 1;
+    if (s_vs[mid] <= v)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  int r = lo;
+  for (; v < v1; v += 32) {
+    while (r + 1 < nr && s_vs[r + 1] <= v) r++;
+    out[v] = s_b[r] + (v - s_vs[r]);
+  }
+}
+
 // Kept fine clusters -> merged row ranges with the kept-row prefix at each range start.
 // A kept cluster starts a new range unless the previous kept cluster ends exactly where it
 // begins (empty clusters in between have no rows and never break a range). Each thread owns IT
 // consecutive entries; the previous kept end comes from a block max-scan (rows increase with the
 // entry index), range starts/rows from sum scans; later members of a range extend its end.
-__device__ void select_fine(const LookupArgs& a, int stage, int h) {
-  constexpr int IT = 8;
+//
+// FROM_LOGITS (fused decode tail): the scores are computed here from the stored logits and the
+// base-2 denominators s_L[QT] (and written to s_fine) instead of read back from s_fine, so the
+// score pass, its barrier and one L2 round trip disappear.
+template <int IT, int QT, bool FROM_LOGITS>
+__device__ void select_fine_impl(const LookupArgs& a, int h, bool ident, int n_pos,
+                                 const float* s_L) {
   __shared__ int s_scan[33];
+  // Range starts / kept-row prefixes for expand_rows_smem (fused tail only; empty otherwise).
+  __shared__ int s_b[FROM_LOGITS ? kExpandCap : 1], s_vs[FROM_LOGITS ? kExpandCap + 1 : 1];
   const int tid = threadIdx.x;
-  const int n_pos = stage == kFineSingle ? a.p.n_fine : __ldcg(a.p.n_cmp + h);
   const int32_t* fo = a.fine_off + (int64_t)h * (a.p.n_fine + 1);
   const int32_t* cmp = a.p.cmp + (int64_t)h * a.p.n_fine;
-  const bool ident = stage == kFineSingle;
-  const float* S = a.p.s_fine + (int64_t)h * a.p.n_fine;
+  float* S = a.p.s_fine + (int64_t)h * a.p.n_fine;
+  const float* lg = a.p.logits + (int64_t)h * (a.p.n_coarse + a.p.n_fine) * kSmallQ;
   uint8_t* kept = a.p.kept_fine + (int64_t)h * a.p.n_fine;
   int2* R = a.p.ranges + (int64_t)h * a.p.n_fine;
   int32_t* vs = a.p.vstart + (int64_t)h * (a.p.n_fine + 1);
+  float Lr[QT];
+#pragma unroll
+  for (int r = 0; r < QT; r++) Lr[r] = FROM_LOGITS && r < a.qtot ? s_L[r] : kNegInf;
   int carry_r = 0, carry_rows = 0, carry_end = -1;
   for (int base = 0; base < n_pos; base += blockDim.x * IT) {
     const int e0 = base + tid * IT;
     int j[IT], b[IT], en[IT];
     float sv[IT];
     bool k[IT];
+    float l[IT][QT];
 #pragma unroll
     for (int i = 0; i < IT; i++) {
       const int e = e0 + i;
       j[i] = e < n_pos ? (ident ? e : __ldcg(cmp + e)) : -1;
-      sv[i] = e < n_pos ? __ldcg(S + e) : 0.0f;
+      if (FROM_LOGITS) {
+#pragma unroll
+        for (int r = 0; r < QT; r++)
+          l[i][r] = (e < n_pos && r < a.qtot) ? __ldcg(lg + (int64_t)e * kSmallQ + r) : kNegInf;
+      } else {
+        sv[i] = e < n_pos ? __ldcg(S + e) : 0.0f;
+      }
     }
 #pragma unroll
     for (int i = 0; i < IT; i++) {
-      b[i] = j[i] >= 0 ? fo[j[i]] : 0;
-      en[i] = j[i] >= 0 ? fo[j[i] + 1] : 0;
+      b[i] = j[i] >= 0 ? __ldg(fo + j[i]) : 0;
+      en[i] = j[i] >= 0 ? __ldg(fo + j[i] + 1) : 0;
+    }
+    if (FROM_LOGITS) {
+#pragma unroll
+      for (int i = 0; i < IT; i++) {
+        float acc = 0.0f;
+#pragma unroll
+        for (int r = 0; r < QT; r++)
+          if (Lr[r] != kNegInf) acc += exp2f(l[i][r] - Lr[r]);
+        sv[i] = acc;
+        if (e0 + i < n_pos) S[e0 + i] = acc;
+      }
     }
     int last_end = -1;
 #pragma unroll
@@ -289,6 +395,7 @@ __device__ void select_fine(const LookupArgs& a, int stage, int h) {
       if (e0 + i < n_pos) kept[e0 + i] = (uint8_t)k[i];
       if (k[i]) last_end = en[i];
     }
+    if (FROM_LOGITS && base == 0) stamp(kStFineSelLoaded);
     int tile_end;
     const int in_end = max(carry_end, block_exclusive_max(last_end, -1, s_scan, &tile_end));
     bool st[IT];
@@ -313,6 +420,10 @@ __device__ void select_fine(const LookupArgs& a, int stage, int h) {
         ridx++;
         R[ridx] = make_int2(b[i], en[i]);
         vs[ridx] = rows;
+        if (FROM_LOGITS && ridx < kExpandCap) {
+          s_b[ridx] = b[i];
+          s_vs[ridx] = rows;
+        }
       }
       rows += en[i] - b[i];
     }
@@ -335,10 +446,20 @@ __device__ void select_fine(const LookupArgs& a, int stage, int h) {
     a.p.n_ranges[h] = carry_r;
     a.p.n_rows[h] = carry_rows;
     vs[carry_r] = carry_rows;
+    if (FROM_LOGITS && carry_r <= kExpandCap) s_vs[carry_r] = carry_rows;
   }
   __threadfence_block();
   __syncthreads();  // ranges written (and extended atomically) by other threads of this block
-  expand_rows(a.p, h, R, vs, carry_r);
+  stamp(kStRanges);
+  if (FROM_LOGITS && carry_r <= kExpandCap)
+    expand_rows_smem(a.p, h, s_b, s_vs, carry_r, carry_rows);
+  else
+    expand_rows(a.p, h, R, vs, carry_r);
+}
+
+__device__ void select_fine(const LookupArgs& a, int stage, int h) {
+  const int n_pos = stage == kFineSingle ? a.p.n_fine : __ldcg(a.p.n_cmp + h);
+  select_fine_impl<8, 1, false>(a, h, stage == kFineSingle, n_pos, nullptr);
 }
 
 // Split the kept rows of every head into work items (run by one CTA once all heads are done).
@@ -380,7 +501,40 @@ __device__ void partition_block(const PlanDev& p, int qtot) {
   __syncthreads();
   const int chunk = s_chunk;
   int carry = 0;
-  for (int base = 0; base < n_groups; base += blockDim.x) {
+  const bool fast = n_groups <= (int)blockDim.x && n_groups <= kPartFast;
+  if (fast) {
+    // One group per thread for the scan, then the items spread over all threads (each finds
+    // its group by binary search over the group offsets): one thread writing its group's ~50
+    // items in a row was ~3 us of the decode plan's tail.
+    __shared__ int s_goff[kPartFast + 1], s_rh[kPartFast];
+    const int g = tid;
+    const bool in = g < n_groups;
+    const int Rh = in ? __ldcg(p.n_rows + g / n_qb) : 0;
+    const int ns = in ? max(1, ceil_div_dev(Rh, chunk)) : 0;
+    int tot;
+    const int off = block_exclusive_scan(ns, s_scan, &tot);
+    if (in) {
+      s_goff[g] = off;
+      s_rh[g] = Rh;
+      p.group_off[g] = off;
+    }
+    __syncthreads();
+    const int n_it = min(tot, p.max_items);
+    for (int i = tid; i < n_it; i += blockDim.x) {
+      int lo = 0, hi = n_groups - 1;  // largest group with s_goff <= i (groups own >= 1 item)
+      while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (s_goff[mid] <= i)
+          lo = mid;
+        else
+          hi = mid - 1;
+      }
+      const int vb = (i - s_goff[lo]) * chunk;
+      p.items[i] = make_int4(lo / n_qb, lo % n_qb, vb, min(s_rh[lo], vb + chunk));
+    }
+    carry = tot;
+  }
+  for (int base = 0; !fast && base < n_groups; base += blockDim.x) {
     const int g = base + tid;
     const bool in = g < n_groups;
     const int h = in ? g / n_qb : 0, qb = in ? g % n_qb : 0;
@@ -415,6 +569,7 @@ __device__ void partition_tail(const PlanDev& p, int qtot) {
   __shared__ int s_last;
   __threadfence();
   __syncthreads();
+  stamp(kStExpand);
   if (threadIdx.x == 0) {
     const unsigned old = atomicAdd(p.global_cnt, 1u);
     s_last = old == (unsigned)p.n_kv - 1u;
@@ -423,7 +578,9 @@ __device__ void partition_tail(const PlanDev& p, int qtot) {
   __syncthreads();
   if (!s_last) return;
   __threadfence();
+  stamp(kStPartStart);
   partition_block(p, qtot);
+  stamp(kStPartEnd);
 }
 
 __device__ void select_stage(const LookupArgs& a, int stage, int h) {
@@ -461,7 +618,9 @@ __global__ void __launch_bounds__(256, QT <= 2 ? 3 : 2)
   constexpr int RPW = 32 / LPR, NW = 8, NRG = NW * RPW, U = QT == 1 ? 8 : 4;
   __shared__ Stat s_stat[NW][QT];
   __shared__ float s_L[kSmallQ];
+  stamp(stage == kCoarse ? kStEntry : kStFineEntry);
   pdl_wait();
+  stamp(stage == kCoarse ? kStWaited : kStFineStart);
   const int h = blockIdx.y, split = blockIdx.x;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int lr = lane % LPR, rg = warp * RPW + lane / LPR;
@@ -523,6 +682,7 @@ __global__ void __launch_bounds__(256, QT <= 2 ? 3 : 2)
       }
     }
   }
+  stamp(stage == kCoarse ? kStCoarseMain : kStFineMain);
   // Row groups of a warp -> one state, then warps -> one state per query row.
 #pragma unroll
   for (int r = 0; r < QT; r++)
@@ -540,6 +700,7 @@ __global__ void __launch_bounds__(256, QT <= 2 ? 3 : 2)
   }
   pdl_trigger();
   if (!last_of_head(a.p, stage == kCoarse ? 0 : 1, h, gridDim.x)) return;
+  stamp(stage == kCoarse ? kStCoarseTail : kStFineTail);
 
   // Last CTA of this head: denominators, mean scores from the stored logits, selection.
   if (warp < qtot) {  // one warp per query row (qtot <= 8 = warps per CTA)
@@ -550,6 +711,7 @@ __global__ void __launch_bounds__(256, QT <= 2 ? 3 : 2)
     }
   }
   __syncthreads();
+  stamp(stage == kCoarse ? kStCoarseL : kStFineL);
   float* S = stage == kCoarse ? a.p.s_coarse + (int64_t)h * a.p.n_coarse
                               : a.p.s_fine + (int64_t)h * a.p.n_fine;
   for (int e0 = tid; e0 < n_pos; e0 += 4 * blockDim.x) {
@@ -573,6 +735,336 @@ __global__ void __launch_bounds__(256, QT <= 2 ? 3 : 2)
   }
   __syncthreads();
   select_stage(a, stage, h);
+  if (stage == kCoarse) stamp(kStCoarseDone);
+}
+
+// ---- small query path, fused: both stages and the partition in one launch (decode) ----
+//
+// Grid (nsplit, n_kv) with every CTA resident at once (the host sizes nsplit from the occupancy),
+// so CTAs of one head may wait for each other. Per head:
+//   1. each CTA scores its slice of the coarse clusters (logits and log2 sizes to the workspace,
+//      per-row partial denominators);
+//   2. the last CTA to arrive computes the coarse scores, selects, writes the compared fine list
+//      and the pruned-coarse denominator, then publishes n_compared + 1 in the head's flag;
+//   3. the head's CTAs wait for that flag (only their own head's: heads never wait for each
+//      other), score their slice of the compared fine clusters with the query still in
+//      registers, and the last to arrive selects, writes the ranges and row list, and the last
+//      head partitions.
+// Versus one launch per stage: no grid-wide drain and relaunch between the stages, a head's
+// fine stage starts as soon as its own coarse selection is done, and the fine denominator's
+// pruned-coarse part is summed directly by the coarse tail (sum over non-kept C of N_C 2^{L_C})
+// instead of being re-scored in the fine stage as coarse - kept (which cost the fine CTAs a
+// kc -> coarse_off -> fine_off chain of three dependent loads, and a cancellation).
+
+// Centroid rows and log2 sizes of U entries. Centroid loads are issued before the offset chain
+// (their address needs only the entry index), so the two latencies overlap.
+template <int D, typename T, int U>
+__device__ __forceinline__ void fused_load(const LookupArgs& a, bool coarse, bool hier, int h,
+                                           int lr, const int (&e)[U], int e1, uint4 (&cv)[U],
+                                           float (&w)[U]) {
+  const int32_t* fo = a.fine_off + (int64_t)h * (a.p.n_fine + 1);
+  const int32_t* co = a.coarse_off + (int64_t)h * (a.p.n_coarse + 1);
+  int idx[U];
+#pragma unroll
+  for (int u = 0; u < U; u++)
+    idx[u] = e[u] < e1 ? ((coarse || !hier) ? e[u]
+                                            : __ldcg(a.p.cmp + (int64_t)h * a.p.n_fine + e[u]))
+                       : -1;
+#pragma unroll
+  for (int u = 0; u < U; u++) {
+    const T* c = coarse ? static_cast<const T*>(a.coarse_c) + ((int64_t)h * a.p.n_coarse + idx[u]) * D
+                        : static_cast<const T*>(a.fine_c) + ((int64_t)h * a.p.n_fine + idx[u]) * D;
+    cv[u] = idx[u] >= 0 ? __ldg(reinterpret_cast<const uint4*>(c + lr * 8)) : make_uint4(0, 0, 0, 0);
+  }
+  int lo[U], hi[U];
+#pragma unroll
+  for (int u = 0; u < U; u++) {
+    lo[u] = idx[u];
+    hi[u] = idx[u] + 1;
+    if (coarse && idx[u] >= 0) {
+      lo[u] = __ldg(co + idx[u]);
+      hi[u] = __ldg(co + idx[u] + 1);
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < U; u++) {
+    const int b = idx[u] >= 0 ? __ldg(fo + lo[u]) : 0;
+    const int en = idx[u] >= 0 ? __ldg(fo + hi[u]) : 0;
+    w[u] = en > b ? log2f((float)(en - b)) : kNegInf;
+  }
+}
+
+// This CTA's slice of one stage: logits (and, coarse, log2 sizes) to the workspace, per-row
+// partial denominators to score_part[.., split]. n = entries of the stage for head h.
+template <int D, typename T, int QT>
+__device__ __forceinline__ void fused_score(const LookupArgs& a, bool coarse, bool hier, int h,
+                                            int split, int nsplit, int n,
+                                            const float (&qf)[QT][8], Stat (*s_stat)[QT]) {
+  constexpr int LPR = D / 8, RPW = 32 / LPR, NW = 8, NRG = NW * RPW, U = QT == 1 ? 8 : 4;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int lr = lane % LPR, rg = warp * RPW + lane / LPR;
+  const int qtot = a.qtot;
+  const int per = ceil_div_dev(n, nsplit);
+  const int e0 = min(n, split * per), e1 = min(n, e0 + per);
+  float* lg = a.p.logits + (int64_t)h * (a.p.n_coarse + a.p.n_fine) * kSmallQ;
+  float* cw = a.p.coarse_w + (int64_t)h * a.p.n_coarse;
+  Stat st[QT];
+#pragma unroll
+  for (int r = 0; r < QT; r++) st[r] = Stat{kNegInf, 0.0f, 0.0f};
+  for (int base = e0; base < e1; base += NRG * U) {
+    int ev[U];
+#pragma unroll
+    for (int u = 0; u < U; u++) ev[u] = base + u * NRG + rg;
+    uint4 cv[U];
+    float w[U];
+    fused_load<D, T, U>(a, coarse, hier, h, lr, ev, e1, cv, w);
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      float kf[8];
+      unpack8<T>(cv[u], kf);
+      const bool valid = ev[u] < e1;
+#pragma unroll
+      for (int r = 0; r < QT; r++) {
+        float d = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 8; i++) d = fmaf(qf[r][i], kf[i], d);
+#pragma unroll
+        for (int o = LPR / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+        if (valid && r < qtot) {
+          if (lr == 0) lg[(int64_t)ev[u] * kSmallQ + r] = d;
+          stat_add(st[r], d + w[u], 1);
+        }
+      }
+      if (coarse && valid && lr == 0) cw[ev[u]] = w[u];
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < QT; r++)
+#pragma unroll
+    for (int o = LPR; o < 32; o <<= 1) st[r] = stat_merge(st[r], shfl_stat(st[r], o));
+  if (lane == 0)
+#pragma unroll
+    for (int r = 0; r < QT; r++) s_stat[warp][r] = st[r];
+  __syncthreads();
+  if (tid < QT && tid < qtot) {
+    Stat s = s_stat[0][tid];
+    for (int w = 1; w < NW; w++) s = stat_merge(s, s_stat[w][tid]);
+    a.p.score_part[((int64_t)h * a.p.q_max + tid) * kMaxScoreSplits + split] =
+        make_float4(s.m, s.sp, 0.0f, 0.0f);
+  }
+}
+
+// Base-2 log denominator of query row r from the split partials (lanes over splits), plus an
+// optional extra term given as its base-2 log (-inf = none). Every lane returns it.
+__device__ float fused_lse(const LookupArgs& a, int h, int r, int nsplit, float extra) {
+  const int lane = threadIdx.x & 31;
+  const float4* part = a.p.score_part + ((int64_t)h * a.p.q_max + r) * kMaxScoreSplits;
+  Stat s{kNegInf, 0.0f, 0.0f};
+  for (int i = lane; i < nsplit; i += 32) {
+    const float4 v = __ldcg(part + i);
+    s = stat_merge(s, Stat{v.x, v.y, 0.0f});
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) s = stat_merge(s, shfl_stat(s, o));
+  if (extra != kNegInf) s = stat_merge(s, Stat{extra, 1.0f, 0.0f});
+  return s.sp > 0.0f ? s.m + log2f(s.sp) : kNegInf;
+}
+
+// Coarse tail (last CTA of head h): denominators, coarse scores, selection, the compared fine
+// list and the pruned-coarse denominator per query row (into lse_coarse). Returns n_compared.
+template <int QT>
+__device__ int fused_coarse_tail(const LookupArgs& a, int h, int nsplit, float* s_L,
+                                 Stat (*s_stat)[QT]) {
+  constexpr int IT = QT <= 2 ? 8 : (QT <= 4 ? 4 : 2);  // consecutive entries per thread
+  __shared__ int s_scan[33];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, qtot = a.qtot;
+  if (warp < qtot) {
+    const float L = fused_lse(a, h, warp, nsplit, kNegInf);
+    if (lane == 0) s_L[warp] = L;
+  }
+  __syncthreads();
+  stamp(kStCoarseL);
+  const int n = a.p.n_coarse;
+  const float* lg = a.p.logits + (int64_t)h * (a.p.n_coarse + a.p.n_fine) * kSmallQ;
+  const float* cw = a.p.coarse_w + (int64_t)h * n;
+  const int32_t* co = a.coarse_off + (int64_t)h * (n + 1);
+  float* S = a.p.s_coarse + (int64_t)h * n;
+  uint8_t* kept = a.p.kept_coarse + (int64_t)h * n;
+  int32_t* cmp = a.p.cmp + (int64_t)h * a.p.n_fine;
+  float Lr[QT];
+  Stat pr[QT];  // pruned (not kept) coarse terms N_C 2^{l_C} per query row
+#pragma unroll
+  for (int r = 0; r < QT; r++) {
+    Lr[r] = r < qtot ? s_L[r] : kNegInf;
+    pr[r] = Stat{kNegInf, 0.0f, 0.0f};
+  }
+  int carry = 0;
+  for (int base = 0; base < n; base += blockDim.x * IT) {
+    const int c0 = base + tid * IT;
+    float l[IT][QT], w[IT];
+    int lo[IT], hi[IT];
+#pragma unroll
+    for (int i = 0; i < IT; i++) {
+      const int C = c0 + i;
+      const bool in = C < n;
+#pragma unroll
+      for (int r = 0; r < QT; r++)
+        l[i][r] = (in && r < qtot) ? __ldcg(lg + (int64_t)C * kSmallQ + r) : kNegInf;
+      w[i] = in ? __ldcg(cw + C) : kNegInf;
+      lo[i] = in ? __ldg(co + C) : 0;
+      hi[i] = in ? __ldg(co + C + 1) : 0;
+    }
+    bool k[IT];
+    int nc = 0;
+#pragma unroll
+    for (int i = 0; i < IT; i++) {
+      const int C = c0 + i;
+      float acc = 0.0f;
+#pragma unroll
+      for (int r = 0; r < QT; r++)
+        if (Lr[r] != kNegInf) acc += exp2f(l[i][r] - Lr[r]);
+      k[i] = C < n && acc >= a.thr_coarse_tot;
+      if (C < n) {
+        S[C] = acc;
+        kept[C] = (uint8_t)k[i];
+        if (!k[i])
+#pragma unroll
+          for (int r = 0; r < QT; r++) stat_add(pr[r], l[i][r] + w[i], 1);
+      }
+      nc += k[i] ? hi[i] - lo[i] : 0;
+    }
+    if (base == 0) stamp(kStCoarseSelLoaded);
+    int tc;
+    int pc = carry + block_exclusive_scan(nc, s_scan, &tc);
+#pragma unroll
+    for (int i = 0; i < IT; i++) {
+      if (!k[i]) continue;
+      for (int f = lo[i]; f < hi[i]; f++) cmp[pc++] = f;
+    }
+    carry += tc;
+  }
+#pragma unroll
+  for (int r = 0; r < QT; r++)
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) pr[r] = stat_merge(pr[r], shfl_stat(pr[r], o));
+  if (lane == 0)
+#pragma unroll
+    for (int r = 0; r < QT; r++) s_stat[warp][r] = pr[r];
+  __syncthreads();
+  if (tid < QT && tid < qtot) {
+    Stat s = s_stat[0][tid];
+    for (int w = 1; w < 8; w++) s = stat_merge(s, s_stat[w][tid]);
+    a.p.lse_coarse[(int64_t)h * a.p.q_max + tid] = s.sp > 0.0f ? s.m + log2f(s.sp) : kNegInf;
+  }
+  if (tid == 0) a.p.n_cmp[h] = carry;
+  return carry;
+}
+
+template <int D, typename T, int QT>
+__global__ void __launch_bounds__(256, QT <= 2 ? 3 : 2)
+    plan_small_fused_kernel(LookupArgs a, int nsplit) {
+  constexpr int LPR = D / 8;
+  __shared__ Stat s_stat[8][QT];
+  __shared__ float s_L[kSmallQ];
+  __shared__ unsigned s_flag;
+  stamp(kStEntry);
+  pdl_wait();
+  stamp(kStWaited);
+  const int h = blockIdx.y, split = blockIdx.x;
+  const int tid = threadIdx.x, lane = tid & 31;
+  const int lr = lane % LPR;
+  const int group = a.p.group, qtot = a.qtot;
+  const bool hier = a.p.n_coarse > 0;
+  float qf[QT][8];
+  const T* q = static_cast<const T*>(a.q);
+#pragma unroll
+  for (int r = 0; r < QT; r++) {
+    if (r < qtot) {
+      const int t = r / group, hg = r - t * group;
+      const uint4 u = *reinterpret_cast<const uint4*>(q + (int64_t)t * a.q_tok_stride +
+                                                      (int64_t)(h * group + hg) * D + lr * 8);
+      unpack8<T>(u, qf[r]);
+#pragma unroll
+      for (int i = 0; i < 8; i++) qf[r][i] *= a.scale_log2;
+    } else {
+#pragma unroll
+      for (int i = 0; i < 8; i++) qf[r][i] = 0.0f;
+    }
+  }
+  unsigned* flag = a.p.head_cnt + 2 * (size_t)a.p.n_kv + h;
+  int n_pos = a.p.n_fine;
+  if (hier) {
+    fused_score<D, T, QT>(a, true, true, h, split, nsplit, a.p.n_coarse, qf, s_stat);
+    stamp(kStCoarseMain);
+    if (last_of_head(a.p, 0, h, gridDim.x)) {
+      stamp(kStCoarseTail);
+      const int ncmp = fused_coarse_tail<QT>(a, h, nsplit, s_L, s_stat);
+      __threadfence();
+      __syncthreads();  // every thread's compared-list writes are ordered before the flag
+      if (tid == 0) st_release_gpu(flag, (unsigned)ncmp + 1u);
+      stamp(kStCoarseDone);
+    }
+    if (tid == 0) {
+      // Every CTA of the grid is resident (host-checked), so the head's last coarse CTA is
+      // running or done: this wait cannot deadlock.
+      unsigned v;
+      while ((v = ld_acquire_gpu(flag)) == 0u) {
+      }
+      s_flag = v;
+    }
+    __syncthreads();
+    n_pos = (int)s_flag - 1;
+  }
+  stamp(kStFineStart);
+  fused_score<D, T, QT>(a, false, hier, h, split, nsplit, n_pos, qf, s_stat);
+  stamp(kStFineMain);
+  pdl_trigger();  // every CTA is resident by now, so early dependents cannot starve the grid
+  if (!last_of_head(a.p, 1, h, gridDim.x)) return;
+  stamp(kStFineTail);
+  if (hier && tid == 0) *flag = 0u;  // every CTA of the head is past its wait: reset for next plan
+  const int warp = tid >> 5;
+  if (warp < qtot) {
+    const float extra = hier ? __ldcg(a.p.lse_coarse + (int64_t)h * a.p.q_max + warp) : kNegInf;
+    const float L = fused_lse(a, h, warp, nsplit, extra);
+    if (lane == 0) s_L[warp] = L;
+  }
+  __syncthreads();
+  stamp(kStFineL);
+  if (!hier && tid == 0) a.p.n_cmp[h] = n_pos;  // single level: every fine cluster, in order
+  select_fine_impl<QT <= 2 ? 8 : (QT <= 4 ? 4 : 2), QT, true>(a, h, !hier, n_pos, s_L);
+  partition_tail(a.p, qtot);
+}
+
+// Resident CTAs (256 threads each) of `kernel` on the current device, or 0.
+template <typename K>
+int resident_ctas(K kernel) {
+  int dev = 0, sms = 0, nb = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&nb, kernel, 256, 0) != cudaSuccess)
+    return 0;
+  return nb * sms > 0 ? nb * sms : 0;
+}
+
+// Launches the fused decode plan if the grid fits on the device at once; false = not launched.
+template <int D, typename T, int QT>
+bool launch_fused(int n_kv, const LookupArgs& a, cudaStream_t stream) {
+#ifdef SQZ_FORCE_UNFUSED  // diagnostic builds: time the two-launch path on the same shapes
+  return false;
+#endif
+  auto kernel = plan_small_fused_kernel<D, T, QT>;
+  // Cached per instantiation (the occupancy differs with QT: 3 CTAs/SM for QT <= 2, 2 above;
+  // v6 first cached it per function-pointer type, shared by all of them, and so launched the
+  // QT = 4 grid at 3/SM, more CTAs than fit) and per device. A racing first call stores the
+  // same value.
+  static int cap_cache[64];
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
+  if (cap_cache[dev] == 0) cap_cache[dev] = resident_ctas(kernel) > 0 ? resident_ctas(kernel) : -1;
+  const int cap = cap_cache[dev] > 0 ? cap_cache[dev] : 0;
+  const int nsplit = std::min(kMaxScoreSplits, cap / n_kv);
+  if (nsplit < 1) return false;
+  return launch_k(kernel, dim3(nsplit, n_kv), dim3(256), 0, stream, a, nsplit) == cudaSuccess;
 }
 
 // ---- large query path: tensor cores, two passes (denominators, then column sums) ----
@@ -818,6 +1310,24 @@ int launch_typed(const sqz_cuda_shape& s, const PlanDev& p, const LookupArgs& a,
     // These reads are latency-bound chains (index -> offsets -> centroid): one wave of CTAs,
     // each with many entries in flight, beats several waves of nearly idle CTAs (measured: 52
     // splits x 32 heads = 4 waves took 28 + 56 us for the two stages at 128K).
+    const int qt = a.qtot <= 1 ? 1 : a.qtot <= 2 ? 2 : a.qtot <= 4 ? 4 : 8;
+    bool fused = false;
+    switch (qt) {
+      case 1:
+        fused = launch_fused<D, T, 1>(n_kv, a, stream);
+        break;
+      case 2:
+        fused = launch_fused<D, T, 2>(n_kv, a, stream);
+        break;
+      case 4:
+        fused = launch_fused<D, T, 4>(n_kv, a, stream);
+        break;
+      default:
+        fused = launch_fused<D, T, 8>(n_kv, a, stream);
+        break;
+    }
+    if (fused) return cudaGetLastError() == cudaSuccess ? SQZ_CUDA_OK : SQZ_CUDA_ECUDA;
+    // Too many KV heads for one resident grid: one launch per stage.
     const int nsplit = std::min(kMaxScoreSplits, std::max(1, 3 * num_sms / n_kv));
     const dim3 grid(nsplit, n_kv);
     auto run = [&](int stage) {
@@ -896,3 +1406,28 @@ int launch_plan_ranges(const sqz_cuda_shape& s, const WsLayout& L, const PlanDev
 }
 
 }  // namespace sqz::cuda
+
+extern "C" int sqz_cuda_debug_stamps(unsigned long long* host, int n, int reset) {
+#ifdef SQZ_PLAN_STAMPS
+  using sqz::cuda::g_stamp;
+  using sqz::cuda::kStampEvents;
+  if (!host || n < 0 || n > 2 * kStampEvents) return SQZ_CUDA_EINVAL;
+  if (cudaDeviceSynchronize() != cudaSuccess) return SQZ_CUDA_ECUDA;
+  if (n > 0 && cudaMemcpyFromSymbol(host, g_stamp, n * sizeof(unsigned long long)) != cudaSuccess)
+    return SQZ_CUDA_ECUDA;
+  if (reset) {
+    unsigned long long init[2 * kStampEvents];
+    for (int e = 0; e < kStampEvents; e++) {
+      init[2 * e] = ~0ull;  // min slot
+      init[2 * e + 1] = 0;  // max slot
+    }
+    if (cudaMemcpyToSymbol(g_stamp, init, sizeof init) != cudaSuccess) return SQZ_CUDA_ECUDA;
+  }
+  return SQZ_CUDA_OK;
+#else
+  (void)host;
+  (void)n;
+  (void)reset;
+  return SQZ_CUDA_EUNSUPPORTED;
+#endif
+}

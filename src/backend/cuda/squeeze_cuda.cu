@@ -83,6 +83,7 @@ bool make_layout(const sqz_cuda_shape& s, WsLayout* L) {
   l.lse_coarse = take(nkv * l.q_max * 4);
   l.logits = take(l.group <= kSmallQ ? nkv * (size_t)(l.n_coarse + l.n_fine) * kSmallQ * 4 : 4);
   l.s_coarse = take(nkv * std::max(1, l.n_coarse) * 4);
+  l.coarse_w = take(nkv * std::max(1, l.n_coarse) * 4);
   l.kept_coarse = take(nkv * std::max(1, l.n_coarse));
   l.kc = take(nkv * std::max(1, l.n_coarse) * 4);
   l.n_kc = take(nkv * 4);
@@ -126,6 +127,7 @@ PlanDev make_plan_dev(const WsLayout& L, void* ws) {
   p.lse_coarse = reinterpret_cast<float*>(b + L.lse_coarse);
   p.logits = reinterpret_cast<float*>(b + L.logits);
   p.s_coarse = reinterpret_cast<float*>(b + L.s_coarse);
+  p.coarse_w = reinterpret_cast<float*>(b + L.coarse_w);
   p.kept_coarse = reinterpret_cast<uint8_t*>(b + L.kept_coarse);
   p.kc = reinterpret_cast<int32_t*>(b + L.kc);
   p.n_kc = reinterpret_cast<int32_t*>(b + L.n_kc);
