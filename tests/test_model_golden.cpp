@@ -147,6 +147,10 @@ TEST(ModelGolden, PerplexityWithinOnePercentOfTransformers) {
   std::ifstream in(test::source_path("tests/data/golden/ppl_text.txt"));
   std::stringstream ss;
   ss << in.rdbuf();
+  const std::vector<int32_t> ids = e->tokenizer().encode(ss.str(), false, false);
+  ASSERT_EQ((int64_t)ids.size(), g["n_tokens_total"].get<int64_t>()) << "tokenization differs";
+  const std::vector<int32_t> first = g["first_token_ids"];
+  ASSERT_TRUE(std::equal(first.begin(), first.end(), ids.begin()));
   auto r = perplexity(*e, ss.str(), 512, nullptr);
   ASSERT_TRUE(r.ok()) << r.status().message();
   const double ref = g["ctx"]["512"]["ppl"];
