@@ -28,18 +28,24 @@ HeadCentroidsView head_view(const SqueezedContext& sc, const HeadClusters& hc) {
   v.fine_offsets = hc.fine_offsets.data();
   v.coarse_centroids = hc.coarse_centroids.data();
   v.coarse_ranges = hc.coarse_ranges.data();
+  v.fine_var = hc.fine_var.empty() ? nullptr : hc.fine_var.data();
+  v.coarse_var = hc.coarse_var.empty() ? nullptr : hc.coarse_var.data();
   return v;
 }
 
 void gather_group_queries(const float* q, int64_t t0, int64_t t1, int n_head, int n_head_kv,
-                          int64_t head_dim, int h, float* out) {
+                          int64_t head_dim, int h, float* out, Estimator est) {
   const int group = n_head / n_head_kv;
   const float scale = 1.0f / std::sqrt((float)head_dim);
+  const int64_t dim = estimator_dim(est, head_dim);
   for (int64_t t = t0; t < t1; t++)
     for (int g = 0; g < group; g++) {
       const float* src = q + (t * n_head + (int64_t)h * group + g) * head_dim;
-      float* dst = out + ((t - t0) * group + g) * head_dim;
+      float* dst = out + ((t - t0) * group + g) * dim;
       for (int64_t x = 0; x < head_dim; x++) dst[x] = src[x] * scale;
+      // Same arithmetic as augment_queries on the scaled row.
+      if (dim != head_dim)
+        for (int64_t x = 0; x < head_dim; x++) dst[head_dim + x] = 0.5f * dst[x] * dst[x];
     }
 }
 
@@ -81,13 +87,17 @@ double calib_percentile_for_budget(const CalibTable& t, double fraction, int lev
   return best_p;
 }
 
-Status calibrate(const ContextCapture& cap, SqueezedContext& sc, const CompileProgress& progress) {
+namespace {
+
+// One estimator's table (T) from the window's queries.
+void calibrate_estimator(const ContextCapture& cap, const SqueezedContext& sc, Estimator est,
+                         CalibTable& T) {
   const int64_t jobs = (int64_t)sc.n_layer * sc.n_head_kv;
   const int group = sc.n_head / sc.n_head_kv;
-  const int64_t d = sc.head_dim;
+  const int64_t hd = sc.head_dim;
+  const int64_t d = estimator_dim(est, hd);  // floats per scoring vector
   const int64_t nqv = sc.n_obs * group;
   const int kf = sc.n_fine, kc = sc.n_coarse;
-  CalibTable& T = sc.calib;
   T.percentiles = calib_percentile_grid();
   const size_t G = T.percentiles.size();
 
@@ -104,9 +114,9 @@ Status calibrate(const ContextCapture& cap, SqueezedContext& sc, const CompilePr
     for (int64_t job = 0; job < jobs; job++) {
       const int l = (int)(job / sc.n_head_kv), h = (int)(job % sc.n_head_kv);
       const HeadCentroidsView v = head_view(sc, sc.heads[(size_t)job]);
-      ht[(size_t)job].build(v);
-      gather_group_queries(cap.q_obs[(size_t)l].data(), 0, sc.n_obs, sc.n_head, sc.n_head_kv, d, h,
-                           Q.data());
+      ht[(size_t)job].build(v, est);
+      gather_group_queries(cap.q_obs[(size_t)l].data(), 0, sc.n_obs, sc.n_head, sc.n_head_kv, hd, h,
+                           Q.data(), est);
       sf[(size_t)job].resize((size_t)kf);
       scorer.score_fine_all(v, ht[(size_t)job], Q.data(), nqv, sf[(size_t)job].data());
       if (kc > 0) {
@@ -115,7 +125,6 @@ Status calibrate(const ContextCapture& cap, SqueezedContext& sc, const CompilePr
       }
     }
   }
-  if (progress) progress("calibrate", 1, 2);
 
   // Global size-weighted distributions and their quantiles.
   const double W = (double)jobs * (double)sc.n_clustered;
@@ -167,8 +176,8 @@ Status calibrate(const ContextCapture& cap, SqueezedContext& sc, const CompilePr
         const int l = (int)(job / sc.n_head_kv), h = (int)(job % sc.n_head_kv);
         const HeadClusters& hc = sc.heads[(size_t)job];
         const HeadCentroidsT& t = ht[(size_t)job];
-        gather_group_queries(cap.q_obs[(size_t)l].data(), 0, sc.n_obs, sc.n_head, sc.n_head_kv, d,
-                             h, Q.data());
+        gather_group_queries(cap.q_obs[(size_t)l].data(), 0, sc.n_obs, sc.n_head, sc.n_head_kv, hd,
+                             h, Q.data(), est);
         cpu::centroid_dots(Q.data(), nqv, d, d, t.fine_t.data(), kf, 0, kf, Lf.data(), kf);
         cpu::centroid_dots(Q.data(), nqv, d, d, t.coarse_t.data(), kc, 0, kc, Lc.data(), kc);
         for (int64_t q = 0; q < nqv; q++) {
@@ -228,6 +237,16 @@ Status calibrate(const ContextCapture& cap, SqueezedContext& sc, const CompilePr
       T.kept_hier[g] = k / W;
     }
   }
+}
+
+}  // namespace
+
+Status calibrate(const ContextCapture& cap, SqueezedContext& sc, const CompileProgress& progress) {
+  // Both estimators are calibrated so a lookup can pick either with a correct
+  // threshold and budget -> percentile mapping.
+  calibrate_estimator(cap, sc, Estimator::kMean, sc.calib);
+  if (progress) progress("calibrate", 1, 2);
+  calibrate_estimator(cap, sc, Estimator::kMeanVar, sc.calib_var);
   if (progress) progress("calibrate", 2, 2);
   return Status::Ok();
 }

@@ -13,8 +13,9 @@ Status calibrate(const ContextCapture& cap, SqueezedContext& sc, const CompilePr
 HeadCentroidsView head_view(const SqueezedContext& sc, const HeadClusters& hc);
 
 // Query vectors of KV head h for tokens [t0, t1) of q ([n_tok, n_head, head_dim]), scaled by
-// 1/sqrt(head_dim), token-major then group head: out [(t1 - t0) * group, head_dim].
+// 1/sqrt(head_dim), token-major then group head, augmented for the estimator (augment_queries):
+// out [(t1 - t0) * group, estimator_dim(est, head_dim)].
 void gather_group_queries(const float* q, int64_t t0, int64_t t1, int n_head, int n_head_kv,
-                          int64_t head_dim, int h, float* out);
+                          int64_t head_dim, int h, float* out, Estimator est = Estimator::kMean);
 
 }  // namespace sqz

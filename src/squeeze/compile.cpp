@@ -15,6 +15,26 @@
 
 namespace sqz {
 
+const char* estimator_name(Estimator e) {
+  switch (e) {
+    case Estimator::kMean:
+      return "mean";
+    case Estimator::kMeanVar:
+      return "mean_var";
+    default:
+      return "auto";
+  }
+}
+
+bool parse_estimator(const std::string& s, Estimator* out) {
+  for (Estimator e : {Estimator::kAuto, Estimator::kMean, Estimator::kMeanVar})
+    if (s == estimator_name(e)) {
+      *out = e;
+      return true;
+    }
+  return false;
+}
+
 namespace {
 
 double now_s() {
@@ -51,6 +71,8 @@ Status validate(const ContextCapture& cap, const CompileParams& p) {
                  p.coarse);
   if (p.kv_type != DType::kF16 && p.kv_type != DType::kF32)
     return Error(Code::kInvalidArgument, "kv_type must be f16 or f32");
+  if (p.estimator != Estimator::kMean && p.estimator != Estimator::kMeanVar)
+    return Error(Code::kInvalidArgument, "estimator must be mean or mean_var (the pack's default)");
   if (p.max_iters < 1 || !(p.tol >= 0) || p.n_threads < 1)
     return Error(Code::kInvalidArgument, "max_iters {} / tol {} / n_threads {} out of range",
                  p.max_iters, p.tol, p.n_threads);
@@ -90,6 +112,22 @@ struct ClusterScratch {
   std::vector<float> X;     // [n_clustered, head_dim] normalised keys
   std::vector<double> acc;  // [n_fine, head_dim] raw-key sums
 };
+
+// Per-dimension population variance of raw key rows [r0, r1) (of perm order) around `mean`
+// ([d], double): two-pass (sum of squared deviations), so identical keys give exactly 0.
+void rows_variance(const float* raw, const int32_t* perm, int32_t r0, int32_t r1, int64_t d,
+                   const double* mean, std::vector<double>& tmp, float* out) {
+  tmp.assign((size_t)d, 0.0);
+  for (int32_t r = r0; r < r1; r++) {
+    const float* x = raw + (int64_t)perm[r] * d;
+    for (int64_t t = 0; t < d; t++) {
+      const double e = (double)x[t] - mean[t];
+      tmp[(size_t)t] += e * e;
+    }
+  }
+  const double n = (double)(r1 - r0);
+  for (int64_t t = 0; t < d; t++) out[t] = (float)(tmp[(size_t)t] / n);
+}
 
 // Clusters one (layer, KV head). raw: [n, d] keys in original order.
 void cluster_head(const float* raw, int64_t n, int64_t d, int k_f, int k_c, int layer, int head,
@@ -151,15 +189,27 @@ void cluster_head(const float* raw, int64_t n, int64_t d, int k_f, int k_c, int 
     for (int64_t t = 0; t < d; t++)
       out.fine_centroids[(size_t)(j * d + t)] =
           (float)(s.acc[(size_t)(j * d + t)] / (double)out.fine_sizes[(size_t)j]);
+  // Variances around the double means (Estimator::kMeanVar).
+  out.fine_var.resize((size_t)(k_f * d));
+  std::vector<double> mean((size_t)d), tmp;
+  for (int j = 0; j < k_f; j++) {
+    for (int64_t t = 0; t < d; t++)
+      mean[(size_t)t] = s.acc[(size_t)(j * d + t)] / (double)out.fine_sizes[(size_t)j];
+    rows_variance(raw, out.perm.data(), out.fine_offsets[(size_t)j],
+                  out.fine_offsets[(size_t)j + 1], d, mean.data(), tmp,
+                  out.fine_var.data() + (int64_t)j * d);
+  }
 
   out.coarse_ranges.assign(1, 0);
   out.coarse_centroids.clear();
+  out.coarse_var.clear();
   if (k_c > 0) {
     out.coarse_ranges.assign((size_t)k_c + 1, 0);
     for (int j = 0; j < k_f; j++)
       out.coarse_ranges[(size_t)coarse_of[(size_t)order[(size_t)j]] + 1]++;
     for (int c = 0; c < k_c; c++) out.coarse_ranges[(size_t)c + 1] += out.coarse_ranges[(size_t)c];
     out.coarse_centroids.assign((size_t)(k_c * d), 0.0f);
+    out.coarse_var.assign((size_t)(k_c * d), 0.0f);
     std::vector<double> a((size_t)d);
     for (int c = 0; c < k_c; c++) {
       std::fill(a.begin(), a.end(), 0.0);
@@ -168,8 +218,15 @@ void cluster_head(const float* raw, int64_t n, int64_t d, int k_f, int k_c, int 
         for (int64_t t = 0; t < d; t++) a[(size_t)t] += s.acc[(size_t)(j * d + t)];
         size += out.fine_sizes[(size_t)j];
       }
-      for (int64_t t = 0; t < d; t++)
-        out.coarse_centroids[(size_t)(c * d + t)] = (float)(a[(size_t)t] / size);
+      for (int64_t t = 0; t < d; t++) {
+        a[(size_t)t] /= size;
+        out.coarse_centroids[(size_t)(c * d + t)] = (float)a[(size_t)t];
+      }
+      // A coarse cluster's keys are the contiguous rows of its children.
+      rows_variance(raw, out.perm.data(),
+                    out.fine_offsets[(size_t)out.coarse_ranges[(size_t)c]],
+                    out.fine_offsets[(size_t)out.coarse_ranges[(size_t)c + 1]], d, a.data(), tmp,
+                    out.coarse_var.data() + (int64_t)c * d);
     }
   }
   out.fine_iters = fine.iters;

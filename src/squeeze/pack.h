@@ -16,7 +16,8 @@
 namespace sqz {
 
 inline constexpr char kPackMagic[8] = {'S', 'Q', 'Z', 'P', 'A', 'C', 'K', '\0'};
-inline constexpr uint32_t kPackVersion = 1;
+// 2: per-cluster key variances and a second calibration table (Estimator::kMeanVar).
+inline constexpr uint32_t kPackVersion = 2;
 
 // Section ids (stable: they are written to files).
 enum class PackSection : uint32_t {
@@ -33,8 +34,12 @@ enum class PackSection : uint32_t {
   kKObs = 11,            // [n_layer, n_head_kv, n_obs, head_dim] kv_type
   kVObs = 12,            // [n_layer, n_head_kv, n_obs, head_dim] kv_type
   kCalib = 13,           // [5, n_grid] f64: percentiles, fine/coarse thresholds, kept fractions
+                         // (Estimator::kMean)
+  kFineVar = 14,         // [n_layer, n_head_kv, n_fine, head_dim] f32 per-dimension key variance
+  kCoarseVar = 15,       // [n_layer, n_head_kv, n_coarse, head_dim] f32 per-dimension variance
+  kCalibVar = 16,        // [5, n_grid] f64: as kCalib, for Estimator::kMeanVar
 };
-inline constexpr uint32_t kPackSectionCount = 13;
+inline constexpr uint32_t kPackSectionCount = 16;
 // Name used in error messages and docs ("k_clustered"); "unknown" for other ids.
 const char* pack_section_name(uint32_t id);
 
@@ -69,7 +74,15 @@ class Pack {
   const PackFingerprint& fingerprint() const { return fp_; }
   const CompileParams& compile_params() const { return params_; }
   const CompileStats& stats() const { return stats_; }
-  const CalibTable& calibration() const { return calib_; }
+  // The default estimator (compile_params().estimator) and kAuto resolved to it.
+  Estimator estimator() const { return params_.estimator; }
+  Estimator resolve_estimator(Estimator e) const {
+    return e == Estimator::kAuto ? params_.estimator : e;
+  }
+  // Calibration table of an estimator (kAuto: the default's).
+  const CalibTable& calibration(Estimator e = Estimator::kAuto) const {
+    return resolve_estimator(e) == Estimator::kMeanVar ? calib_var_ : calib_;
+  }
 
   // Clustered keys/values of (layer, KV head): n_clustered rows, cluster-contiguous.
   KvHeadView clustered_kv(int layer, int h) const;
@@ -81,13 +94,19 @@ class Pack {
   const float* fine_sizes(int layer, int h) const;        // [n_fine]
   const float* coarse_centroids(int layer, int h) const;  // [n_coarse, head_dim]
   const int32_t* coarse_ranges(int layer, int h) const;   // [n_coarse + 1] fine boundaries
-  HeadCentroidsView centroids_view(int layer, int h) const;
+  const float* fine_var(int layer, int h) const;          // [n_fine, head_dim]
+  const float* coarse_var(int layer, int h) const;        // [n_coarse, head_dim]
+  HeadCentroidsView centroids_view(int layer, int h) const;  // with the variances
 
-  double threshold_for(double percentile, CentroidLevel level) const {
-    return calib_threshold(calib_, percentile, level);
+  // Thresholds and budget mapping of one estimator's table (kAuto: the default's). A lookup
+  // must use the table of the estimator it scores with.
+  double threshold_for(double percentile, CentroidLevel level,
+                       Estimator e = Estimator::kAuto) const {
+    return calib_threshold(calibration(e), percentile, level);
   }
-  double percentile_for_budget(double fraction, int levels = 2) const {
-    return calib_percentile_for_budget(calib_, fraction, levels);
+  double percentile_for_budget(double fraction, int levels = 2,
+                               Estimator e = Estimator::kAuto) const {
+    return calib_percentile_for_budget(calibration(e), fraction, levels);
   }
 
  private:
@@ -103,7 +122,8 @@ class Pack {
   PackFingerprint fp_;
   CompileParams params_;
   CompileStats stats_;
-  CalibTable calib_;
+  CalibTable calib_;      // Estimator::kMean
+  CalibTable calib_var_;  // Estimator::kMeanVar
   const uint8_t* sec_[kPackSectionCount + 1] = {};  // section data by id
   const int32_t* tokens_ = nullptr;
 };

@@ -44,7 +44,8 @@ T get(const uint8_t* p) {
 const char* kSectionNames[kPackSectionCount + 1] = {
     "unknown",       "meta",         "tokens",         "k_clustered", "v_clustered",
     "perm",          "fine_offsets", "fine_centroids", "fine_sizes",  "coarse_centroids",
-    "coarse_ranges", "k_obs",        "v_obs",          "calib"};
+    "coarse_ranges", "k_obs",        "v_obs",          "calib",       "fine_var",
+    "coarse_var",    "calib_var"};
 
 double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -222,7 +223,8 @@ json make_meta(const SqueezedContext& sc, const PackFingerprint& fp) {
   m["compile_params"] = {{"clusters", p.clusters},     {"coarse", p.coarse},
                          {"obs_window", p.obs_window}, {"kv_type", kv_name(p.kv_type)},
                          {"seed", hex64(p.seed)},      {"n_threads", p.n_threads},
-                         {"max_iters", p.max_iters},   {"tol", p.tol}};
+                         {"max_iters", p.max_iters},   {"tol", p.tol},
+                         {"estimator", estimator_name(p.estimator)}};
   const CompileStats& s = sc.stats;
   m["stats"] = {{"kmeans_s", s.kmeans_s},
                 {"calib_s", s.calib_s},
@@ -351,16 +353,30 @@ Status pack_write(const SqueezedContext& sc, const ContextCapture& cap, const Pa
   tick();
   SQZ_RETURN_IF_ERROR(section(PackSection::kVObs, [&] { return write_rows(cap.v, false); }));
   tick();
-  SQZ_RETURN_IF_ERROR(section(PackSection::kCalib, [&]() -> Status {
-    const CalibTable& t = sc.calib;
-    for (const auto* a :
-         {&t.percentiles, &t.fine_threshold, &t.coarse_threshold, &t.kept_fine, &t.kept_hier}) {
-      if (a->size() != t.percentiles.size())
-        return Error(Code::kInternal, "calibration table columns differ in length");
-      SQZ_RETURN_IF_ERROR(w.write(a->data(), a->size() * sizeof(double)));
-    }
-    return Status::Ok();
-  }));
+  auto calib_section = [&](PackSection id, const CalibTable& t) -> Status {
+    return section(id, [&]() -> Status {
+      if (t.percentiles.size() != sc.calib.percentiles.size())
+        return Error(Code::kInternal, "calibration tables differ in length");
+      for (const auto* a :
+           {&t.percentiles, &t.fine_threshold, &t.coarse_threshold, &t.kept_fine, &t.kept_hier}) {
+        if (a->size() != t.percentiles.size())
+          return Error(Code::kInternal, "calibration table columns differ in length");
+        SQZ_RETURN_IF_ERROR(w.write(a->data(), a->size() * sizeof(double)));
+      }
+      return Status::Ok();
+    });
+  };
+  SQZ_RETURN_IF_ERROR(calib_section(PackSection::kCalib, sc.calib));
+  tick();
+  for (const HeadClusters& hc : sc.heads)
+    if (hc.fine_var.size() != hc.fine_centroids.size() ||
+        hc.coarse_var.size() != hc.coarse_centroids.size())
+      return Error(Code::kInvalidArgument, "pack_write: cluster variances missing");
+  SQZ_RETURN_IF_ERROR(per_head(PackSection::kFineVar, &HeadClusters::fine_var));
+  tick();
+  SQZ_RETURN_IF_ERROR(per_head(PackSection::kCoarseVar, &HeadClusters::coarse_var));
+  tick();
+  SQZ_RETURN_IF_ERROR(calib_section(PackSection::kCalibVar, sc.calib_var));
   tick();
   SQZ_RETURN_IF_ERROR(w.finish());
   if (stats) {
@@ -425,8 +441,10 @@ Status Pack::load() {
   const uint32_t version = get<uint32_t>(b + 8);
   if (version != kPackVersion)
     return Error(Code::kMismatch,
-                 "{}: pack format version {}; this build reads version {} (recompile the context)",
-                 path, version, kPackVersion);
+                 "{}: pack format version {} ({} build); this build reads version {} "
+                 "(recompile the context)",
+                 path, version, version < kPackVersion ? "written by an older" : "needs a newer",
+                 kPackVersion);
   const uint32_t n_sec = get<uint32_t>(b + 12);
   const uint32_t hb = get<uint32_t>(b + 24);
   if (n_sec == 0 || n_sec > kMaxSections || hb != kHeaderFixed + kEntryBytes * n_sec || hb > size)
@@ -555,6 +573,11 @@ Status Pack::load() {
     params_.n_threads = r.get<int>("n_threads");
     params_.max_iters = r.get<int>("max_iters");
     params_.tol = r.get<double>("tol");
+    const std::string est = r.get<std::string>("estimator");
+    if (r.st.ok() && (!parse_estimator(est, &params_.estimator) ||
+                      params_.estimator == Estimator::kAuto))
+      return Error(Code::kFormat, "{}: section 'meta': compile_params.estimator '{}' is not "
+                   "mean/mean_var", path, est);
     MetaReader s{m["stats"], "stats", {}};
     stats_.kmeans_s = s.get<double>("kmeans_s");
     stats_.calib_s = s.get<double>("calib_s");
@@ -603,6 +626,9 @@ Status Pack::load() {
       H * ((u128)n_coarse_ + 1) * 4,
       H * (u128)n_obs_ * d * esz,
       H * (u128)n_obs_ * d * esz,
+      5 * (u128)n_grid * 8,
+      H * (u128)n_fine_ * d * 4,
+      H * (u128)n_coarse_ * d * 4,
       5 * (u128)n_grid * 8,
   };
   for (uint32_t id = 2; id <= kPackSectionCount; id++)
@@ -661,26 +687,48 @@ Status Pack::load() {
           if (!std::isfinite(arr[i]))
             return Error(Code::kFormat, "{}: section '{}': layer {} head {} non-finite value", path,
                          name, l, h);
+      // Variances enter exp() through ½ q² v: negative or non-finite values would make the
+      // estimator meaningless (or NaN).
+      for (const auto& [arr, cnt, name] :
+           {std::tuple{fine_var(l, h), (int64_t)n_fine_ * head_dim_, "fine_var"},
+            std::tuple{coarse_var(l, h), (int64_t)n_coarse_ * head_dim_, "coarse_var"}})
+        for (int64_t i = 0; i < cnt; i++)
+          if (!(arr[i] >= 0.0f && std::isfinite(arr[i])))
+            return Error(Code::kFormat,
+                         "{}: section '{}': layer {} head {} negative or non-finite variance",
+                         path, name, l, h);
     }
-  const double* cal = (const double*)sec_[(uint32_t)PackSection::kCalib];
-  auto col = [&](int c) { return std::vector<double>(cal + c * n_grid, cal + (c + 1) * n_grid); };
-  calib_.percentiles = col(0);
-  calib_.fine_threshold = col(1);
-  calib_.coarse_threshold = col(2);
-  calib_.kept_fine = col(3);
-  calib_.kept_hier = col(4);
-  for (int64_t g = 0; g < n_grid; g++) {
-    const bool ok = calib_.percentiles[g] >= 0 && calib_.percentiles[g] < 1 &&
-                    (g == 0 || calib_.percentiles[g] > calib_.percentiles[g - 1]) &&
-                    std::isfinite(calib_.fine_threshold[g]) && calib_.fine_threshold[g] >= 0 &&
-                    std::isfinite(calib_.coarse_threshold[g]) && calib_.coarse_threshold[g] >= 0 &&
-                    (g == 0 || (calib_.fine_threshold[g] >= calib_.fine_threshold[g - 1] &&
-                                calib_.coarse_threshold[g] >= calib_.coarse_threshold[g - 1])) &&
-                    calib_.kept_fine[g] >= 0 && calib_.kept_fine[g] <= 1 &&
-                    calib_.kept_hier[g] >= 0 && calib_.kept_hier[g] <= 1;
-    if (!ok)
-      return Error(Code::kFormat, "{}: section 'calib': row {} invalid or not monotone", path, g);
-  }
+  auto load_calib = [&](PackSection id, CalibTable& t) -> Status {
+    const double* cal = (const double*)sec_[(uint32_t)id];
+    auto col = [&](int c) {
+      return std::vector<double>(cal + c * n_grid, cal + (c + 1) * n_grid);
+    };
+    t.percentiles = col(0);
+    t.fine_threshold = col(1);
+    t.coarse_threshold = col(2);
+    t.kept_fine = col(3);
+    t.kept_hier = col(4);
+    for (int64_t g = 0; g < n_grid; g++) {
+      const bool ok = t.percentiles[g] >= 0 && t.percentiles[g] < 1 &&
+                      (g == 0 || t.percentiles[g] > t.percentiles[g - 1]) &&
+                      std::isfinite(t.fine_threshold[g]) && t.fine_threshold[g] >= 0 &&
+                      std::isfinite(t.coarse_threshold[g]) && t.coarse_threshold[g] >= 0 &&
+                      (g == 0 || (t.fine_threshold[g] >= t.fine_threshold[g - 1] &&
+                                  t.coarse_threshold[g] >= t.coarse_threshold[g - 1])) &&
+                      t.kept_fine[g] >= 0 && t.kept_fine[g] <= 1 && t.kept_hier[g] >= 0 &&
+                      t.kept_hier[g] <= 1;
+      if (!ok)
+        return Error(Code::kFormat, "{}: section '{}': row {} invalid or not monotone", path,
+                     pack_section_name((uint32_t)id), g);
+    }
+    return Status::Ok();
+  };
+  SQZ_RETURN_IF_ERROR(load_calib(PackSection::kCalib, calib_));
+  SQZ_RETURN_IF_ERROR(load_calib(PackSection::kCalibVar, calib_var_));
+  // Both tables are computed on the same grid.
+  if (calib_.percentiles != calib_var_.percentiles)
+    return Error(Code::kFormat, "{}: section 'calib_var': percentile grid differs from 'calib'",
+                 path);
   return Status::Ok();
 }
 
@@ -718,6 +766,14 @@ const int32_t* Pack::coarse_ranges(int layer, int h) const {
   return (const int32_t*)sec_[(uint32_t)PackSection::kCoarseRanges] +
          head_index(layer, h) * (size_t)(n_coarse_ + 1);
 }
+const float* Pack::fine_var(int layer, int h) const {
+  return (const float*)sec_[(uint32_t)PackSection::kFineVar] +
+         head_index(layer, h) * (size_t)n_fine_ * head_dim_;
+}
+const float* Pack::coarse_var(int layer, int h) const {
+  return (const float*)sec_[(uint32_t)PackSection::kCoarseVar] +
+         head_index(layer, h) * (size_t)n_coarse_ * head_dim_;
+}
 HeadCentroidsView Pack::centroids_view(int layer, int h) const {
   HeadCentroidsView v;
   v.n_fine = n_fine_;
@@ -728,6 +784,8 @@ HeadCentroidsView Pack::centroids_view(int layer, int h) const {
   v.fine_offsets = fine_offsets(layer, h);
   v.coarse_centroids = coarse_centroids(layer, h);
   v.coarse_ranges = coarse_ranges(layer, h);
+  v.fine_var = fine_var(layer, h);
+  v.coarse_var = coarse_var(layer, h);
   return v;
 }
 

@@ -8,16 +8,41 @@
 
 namespace sqz {
 
-void HeadCentroidsT::build(const HeadCentroidsView& v) {
-  fine_t.assign((size_t)cpu::centroid_transposed_size(v.n_fine, v.head_dim), 0.0f);
-  if (v.n_fine > 0)
-    cpu::centroids_transpose(v.fine_centroids, v.n_fine, v.head_dim, v.head_dim, fine_t.data());
+namespace {
+
+// Transposed [mean; variance] rows: the mean block, then (kMeanVar) the variance block right
+// below it, so the kernels see one matrix of `dim` rows. centroids_transpose zeroes its own
+// block plus one tile of slack, which the second call then overwrites.
+void transpose_level(const float* C, const float* V, int64_t k, int64_t d, bool var,
+                     std::vector<float>& out) {
+  const int64_t dim = var ? 2 * d : d;
+  out.assign((size_t)cpu::centroid_transposed_size(k, dim), 0.0f);
+  if (k <= 0) return;
+  cpu::centroids_transpose(C, k, d, d, out.data());
+  if (var) cpu::centroids_transpose(V, k, d, d, out.data() + d * cpu::centroid_padded_cols(k));
+}
+
+}  // namespace
+
+void augment_queries(const float* Q, int64_t nqv, int64_t head_dim, Estimator est, float* out) {
+  const int64_t dim = estimator_dim(est, head_dim);
+  for (int64_t i = 0; i < nqv; i++) {
+    const float* q = Q + i * head_dim;
+    float* o = out + i * dim;
+    for (int64_t t = 0; t < head_dim; t++) o[t] = q[t];
+    if (dim != head_dim)
+      for (int64_t t = 0; t < head_dim; t++) o[head_dim + t] = 0.5f * q[t] * q[t];
+  }
+}
+
+void HeadCentroidsT::build(const HeadCentroidsView& v, Estimator est) {
+  const bool var = est == Estimator::kMeanVar;
+  dim = estimator_dim(est, v.head_dim);
+  transpose_level(v.fine_centroids, v.fine_var, v.n_fine, v.head_dim, var, fine_t);
   coarse_t.clear();
   coarse_sizes.clear();
   if (v.n_coarse > 0) {
-    coarse_t.assign((size_t)cpu::centroid_transposed_size(v.n_coarse, v.head_dim), 0.0f);
-    cpu::centroids_transpose(v.coarse_centroids, v.n_coarse, v.head_dim, v.head_dim,
-                             coarse_t.data());
+    transpose_level(v.coarse_centroids, v.coarse_var, v.n_coarse, v.head_dim, var, coarse_t);
     coarse_sizes.resize((size_t)v.n_coarse);
     for (int c = 0; c < v.n_coarse; c++) {
       double s = 0.0;
@@ -33,7 +58,7 @@ void ClusterScorer::score_fine_all(const HeadCentroidsView& v, const HeadCentroi
   std::fill(scores, scores + k, 0.0);
   if (nqv <= 0 || k <= 0) return;
   lf_.resize((size_t)(nqv * k));
-  cpu::centroid_dots(Q, nqv, v.head_dim, v.head_dim, t.fine_t.data(), k, 0, k, lf_.data(), k);
+  cpu::centroid_dots(Q, nqv, t.dim, t.dim, t.fine_t.data(), k, 0, k, lf_.data(), k);
   for (int64_t q = 0; q < nqv; q++) {
     float* l = lf_.data() + q * k;
     float m = -std::numeric_limits<float>::infinity();
@@ -57,7 +82,7 @@ void ClusterScorer::score_coarse(const HeadCentroidsView& v, const HeadCentroids
   if (nqv <= 0 || k <= 0) return;
   lc_.resize((size_t)(nqv * k));
   ec_.resize((size_t)k);
-  cpu::centroid_dots(Q, nqv, v.head_dim, v.head_dim, t.coarse_t.data(), k, 0, k, lc_.data(), k);
+  cpu::centroid_dots(Q, nqv, t.dim, t.dim, t.coarse_t.data(), k, 0, k, lc_.data(), k);
   for (int64_t q = 0; q < nqv; q++) {
     const float* l = lc_.data() + q * k;
     float m = -std::numeric_limits<float>::infinity();
@@ -98,7 +123,7 @@ int64_t ClusterScorer::score_fine_hier(const HeadCentroidsView& v, const HeadCen
   if (nqv <= 0) return compared;
   lf_.resize((size_t)(nqv * k));
   for (size_t r = 0; r < cols_.size(); r += 2)
-    cpu::centroid_dots(Q, nqv, v.head_dim, v.head_dim, t.fine_t.data(), k, cols_[r], cols_[r + 1],
+    cpu::centroid_dots(Q, nqv, t.dim, t.dim, t.fine_t.data(), k, cols_[r], cols_[r + 1],
                        lf_.data() + cols_[r], k);
   for (int64_t q = 0; q < nqv; q++) {
     float* l = lf_.data() + q * k;

@@ -1,7 +1,9 @@
 // Estimated attention scores of key clusters for a set of query vectors (one KV head).
 //
 // For one query vector q (already multiplied by 1/sqrt(head_dim)) and cluster j with
-// representative centroid c_j (mean of its raw keys) and n_j keys, logit l_j = q·c_j and
+// representative centroid c_j (mean of its raw keys), per-dimension key variance v_j and n_j
+// keys, the logit is l_j = q·c_j (Estimator::kMean) or l_j = q·c_j + ½ Σ_t q_t² v_jt
+// (Estimator::kMeanVar), and
 //   s_j(q) = exp(l_j) / sum_i n_i exp(l_i)
 // estimates the softmax weight of each key of cluster j among the clustered keys (the
 // observation window and user tokens are always attended and stay out of the denominator).
@@ -13,10 +15,17 @@
 //   D(q) = sum_{compared j} n_j exp(l_j) + sum_{pruned C} N_C exp(L_C).
 // With every coarse cluster surviving this is exactly the single-level estimator (same
 // operations in the same order, hence bit-identical).
+//
+// kMeanVar needs no separate code path: l_j is the dot product of the augmented query
+// [q, ½ q∘q] with the augmented centroid [c_j, v_j] (2·head_dim floats), so the scorer just
+// works on vectors of HeadCentroidsT::dim floats. With v_j = 0 the extra terms add exact zeros
+// and the logits equal kMean's bit for bit.
 #pragma once
 
 #include <cstdint>
 #include <vector>
+
+#include "squeeze/squeeze.h"
 
 namespace sqz {
 
@@ -30,20 +39,37 @@ struct HeadCentroidsView {
   const int32_t* fine_offsets = nullptr;    // [n_fine + 1] row boundaries
   const float* coarse_centroids = nullptr;  // [n_coarse, head_dim] f32 mean of raw keys
   const int32_t* coarse_ranges = nullptr;   // [n_coarse + 1] fine-cluster boundaries
+  // Per-dimension variances of the raw keys (needed by Estimator::kMeanVar only).
+  const float* fine_var = nullptr;    // [n_fine, head_dim] f32
+  const float* coarse_var = nullptr;  // [n_coarse, head_dim] f32
 };
 
-// Centroids of one head transposed for the SIMD kernels (cpu::centroids_transpose layout).
+// Centroids of one head transposed for the SIMD kernels (cpu::centroids_transpose layout),
+// for one estimator: rows [0, head_dim) are the means, rows [head_dim, 2 head_dim) the
+// variances (kMeanVar only).
 struct HeadCentroidsT {
-  std::vector<float> fine_t;        // [head_dim, padded n_fine] (+ tile slack)
-  std::vector<float> coarse_t;      // [head_dim, padded n_coarse] (+ tile slack)
+  int64_t dim = 0;                  // floats per scoring vector: head_dim, or 2·head_dim (kMeanVar)
+  std::vector<float> fine_t;        // [dim, padded n_fine] (+ tile slack)
+  std::vector<float> coarse_t;      // [dim, padded n_coarse] (+ tile slack)
   std::vector<float> coarse_sizes;  // [n_coarse] keys per coarse cluster
-  void build(const HeadCentroidsView& v);
+  // est: kMean or kMeanVar (kMeanVar requires v.fine_var and, with coarse clusters,
+  // v.coarse_var).
+  void build(const HeadCentroidsView& v, Estimator est = Estimator::kMean);
 };
+
+// Scoring vectors from scaled queries: out[i] = Q[i] (kMean) or [Q[i], ½ Q[i]∘Q[i]] (kMeanVar).
+// Q: [nqv, head_dim]; out: [nqv, estimator_dim(est, head_dim)].
+inline int64_t estimator_dim(Estimator est, int64_t head_dim) {
+  return est == Estimator::kMeanVar ? 2 * head_dim : head_dim;
+}
+void augment_queries(const float* Q, int64_t nqv, int64_t head_dim, Estimator est, float* out);
 
 // Scratch for scoring one head at a time; grows on demand, never shrinks (reuse across calls).
 class ClusterScorer {
  public:
-  // Single level: scores[j] for every fine cluster j. Q: [nqv, head_dim] scaled queries.
+  // Q is always [nqv, t.dim]: the scaled queries, augmented as augment_queries does for the
+  // estimator t was built for.
+  // Single level: scores[j] for every fine cluster j.
   void score_fine_all(const HeadCentroidsView& v, const HeadCentroidsT& t, const float* Q,
                       int64_t nqv, double* scores);
   // Coarse level: scores[C] for every coarse cluster (coarse denominator). Keeps the coarse

@@ -22,6 +22,23 @@
 
 namespace sqz {
 
+// Cluster-score estimator (docs/squeeze.md, "Cluster scores"). For a scaled query q and cluster
+// j with mean c_j, per-dimension key variance v_j and n_j keys, the logit of the cluster is
+//   kMean:    l_j = q·c_j
+//   kMeanVar: l_j = q·c_j + ½ Σ_t q_t² v_jt   (log E[exp(q·k)] for k ~ N(c_j, diag v_j))
+// and s_j = exp(l_j) / Σ_i n_i exp(l_i). kMeanVar corrects the mean estimator's Jensen bias
+// exp(q·c) <= mean exp(q·k), which is largest for a cluster holding one key that stands out
+// along q: exactly the needle a retrieval question needs. A pack always stores both the
+// variances and a calibration table per estimator, so either can be chosen per lookup.
+enum class Estimator : int {
+  kAuto = 0,     // SelectParams only: the pack's default (its CompileParams::estimator)
+  kMean = 1,     // mean of the raw keys only (the paper's estimator)
+  kMeanVar = 2,  // mean plus diagonal variance
+};
+// "auto", "mean", "mean_var"; parse returns false for anything else.
+const char* estimator_name(Estimator e);
+bool parse_estimator(const std::string& s, Estimator* out);
+
 struct CompileParams {
   double clusters = 0.05;  // < 1: fraction of clustered context keys; >= 1: absolute count
                            // (per layer x KV head)
@@ -32,6 +49,9 @@ struct CompileParams {
   int n_threads = 1;
   int max_iters = 25;  // K-means iteration cap
   double tol = 1e-4;   // stop when relative objective improvement < tol
+  // Estimator lookups use by default (SelectParams::estimator = kAuto); kMean or kMeanVar.
+  // Both are calibrated and stored whatever this says.
+  Estimator estimator = Estimator::kMean;
 };
 
 // Filled by the model's prefill of the fixed context.
@@ -99,7 +119,9 @@ struct HeadClusters {
   std::vector<int32_t> fine_offsets;    // [n_fine + 1] row boundaries
   std::vector<float> fine_centroids;    // [n_fine, head_dim] mean of raw keys
   std::vector<float> fine_sizes;        // [n_fine] keys per cluster
+  std::vector<float> fine_var;          // [n_fine, head_dim] per-dimension variance of raw keys
   std::vector<float> coarse_centroids;  // [n_coarse, head_dim] mean of raw keys
+  std::vector<float> coarse_var;        // [n_coarse, head_dim] per-dimension variance of raw keys
   std::vector<int32_t> coarse_ranges;   // [n_coarse + 1] fine-cluster boundaries
   int fine_iters = 0, coarse_iters = 0;
   double fine_objective = 0, coarse_objective = 0;  // final J (sums, not means)
@@ -113,7 +135,12 @@ struct SqueezedContext {
   int n_fine = 0, n_coarse = 0;
   CompileParams params;
   std::vector<HeadClusters> heads;  // [n_layer * n_head_kv], index layer * n_head_kv + h
-  CalibTable calib;
+  CalibTable calib;      // Estimator::kMean
+  CalibTable calib_var;  // Estimator::kMeanVar
+  const CalibTable& calib_for(Estimator e) const {
+    const Estimator r = e == Estimator::kAuto ? params.estimator : e;
+    return r == Estimator::kMeanVar ? calib_var : calib;
+  }
   CompileStats stats;
 };
 
@@ -144,13 +171,18 @@ struct SelectParams {
   // Not NaN: use this score threshold at both levels instead of the calibrated ones
   // (-inf keeps every cluster: squeezed attention then equals dense attention).
   double threshold_override = std::numeric_limits<double>::quiet_NaN();
+  // Cluster-score estimator; kAuto: the pack's default. Thresholds (and budget -> percentile)
+  // come from that estimator's calibration table.
+  Estimator estimator = Estimator::kAuto;
 };
 
 struct HeadSelection {
   std::vector<RowRange> ranges;    // rows of clustered_kv(layer, h), ascending, disjoint, merged
   int64_t kept_keys = 0;           // rows covered by ranges
   int64_t clusters_kept = 0;       // fine clusters kept
-  int64_t centroids_compared = 0;  // fine + coarse centroids scored (per query vector set)
+  // Centroid vectors read (per query vector set): fine + coarse clusters scored, times 2 with
+  // Estimator::kMeanVar (each cluster is a mean and a variance vector of head_dim floats).
+  int64_t centroids_compared = 0;
 };
 
 struct SelectorImpl;

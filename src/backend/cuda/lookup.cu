@@ -12,21 +12,21 @@ namespace sqz::cuda {
 // unlike clock64) at which thread 0 of any CTA passed it: g_stamp[2e] = min, g_stamp[2e+1] = max.
 // Measures where the plan's latency goes without a profiler (ncu serialises and cold-starts).
 enum StampEvent : int {
-  kStEntry = 0,        // kernel entry (coarse kernel, or the fused kernel)
-  kStWaited = 1,       // past griddepcontrol.wait
-  kStCoarseMain = 2,   // coarse scoring of the CTA's slice done
-  kStCoarseTail = 3,   // last CTA of a head starts the coarse tail
-  kStCoarseL = 4,      // coarse denominators known
-  kStCoarseDone = 5,   // coarse selection published (fused: the head's flag)
-  kStFineStart = 6,    // fine stage may start (fused: flag seen; two kernels: past the wait)
-  kStFineMain = 7,     // fine scoring of the CTA's slice done
-  kStFineTail = 8,     // last CTA of a head starts the fine tail
-  kStFineL = 9,        // fine denominators known
-  kStRanges = 10,      // merged ranges written
-  kStExpand = 11,      // row list written (entry of partition_tail)
-  kStPartStart = 12,   // the last head's CTA starts the partition
-  kStPartEnd = 13,     // partition written
-  kStFineEntry = 14,   // fine kernel entry (two-kernel path only)
+  kStEntry = 0,             // kernel entry (coarse kernel, or the fused kernel)
+  kStWaited = 1,            // past griddepcontrol.wait
+  kStCoarseMain = 2,        // coarse scoring of the CTA's slice done
+  kStCoarseTail = 3,        // last CTA of a head starts the coarse tail
+  kStCoarseL = 4,           // coarse denominators known
+  kStCoarseDone = 5,        // coarse selection published (fused: the head's flag)
+  kStFineStart = 6,         // fine stage may start (fused: flag seen; two kernels: past the wait)
+  kStFineMain = 7,          // fine scoring of the CTA's slice done
+  kStFineTail = 8,          // last CTA of a head starts the fine tail
+  kStFineL = 9,             // fine denominators known
+  kStRanges = 10,           // merged ranges written
+  kStExpand = 11,           // row list written (entry of partition_tail)
+  kStPartStart = 12,        // the last head's CTA starts the partition
+  kStPartEnd = 13,          // partition written
+  kStFineEntry = 14,        // fine kernel entry (two-kernel path only)
   kStFineSelLoaded = 15,    // fused fine tail: first tile's loads (cmp, logits, offsets) arrived
   kStCoarseSelLoaded = 16,  // fused coarse tail: first tile's loads arrived
   kStampEvents = 20
@@ -48,7 +48,6 @@ __device__ __forceinline__ void stamp(int) {}
 namespace {
 
 enum Stage : int { kCoarse = 0, kFineSingle = 1, kFineHier = 2 };
-constexpr int kPartFast = 256;  // merge groups handled by the one-pass partition
 
 // Release / acquire of a per-head flag between CTAs of one grid (gpu scope).
 __device__ __forceinline__ unsigned ld_acquire_gpu(const unsigned* p) {
@@ -298,35 +297,6 @@ __device__ void expand_rows(const PlanDev& p, int h, const int2* R, const int32_
   }
 }
 
-// expand_rows with the range starts and kept-row prefixes in shared memory (s_vs[0..nr], strictly
-// increasing since ranges are non-empty): each warp owns a contiguous span of kept rows, lanes on
-// consecutive rows (coalesced stores), and a lane finds its range by one binary search and then
-// only steps forward. The per-range warp loop above serialises ~3 shuffles and a short store
-// loop per range: ~9 us for ~500 ranges per head at 128K (v6 stamps).
-constexpr int kExpandCap = 4096;  // ranges whose starts fit the fused tail's shared memory
-__device__ void expand_rows_smem(const PlanDev& p, int h, const int* s_b, const int* s_vs, int nr,
-                                 int n_rows) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  int32_t* out = p.rowidx + (int64_t)h * p.n_ctx;
-  const int span = ceil_div_dev(ceil_div_dev(n_rows, nw), 32) * 32;
-  const int v1 = min(n_rows, (warp + 1) * span);
-  int v = warp * span + lane;
-  if (v >= v1 || nr <= 0) return;
-  int lo = 0, hi = nr - 1;  // largest r with s_vs[r] <= v
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) >> 1;
-    if (s_vs[mid] <= v)
-      lo = mid;
-    else
-      hi = mid - 1;
-  }
-  int r = lo;
-  for (; v < v1; v += 32) {
-    while (r + 1 < nr && s_vs[r + 1] <= v) r++;
-    out[v] = s_b[r] + (v - s_vs[r]);
-  }
-}
-
 // Kept fine clusters -> merged row ranges with the kept-row prefix at each range start.
 // A kept cluster starts a new range unless the previous kept cluster ends exactly where it
 // begins (empty clusters in between have no rows and never break a range). Each thread owns IT
@@ -340,8 +310,6 @@ template <int IT, int QT, bool FROM_LOGITS>
 __device__ void select_fine_impl(const LookupArgs& a, int h, bool ident, int n_pos,
                                  const float* s_L) {
   __shared__ int s_scan[33];
-  // Range starts / kept-row prefixes for expand_rows_smem (fused tail only; empty otherwise).
-  __shared__ int s_b[FROM_LOGITS ? kExpandCap : 1], s_vs[FROM_LOGITS ? kExpandCap + 1 : 1];
   const int tid = threadIdx.x;
   const int32_t* fo = a.fine_off + (int64_t)h * (a.p.n_fine + 1);
   const int32_t* cmp = a.p.cmp + (int64_t)h * a.p.n_fine;
@@ -420,10 +388,6 @@ __device__ void select_fine_impl(const LookupArgs& a, int h, bool ident, int n_p
         ridx++;
         R[ridx] = make_int2(b[i], en[i]);
         vs[ridx] = rows;
-        if (FROM_LOGITS && ridx < kExpandCap) {
-          s_b[ridx] = b[i];
-          s_vs[ridx] = rows;
-        }
       }
       rows += en[i] - b[i];
     }
@@ -446,15 +410,11 @@ __device__ void select_fine_impl(const LookupArgs& a, int h, bool ident, int n_p
     a.p.n_ranges[h] = carry_r;
     a.p.n_rows[h] = carry_rows;
     vs[carry_r] = carry_rows;
-    if (FROM_LOGITS && carry_r <= kExpandCap) s_vs[carry_r] = carry_rows;
   }
   __threadfence_block();
   __syncthreads();  // ranges written (and extended atomically) by other threads of this block
   stamp(kStRanges);
-  if (FROM_LOGITS && carry_r <= kExpandCap)
-    expand_rows_smem(a.p, h, s_b, s_vs, carry_r, carry_rows);
-  else
-    expand_rows(a.p, h, R, vs, carry_r);
+  expand_rows(a.p, h, R, vs, carry_r);
 }
 
 __device__ void select_fine(const LookupArgs& a, int stage, int h) {
@@ -501,40 +461,7 @@ __device__ void partition_block(const PlanDev& p, int qtot) {
   __syncthreads();
   const int chunk = s_chunk;
   int carry = 0;
-  const bool fast = n_groups <= (int)blockDim.x && n_groups <= kPartFast;
-  if (fast) {
-    // One group per thread for the scan, then the items spread over all threads (each finds
-    // its group by binary search over the group offsets): one thread writing its group's ~50
-    // items in a row was ~3 us of the decode plan's tail.
-    __shared__ int s_goff[kPartFast + 1], s_rh[kPartFast];
-    const int g = tid;
-    const bool in = g < n_groups;
-    const int Rh = in ? __ldcg(p.n_rows + g / n_qb) : 0;
-    const int ns = in ? max(1, ceil_div_dev(Rh, chunk)) : 0;
-    int tot;
-    const int off = block_exclusive_scan(ns, s_scan, &tot);
-    if (in) {
-      s_goff[g] = off;
-      s_rh[g] = Rh;
-      p.group_off[g] = off;
-    }
-    __syncthreads();
-    const int n_it = min(tot, p.max_items);
-    for (int i = tid; i < n_it; i += blockDim.x) {
-      int lo = 0, hi = n_groups - 1;  // largest group with s_goff <= i (groups own >= 1 item)
-      while (lo < hi) {
-        const int mid = (lo + hi + 1) >> 1;
-        if (s_goff[mid] <= i)
-          lo = mid;
-        else
-          hi = mid - 1;
-      }
-      const int vb = (i - s_goff[lo]) * chunk;
-      p.items[i] = make_int4(lo / n_qb, lo % n_qb, vb, min(s_rh[lo], vb + chunk));
-    }
-    carry = tot;
-  }
-  for (int base = 0; !fast && base < n_groups; base += blockDim.x) {
+  for (int base = 0; base < n_groups; base += blockDim.x) {
     const int g = base + tid;
     const bool in = g < n_groups;
     const int h = in ? g / n_qb : 0, qb = in ? g % n_qb : 0;
@@ -767,14 +694,16 @@ __device__ __forceinline__ void fused_load(const LookupArgs& a, bool coarse, boo
   int idx[U];
 #pragma unroll
   for (int u = 0; u < U; u++)
-    idx[u] = e[u] < e1 ? ((coarse || !hier) ? e[u]
-                                            : __ldcg(a.p.cmp + (int64_t)h * a.p.n_fine + e[u]))
-                       : -1;
+    idx[u] = e[u] < e1
+                 ? ((coarse || !hier) ? e[u] : __ldcg(a.p.cmp + (int64_t)h * a.p.n_fine + e[u]))
+                 : -1;
 #pragma unroll
   for (int u = 0; u < U; u++) {
-    const T* c = coarse ? static_cast<const T*>(a.coarse_c) + ((int64_t)h * a.p.n_coarse + idx[u]) * D
-                        : static_cast<const T*>(a.fine_c) + ((int64_t)h * a.p.n_fine + idx[u]) * D;
-    cv[u] = idx[u] >= 0 ? __ldg(reinterpret_cast<const uint4*>(c + lr * 8)) : make_uint4(0, 0, 0, 0);
+    const T* c = coarse
+                     ? static_cast<const T*>(a.coarse_c) + ((int64_t)h * a.p.n_coarse + idx[u]) * D
+                     : static_cast<const T*>(a.fine_c) + ((int64_t)h * a.p.n_fine + idx[u]) * D;
+    cv[u] =
+        idx[u] >= 0 ? __ldg(reinterpret_cast<const uint4*>(c + lr * 8)) : make_uint4(0, 0, 0, 0);
   }
   int lo[U], hi[U];
 #pragma unroll
@@ -798,8 +727,8 @@ __device__ __forceinline__ void fused_load(const LookupArgs& a, bool coarse, boo
 // partial denominators to score_part[.., split]. n = entries of the stage for head h.
 template <int D, typename T, int QT>
 __device__ __forceinline__ void fused_score(const LookupArgs& a, bool coarse, bool hier, int h,
-                                            int split, int nsplit, int n,
-                                            const float (&qf)[QT][8], Stat (*s_stat)[QT]) {
+                                            int split, int nsplit, int n, const float (&qf)[QT][8],
+                                            Stat (*s_stat)[QT]) {
   constexpr int LPR = D / 8, RPW = 32 / LPR, NW = 8, NRG = NW * RPW, U = QT == 1 ? 8 : 4;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int lr = lane % LPR, rg = warp * RPW + lane / LPR;

@@ -37,14 +37,16 @@ struct WsLayout {
   int max_items = 0, max_groups = 0, max_partial_rows = 0;
   int decode_target = 0, prefill_target = 0, prefill_max_items = 0;
   size_t counters = 0, counters_bytes = 0;  // zeroed once by workspace_init
-  size_t head_cnt = 0;  // uint32 [3][n_kv]: coarse / fine arrivals, fused-decode head flags
-  size_t global_cnt = 0;                    // uint32 [4]
-  size_t group_cnt = 0;                     // uint32 [max_groups]
-  size_t score_part = 0;   // float4 [n_kv][q_max][kMaxScoreSplits]  (m, s_pos, s_neg, -)
-  size_t lse_coarse = 0;   // float [n_kv][q_max]  base-2 log of the coarse denominator
-  size_t logits = 0;       // float [n_kv][n_coarse + n_fine][kSmallQ]  small-query path only
-  size_t s_coarse = 0;     // float [n_kv][n_coarse]
-  size_t coarse_w = 0;     // float [n_kv][n_coarse]  log2(rows) of each coarse cluster (fused decode)
+  size_t head_cnt = 0;    // uint32 [3][n_kv]: coarse / fine arrivals, fused-decode head flags
+  size_t global_cnt = 0;  // uint32 [4]
+  size_t group_cnt = 0;   // uint32 [max_groups]
+  size_t score_part = 0;  // float4 [n_kv][q_max][kMaxScoreSplits]  (m, s_pos, s_neg, -)
+  // float [n_kv][q_max]: base-2 log of the coarse denominator (fused decode plan: of the pruned,
+  // i.e. not kept, coarse terms only)
+  size_t lse_coarse = 0;
+  size_t logits = 0;    // float [n_kv][n_coarse + n_fine][kSmallQ]  small-query path only
+  size_t s_coarse = 0;  // float [n_kv][n_coarse]
+  size_t coarse_w = 0;  // float [n_kv][n_coarse]  log2(rows) of each coarse cluster (fused decode)
   size_t kept_coarse = 0;  // uint8 [n_kv][n_coarse]
   size_t kc = 0;           // int32 [n_kv][n_coarse]  kept coarse indices, ascending
   size_t n_kc = 0;         // int32 [n_kv]
