@@ -10,11 +10,34 @@
 #include <cstring>
 #include <ctime>
 #include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 namespace sqz::bench {
+
+// "1,2,4" -> {1, 2, 4}
+inline std::vector<double> parse_list(const std::string& s) {
+  std::vector<double> v;
+  size_t i = 0;
+  while (i <= s.size()) {
+    const size_t j = std::min(s.find(',', i), s.size());
+    if (j > i) v.push_back(std::stod(s.substr(i, j - i)));
+    i = j + 1;
+  }
+  return v;
+}
+
+// Concatenated Debian perl documentation (perl-doc): a deterministic long text.
+inline std::string perl_pods(std::initializer_list<const char*> files) {
+  std::string text;
+  for (const char* f : files) {
+    std::ifstream in(std::string("/usr/share/perl/5.36.0/pod/") + f);
+    text.append(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  return text;
+}
 
 inline double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();

@@ -18,24 +18,10 @@ using namespace sqz;
 
 namespace {
 
-std::vector<int64_t> parse_list(const std::string& s) {
+std::vector<int64_t> parse_ints(const std::string& s) {
   std::vector<int64_t> v;
-  std::stringstream ss(s);
-  std::string x;
-  while (std::getline(ss, x, ',')) v.push_back(std::stoll(x));
+  for (double x : bench::parse_list(s)) v.push_back((int64_t)x);
   return v;
-}
-
-// Debian perl documentation as a deterministic long text.
-std::string corpus() {
-  std::string text;
-  for (const char* f : {"perlfunc.pod", "perlop.pod", "perlsyn.pod", "perlre.pod"}) {
-    std::ifstream in(std::string("/usr/share/perl/5.36.0/pod/") + f);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    text += ss.str();
-  }
-  return text;
 }
 
 }  // namespace
@@ -47,8 +33,8 @@ int main(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i], v = argv[i + 1];
     if (a == "--model") model = v;
-    else if (a == "--depths") depths = parse_list(v);
-    else if (a == "--threads") threads = parse_list(v);
+    else if (a == "--depths") depths = parse_ints(v);
+    else if (a == "--threads") threads = parse_ints(v);
     else if (a == "--prefill") n_prefill = std::stoll(v);
     else if (a == "--decode") n_decode = std::stoll(v);
     else if (a == "--reps") reps = std::stoll(v);
@@ -61,7 +47,7 @@ int main(int argc, char** argv) {
   if (!er.ok()) { std::fprintf(stderr, "error: %s\n", er.status().message().c_str()); return 1; }
   Engine& e = *er.value();
   const ModelConfig& c = e.model().config();
-  std::vector<int32_t> toks = e.tokenizer().encode(corpus(), false, false);
+  std::vector<int32_t> toks = e.tokenizer().encode(bench::perl_pods({"perlfunc.pod", "perlop.pod", "perlsyn.pod", "perlre.pod"}), false, false);
   size_t weight_bytes = 0;
   for (const auto& t : e.model().file().tensors)
     if (t.n_dims == 2 && t.name != "token_embd.weight") weight_bytes += t.nbytes;

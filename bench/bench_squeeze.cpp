@@ -18,25 +18,6 @@ using namespace sqz;
 
 namespace {
 
-std::vector<double> parse_list(const std::string& s) {
-  std::vector<double> v;
-  std::stringstream ss(s);
-  std::string x;
-  while (std::getline(ss, x, ',')) v.push_back(std::stod(x));
-  return v;
-}
-
-std::string read_pods(std::initializer_list<const char*> files) {
-  std::string text;
-  for (const char* f : files) {
-    std::ifstream in(std::string("/usr/share/perl/5.36.0/pod/") + f);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    text += ss.str();
-  }
-  return text;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -50,8 +31,8 @@ int main(int argc, char** argv) {
     else if (a == "--ctx-tokens") ctx_tokens = std::stoll(v);
     else if (a == "--question") q_tokens = std::stoll(v);
     else if (a == "--decode") n_decode = std::stoll(v);
-    else if (a == "--threads") threads = parse_list(v);
-    else if (a == "--budgets") budgets = parse_list(v);
+    else if (a == "--threads") threads = bench::parse_list(v);
+    else if (a == "--budgets") budgets = bench::parse_list(v);
     else if (a == "--reps") reps = std::stoll(v);
     else if (a == "--llamacpp") llamacpp_json = v;
     else { std::fprintf(stderr, "unknown flag %s\n", a.c_str()); return 2; }
@@ -70,11 +51,11 @@ int main(int argc, char** argv) {
   auto e0 = Engine::create(ep0);
   if (!e0.ok()) { std::fprintf(stderr, "error: %s\n", e0.status().message().c_str()); return 1; }
   const Tokenizer& tok = e0.value()->tokenizer();
-  std::vector<int32_t> ct = tok.encode(read_pods({"perlfunc.pod"}), false, false);
+  std::vector<int32_t> ct = tok.encode(bench::perl_pods({"perlfunc.pod"}), false, false);
   // The chat template adds a few dozen tokens around the context.
   ct.resize((size_t)std::min<int64_t>((int64_t)ct.size(), ctx_tokens - 40));
   const std::string context = tok.decode(ct, true);
-  std::vector<int32_t> qt = tok.encode(read_pods({"perlsyn.pod"}), false, false);
+  std::vector<int32_t> qt = tok.encode(bench::perl_pods({"perlsyn.pod"}), false, false);
   qt.resize((size_t)(q_tokens - 16));
   const std::string question = tok.decode(qt, true) + "\nSummarise the function described above.";
 

@@ -1,6 +1,7 @@
 // sqz: command-line front end. Only this binary exits the process; the library returns errors.
 #include <cstdio>
 
+#include "cmd_eval.h"
 #include "commands.h"
 
 int main(int argc, char** argv) {
@@ -10,6 +11,7 @@ int main(int argc, char** argv) {
   sqz::cli::Runners runners;
   sqz::cli::register_basic_commands(app, runners);
   sqz::cli::register_squeeze_commands(app, runners);
+  sqz::cli::register_eval_command(app, runners);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -15,6 +15,7 @@
 
 #include <cblas.h>
 
+#include "backend/cpu/simd_math.h"
 #include "core/fp16.h"
 
 #if defined(__AVX512F__)
@@ -90,27 +91,7 @@ inline void scale_accumulate(float* acc, float alpha, const float* p, const floa
 
 namespace {
 
-// exp(x) for x <= 0 on 16 lanes: Cody-Waite range reduction + degree-6 polynomial, rel. error
-// ~2e-7 (below f32 rounding of the softmax sums). libm has no vector expf we can call from
-// intrinsics, and scalar expf per score was the bottleneck of prefill attention.
-#if defined(__AVX512F__)
-inline __m512 exp_ps(__m512 x) {
-  const __m512 lo = _mm512_set1_ps(-87.0f);
-  x = _mm512_max_ps(x, lo);
-  const __m512 l2e = _mm512_set1_ps(1.44269504088896341f);
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, l2e), _MM_FROUND_TO_NEAREST_INT);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_scalef_ps(p, n);
-}
-#endif
+
 
 constexpr int kGemmRows = 64;    // query rows per chunk in the GEMM kernel
 constexpr int kGemmKeys = 128;   // keys per tile in the GEMM kernel
@@ -186,7 +167,7 @@ void attn_partial_gemm(const AttnArgs& a) {
         const __m512 vm = _mm512_set1_ps(m_new);
         __m512 acc = _mm512_setzero_ps();
         for (; j + 16 <= nk; j += 16) {
-          __m512 p = exp_ps(_mm512_sub_ps(_mm512_loadu_ps(srow + j), vm));
+          __m512 p = cpu::exp16(_mm512_sub_ps(_mm512_loadu_ps(srow + j), vm));
           _mm512_storeu_ps(srow + j, p);
           acc = _mm512_add_ps(acc, p);
         }
