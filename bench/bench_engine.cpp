@@ -2,7 +2,7 @@
 // context depths 0, 2K and 8K with 1 and 2 threads, bytes read per decoded token (weights + KV)
 // against the measured memory read bandwidth, peak memory. Prints a table, writes JSON to
 // bench/results/engine_<date>.json.
-//   bench_engine [--model PATH] [--depths 0,2048,7936] [--threads 1,2] [--prefill 256] [--decode 32] [--reps 3]
+//   bench_engine [--model PATH] [--depths 0,2048,7680] [--threads 1,2] [--prefill 256] [--decode 32] [--reps 3]
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -28,7 +28,7 @@ std::vector<int64_t> parse_ints(const std::string& s) {
 
 int main(int argc, char** argv) {
   std::string model = std::string(SQZ_SOURCE_DIR) + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-  std::vector<int64_t> depths = {0, 2048, 7936}, threads = {1, 2};
+  std::vector<int64_t> depths = {0, 2048, 7680}, threads = {1, 2};
   int64_t n_prefill = 256, n_decode = 32, reps = 3;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i], v = argv[i + 1];
