@@ -214,7 +214,8 @@ def main():
     args = ap.parse_args()
 
     recs = read_jsonl(os.path.join(args.results, "results.jsonl"))
-    meta = json.load(open(os.path.join(args.results, "meta.json")))
+    meta_path = os.path.join(args.results, "meta.json")
+    meta = json.load(open(meta_path)) if os.path.exists(meta_path) else {}  # absent while running
     comp_path = os.path.join(args.results, "compiles.jsonl")
     compiles = read_jsonl(comp_path) if os.path.exists(comp_path) or os.path.exists(comp_path + ".gz") else []
     if not recs:
@@ -277,9 +278,11 @@ def main():
                  f"**{'within' if within else 'NOT within'} 1 point of dense**.")
             if qd:
                 gq = groups[("quest", b)]
-                s += (f" Quest at the same budget: {pct(gq['acc'])}% — squeezed is "
-                      f"{'above' if qd['diff'] > 0 else 'not above'} Quest by {100 * qd['diff']:+.1f} points "
-                      f"[{100 * qd['lo']:+.1f}, {100 * qd['hi']:+.1f}].")
+                above = qd["lo"] > 0
+                s += (f" Quest at the same budget: {pct(gq['acc'])}%; squeezed minus Quest "
+                      f"{100 * qd['diff']:+.1f} points [{100 * qd['lo']:+.1f}, {100 * qd['hi']:+.1f}]: "
+                      f"**{'above Quest' if above else 'not clearly above Quest'}** (above = the paired "
+                      f"interval excludes 0).")
             verdict.append(s)
     L.extend(verdict if verdict else ["- (no squeezed result at a budget <= 1/8)"])
     L.append("")
@@ -315,14 +318,14 @@ def main():
              "Mass = true softmax mass of the fixed-context keys the method read (mean over rows, heads, layers; "
              "measured on a subset of questions, `mass n`). Budget = measured (keys read incl. observation window + "
              "centroids or page metadata compared) / context keys, mean over questions.\n")
-    L.append("| method | target budget | measured budget | n | accuracy % [95% CI] | agree % | KL | mass (n) |")
+    L.append("| method | target budget | measured budget (keys + centroids) | n | accuracy % [95% CI] | agree % | KL | mass (n) |")
     L.append("|---|---|---|---|---|---|---|---|")
     for m in methods:
         for b in ([1.0] if m == "dense" else budgets):
             g = groups.get((m, b))
             if not g:
                 continue
-            L.append(f"| {LABEL[m]} | {'—' if m == 'dense' else fmt_budget(b)} | {pct(g['budget'])}% | {g['n']} | "
+            L.append(f"| {LABEL[m]} | {'—' if m == 'dense' else fmt_budget(b)} | {pct(g['budget'])}% ({pct(g['kept'])} + {pct(g['cent'])}) | {g['n']} | "
                      f"{pct(g['acc'])} [{pct(g['lo'])}, {pct(g['hi'])}] | {pct(g['agree'])} | {num(g['kl'])} | "
                      f"{num(g['mass'])} ({g['mass_n']}) |")
     L.append("")

@@ -38,7 +38,6 @@ std::vector<RowRange> random_ranges(std::mt19937_64& rng, int64_t n, double keep
 
 void run_case(const Case& c, uint64_t seed) {
   std::mt19937_64 rng(seed);
-  const int64_t group = c.n_head / c.n_kv;
   // Keys with a spread of magnitudes so softmax is peaked for some queries.
   std::vector<float> q = test::randn(rng, (size_t)(c.n_q * c.n_head * c.d), 1.0f);
   std::vector<float> k = test::randn(rng, (size_t)(c.n_kv * c.n_keys * c.d), 1.0f);

@@ -531,6 +531,8 @@ Result<EvalRunSummary> run_eval(const EvalConfig& cfg, const EvalOptions& opt) {
     return sum;
   }
 
+  // meta.json now (a run in progress can be reported on) and again, complete, at the end.
+  SQZ_RETURN_IF_ERROR(write_text(fs::path(opt.out_dir) / "meta.json", meta.dump(2) + "\n"));
   std::ofstream rf(fs::path(opt.out_dir) / "results.jsonl", std::ios::trunc);
   std::ofstream cf(fs::path(opt.out_dir) / "compiles.jsonl", std::ios::trunc);
   if (!rf || !cf) return Error(Code::kIo, "cannot write results under {}", opt.out_dir);

@@ -5,7 +5,6 @@
 #include <limits>
 
 #include "squeeze/calib_internal.h"
-#include "squeeze/centroid_kernels.h"
 #include "squeeze/pack.h"
 
 namespace sqz {
@@ -30,6 +29,8 @@ HeadCentroidsView head_view(const SqueezedContext& sc, const HeadClusters& hc) {
   v.coarse_ranges = hc.coarse_ranges.data();
   v.fine_var = hc.fine_var.empty() ? nullptr : hc.fine_var.data();
   v.coarse_var = hc.coarse_var.empty() ? nullptr : hc.coarse_var.data();
+  v.fine_radius = hc.fine_radius.empty() ? nullptr : hc.fine_radius.data();
+  v.coarse_radius = hc.coarse_radius.empty() ? nullptr : hc.coarse_radius.data();
   return v;
 }
 
@@ -169,7 +170,7 @@ void calibrate_estimator(const ContextCapture& cap, const SqueezedContext& sc, E
     {
       std::vector<float> Q((size_t)(nqv * d)), Lf((size_t)(nqv * kf)), Lc((size_t)(nqv * kc));
       std::vector<double> A((size_t)(nqv * kc)), B((size_t)(nqv * kc)), invD((size_t)nqv);
-      std::vector<float> acc((size_t)kf), invDf((size_t)nqv);
+      std::vector<float> acc((size_t)kf), invDf((size_t)nqv), tmp;
       std::vector<uint8_t> survive((size_t)kc);
 #pragma omp for schedule(dynamic, 1)
       for (int64_t job = 0; job < jobs; job++) {
@@ -178,8 +179,8 @@ void calibrate_estimator(const ContextCapture& cap, const SqueezedContext& sc, E
         const HeadCentroidsT& t = ht[(size_t)job];
         gather_group_queries(cap.q_obs[(size_t)l].data(), 0, sc.n_obs, sc.n_head, sc.n_head_kv, hd,
                              h, Q.data(), est);
-        cpu::centroid_dots(Q.data(), nqv, d, d, t.fine_t.data(), kf, 0, kf, Lf.data(), kf);
-        cpu::centroid_dots(Q.data(), nqv, d, d, t.coarse_t.data(), kc, 0, kc, Lc.data(), kc);
+        cluster_logits(t, false, Q.data(), nqv, 0, kf, Lf.data(), kf, tmp);
+        cluster_logits(t, true, Q.data(), nqv, 0, kc, Lc.data(), kc, tmp);
         for (int64_t q = 0; q < nqv; q++) {
           float* lf = Lf.data() + q * kf;
           const float* lc = Lc.data() + q * kc;

@@ -129,6 +129,26 @@ void rows_variance(const float* raw, const int32_t* perm, int32_t r0, int32_t r1
   for (int64_t t = 0; t < d; t++) out[t] = (float)(tmp[(size_t)t] / n);
 }
 
+// max over rows [r0, r1) of |x - c| for the stored f32 centroid c ([d]), rounded up to a float
+// so that |q| r stays an upper bound of q·(x - c) (the kMeanVar cap).
+float rows_radius(const float* raw, const int32_t* perm, int32_t r0, int32_t r1, int64_t d,
+                  const float* c) {
+  double m = 0.0;
+  for (int32_t r = r0; r < r1; r++) {
+    const float* x = raw + (int64_t)perm[r] * d;
+    double s = 0.0;
+    for (int64_t t = 0; t < d; t++) {
+      const double e = (double)x[t] - (double)c[t];
+      s += e * e;
+    }
+    m = std::max(m, s);
+  }
+  const double r = std::sqrt(m);
+  float f = (float)r;
+  if ((double)f < r) f = std::nextafter(f, std::numeric_limits<float>::infinity());
+  return f;
+}
+
 // Clusters one (layer, KV head). raw: [n, d] keys in original order.
 void cluster_head(const float* raw, int64_t n, int64_t d, int k_f, int k_c, int layer, int head,
                   const CompileParams& p, ClusterScratch& s, HeadClusters& out) {
@@ -199,10 +219,16 @@ void cluster_head(const float* raw, int64_t n, int64_t d, int k_f, int k_c, int 
                   out.fine_offsets[(size_t)j + 1], d, mean.data(), tmp,
                   out.fine_var.data() + (int64_t)j * d);
   }
+  out.fine_radius.resize((size_t)k_f);
+  for (int j = 0; j < k_f; j++)
+    out.fine_radius[(size_t)j] =
+        rows_radius(raw, out.perm.data(), out.fine_offsets[(size_t)j],
+                    out.fine_offsets[(size_t)j + 1], d, out.fine_centroids.data() + (int64_t)j * d);
 
   out.coarse_ranges.assign(1, 0);
   out.coarse_centroids.clear();
   out.coarse_var.clear();
+  out.coarse_radius.clear();
   if (k_c > 0) {
     out.coarse_ranges.assign((size_t)k_c + 1, 0);
     for (int j = 0; j < k_f; j++)
@@ -210,6 +236,7 @@ void cluster_head(const float* raw, int64_t n, int64_t d, int k_f, int k_c, int 
     for (int c = 0; c < k_c; c++) out.coarse_ranges[(size_t)c + 1] += out.coarse_ranges[(size_t)c];
     out.coarse_centroids.assign((size_t)(k_c * d), 0.0f);
     out.coarse_var.assign((size_t)(k_c * d), 0.0f);
+    out.coarse_radius.assign((size_t)k_c, 0.0f);
     std::vector<double> a((size_t)d);
     for (int c = 0; c < k_c; c++) {
       std::fill(a.begin(), a.end(), 0.0);
@@ -227,6 +254,10 @@ void cluster_head(const float* raw, int64_t n, int64_t d, int k_f, int k_c, int 
                     out.fine_offsets[(size_t)out.coarse_ranges[(size_t)c]],
                     out.fine_offsets[(size_t)out.coarse_ranges[(size_t)c + 1]], d, a.data(), tmp,
                     out.coarse_var.data() + (int64_t)c * d);
+      out.coarse_radius[(size_t)c] =
+          rows_radius(raw, out.perm.data(), out.fine_offsets[(size_t)out.coarse_ranges[(size_t)c]],
+                      out.fine_offsets[(size_t)out.coarse_ranges[(size_t)c + 1]], d,
+                      out.coarse_centroids.data() + (int64_t)c * d);
     }
   }
   out.fine_iters = fine.iters;

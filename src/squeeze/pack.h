@@ -16,7 +16,7 @@
 namespace sqz {
 
 inline constexpr char kPackMagic[8] = {'S', 'Q', 'Z', 'P', 'A', 'C', 'K', '\0'};
-// 2: per-cluster key variances and a second calibration table (Estimator::kMeanVar).
+// 2: per-cluster key variances and radii, a second calibration table (Estimator::kMeanVar).
 inline constexpr uint32_t kPackVersion = 2;
 
 // Section ids (stable: they are written to files).
@@ -37,9 +37,11 @@ enum class PackSection : uint32_t {
                          // (Estimator::kMean)
   kFineVar = 14,         // [n_layer, n_head_kv, n_fine, head_dim] f32 per-dimension key variance
   kCoarseVar = 15,       // [n_layer, n_head_kv, n_coarse, head_dim] f32 per-dimension variance
-  kCalibVar = 16,        // [5, n_grid] f64: as kCalib, for Estimator::kMeanVar
+  kFineRadius = 16,      // [n_layer, n_head_kv, n_fine] f32 max |key - centroid|
+  kCoarseRadius = 17,    // [n_layer, n_head_kv, n_coarse] f32 max |key - centroid|
+  kCalibVar = 18,        // [5, n_grid] f64: as kCalib, for Estimator::kMeanVar
 };
-inline constexpr uint32_t kPackSectionCount = 16;
+inline constexpr uint32_t kPackSectionCount = 18;
 // Name used in error messages and docs ("k_clustered"); "unknown" for other ids.
 const char* pack_section_name(uint32_t id);
 
@@ -96,7 +98,9 @@ class Pack {
   const int32_t* coarse_ranges(int layer, int h) const;   // [n_coarse + 1] fine boundaries
   const float* fine_var(int layer, int h) const;          // [n_fine, head_dim]
   const float* coarse_var(int layer, int h) const;        // [n_coarse, head_dim]
-  HeadCentroidsView centroids_view(int layer, int h) const;  // with the variances
+  const float* fine_radius(int layer, int h) const;       // [n_fine]
+  const float* coarse_radius(int layer, int h) const;     // [n_coarse]
+  HeadCentroidsView centroids_view(int layer, int h) const;  // with variances and radii
 
   // Thresholds and budget mapping of one estimator's table (kAuto: the default's). A lookup
   // must use the table of the estimator it scores with.

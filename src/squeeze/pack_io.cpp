@@ -45,7 +45,7 @@ const char* kSectionNames[kPackSectionCount + 1] = {
     "unknown",       "meta",         "tokens",         "k_clustered", "v_clustered",
     "perm",          "fine_offsets", "fine_centroids", "fine_sizes",  "coarse_centroids",
     "coarse_ranges", "k_obs",        "v_obs",          "calib",       "fine_var",
-    "coarse_var",    "calib_var"};
+    "coarse_var",    "fine_radius",  "coarse_radius",  "calib_var"};
 
 double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -370,11 +370,17 @@ Status pack_write(const SqueezedContext& sc, const ContextCapture& cap, const Pa
   tick();
   for (const HeadClusters& hc : sc.heads)
     if (hc.fine_var.size() != hc.fine_centroids.size() ||
-        hc.coarse_var.size() != hc.coarse_centroids.size())
-      return Error(Code::kInvalidArgument, "pack_write: cluster variances missing");
+        hc.coarse_var.size() != hc.coarse_centroids.size() ||
+        hc.fine_radius.size() != hc.fine_sizes.size() ||
+        hc.coarse_radius.size() + 1 != hc.coarse_ranges.size())
+      return Error(Code::kInvalidArgument, "pack_write: cluster variances or radii missing");
   SQZ_RETURN_IF_ERROR(per_head(PackSection::kFineVar, &HeadClusters::fine_var));
   tick();
   SQZ_RETURN_IF_ERROR(per_head(PackSection::kCoarseVar, &HeadClusters::coarse_var));
+  tick();
+  SQZ_RETURN_IF_ERROR(per_head(PackSection::kFineRadius, &HeadClusters::fine_radius));
+  tick();
+  SQZ_RETURN_IF_ERROR(per_head(PackSection::kCoarseRadius, &HeadClusters::coarse_radius));
   tick();
   SQZ_RETURN_IF_ERROR(calib_section(PackSection::kCalibVar, sc.calib_var));
   tick();
@@ -629,6 +635,8 @@ Status Pack::load() {
       5 * (u128)n_grid * 8,
       H * (u128)n_fine_ * d * 4,
       H * (u128)n_coarse_ * d * 4,
+      H * (u128)n_fine_ * 4,
+      H * (u128)n_coarse_ * 4,
       5 * (u128)n_grid * 8,
   };
   for (uint32_t id = 2; id <= kPackSectionCount; id++)
@@ -691,12 +699,14 @@ Status Pack::load() {
       // estimator meaningless (or NaN).
       for (const auto& [arr, cnt, name] :
            {std::tuple{fine_var(l, h), (int64_t)n_fine_ * head_dim_, "fine_var"},
-            std::tuple{coarse_var(l, h), (int64_t)n_coarse_ * head_dim_, "coarse_var"}})
+            std::tuple{coarse_var(l, h), (int64_t)n_coarse_ * head_dim_, "coarse_var"},
+            std::tuple{fine_radius(l, h), (int64_t)n_fine_, "fine_radius"},
+            std::tuple{coarse_radius(l, h), (int64_t)n_coarse_, "coarse_radius"}})
         for (int64_t i = 0; i < cnt; i++)
           if (!(arr[i] >= 0.0f && std::isfinite(arr[i])))
             return Error(Code::kFormat,
-                         "{}: section '{}': layer {} head {} negative or non-finite variance",
-                         path, name, l, h);
+                         "{}: section '{}': layer {} head {} negative or non-finite value", path,
+                         name, l, h);
     }
   auto load_calib = [&](PackSection id, CalibTable& t) -> Status {
     const double* cal = (const double*)sec_[(uint32_t)id];
@@ -774,6 +784,13 @@ const float* Pack::coarse_var(int layer, int h) const {
   return (const float*)sec_[(uint32_t)PackSection::kCoarseVar] +
          head_index(layer, h) * (size_t)n_coarse_ * head_dim_;
 }
+const float* Pack::fine_radius(int layer, int h) const {
+  return (const float*)sec_[(uint32_t)PackSection::kFineRadius] + head_index(layer, h) * n_fine_;
+}
+const float* Pack::coarse_radius(int layer, int h) const {
+  return (const float*)sec_[(uint32_t)PackSection::kCoarseRadius] +
+         head_index(layer, h) * n_coarse_;
+}
 HeadCentroidsView Pack::centroids_view(int layer, int h) const {
   HeadCentroidsView v;
   v.n_fine = n_fine_;
@@ -786,6 +803,8 @@ HeadCentroidsView Pack::centroids_view(int layer, int h) const {
   v.coarse_ranges = coarse_ranges(layer, h);
   v.fine_var = fine_var(layer, h);
   v.coarse_var = coarse_var(layer, h);
+  v.fine_radius = fine_radius(layer, h);
+  v.coarse_radius = coarse_radius(layer, h);
   return v;
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <cstdlib>
 
 #include "squeeze/centroid_kernels.h"
 
@@ -35,14 +36,22 @@ void augment_queries(const float* Q, int64_t nqv, int64_t head_dim, Estimator es
   }
 }
 
-void HeadCentroidsT::build(const HeadCentroidsView& v, Estimator est) {
+void HeadCentroidsT::build(const HeadCentroidsView& v, Estimator e) {
+  est = e == Estimator::kMeanVar ? Estimator::kMeanVar : Estimator::kMean;
   const bool var = est == Estimator::kMeanVar;
+  head_dim = v.head_dim;
   dim = estimator_dim(est, v.head_dim);
+  n_fine = v.n_fine;
+  n_coarse = v.n_coarse;
   transpose_level(v.fine_centroids, v.fine_var, v.n_fine, v.head_dim, var, fine_t);
+  fine_r.clear();
+  if (var) fine_r.assign(v.fine_radius, v.fine_radius + v.n_fine);
   coarse_t.clear();
+  coarse_r.clear();
   coarse_sizes.clear();
   if (v.n_coarse > 0) {
     transpose_level(v.coarse_centroids, v.coarse_var, v.n_coarse, v.head_dim, var, coarse_t);
+    if (var) coarse_r.assign(v.coarse_radius, v.coarse_radius + v.n_coarse);
     coarse_sizes.resize((size_t)v.n_coarse);
     for (int c = 0; c < v.n_coarse; c++) {
       double s = 0.0;
@@ -52,13 +61,40 @@ void HeadCentroidsT::build(const HeadCentroidsView& v, Estimator est) {
   }
 }
 
+void cluster_logits(const HeadCentroidsT& t, bool coarse, const float* Q, int64_t nqv,
+                    int64_t j0, int64_t j1, float* L, int64_t lds, std::vector<float>& tmp) {
+  if (nqv <= 0 || j1 <= j0) return;
+  const int64_t k = coarse ? t.n_coarse : t.n_fine;
+  const float* Ct = coarse ? t.coarse_t.data() : t.fine_t.data();
+  const int64_t hd = t.head_dim;
+  cpu::centroid_dots(Q, nqv, hd, t.dim, Ct, k, j0, j1, L, lds);
+  if (t.est != Estimator::kMeanVar) return;
+  // Variance half: [½ q∘q] · v_j, rows [hd, 2 hd) of the transposed matrix.
+  const int64_t w = j1 - j0;
+  if ((int64_t)tmp.size() < nqv * w) tmp.resize((size_t)(nqv * w));
+  cpu::centroid_dots(Q + hd, nqv, hd, t.dim, Ct + hd * cpu::centroid_padded_cols(k), k, j0, j1,
+                     tmp.data(), w);
+  const float* r = (coarse ? t.coarse_r.data() : t.fine_r.data()) + j0;
+  static const bool EXP_NOCAP = getenv("SQZ_EXP_NOCAP") != nullptr;  // TEMP EXPERIMENT
+  for (int64_t i = 0; i < nqv; i++) {
+    // |q| from the augmented half: sum of ½ q_t² is |q|² / 2.
+    const float* h = Q + i * t.dim + hd;
+    float s = 0.0f;
+    for (int64_t x = 0; x < hd; x++) s += h[x];
+    const float qn = std::sqrt(2.0f * s);
+    float* l = L + i * lds;
+    const float* vv = tmp.data() + i * w;
+    for (int64_t j = 0; j < w; j++) l[j] += EXP_NOCAP ? vv[j] : std::min(vv[j], qn * r[j]);
+  }
+}
+
 void ClusterScorer::score_fine_all(const HeadCentroidsView& v, const HeadCentroidsT& t,
                                    const float* Q, int64_t nqv, double* scores) {
   const int64_t k = v.n_fine;
   std::fill(scores, scores + k, 0.0);
   if (nqv <= 0 || k <= 0) return;
   lf_.resize((size_t)(nqv * k));
-  cpu::centroid_dots(Q, nqv, t.dim, t.dim, t.fine_t.data(), k, 0, k, lf_.data(), k);
+  cluster_logits(t, false, Q, nqv, 0, k, lf_.data(), k, tmp_);
   for (int64_t q = 0; q < nqv; q++) {
     float* l = lf_.data() + q * k;
     float m = -std::numeric_limits<float>::infinity();
@@ -82,7 +118,7 @@ void ClusterScorer::score_coarse(const HeadCentroidsView& v, const HeadCentroids
   if (nqv <= 0 || k <= 0) return;
   lc_.resize((size_t)(nqv * k));
   ec_.resize((size_t)k);
-  cpu::centroid_dots(Q, nqv, t.dim, t.dim, t.coarse_t.data(), k, 0, k, lc_.data(), k);
+  cluster_logits(t, true, Q, nqv, 0, k, lc_.data(), k, tmp_);
   for (int64_t q = 0; q < nqv; q++) {
     const float* l = lc_.data() + q * k;
     float m = -std::numeric_limits<float>::infinity();
@@ -123,8 +159,7 @@ int64_t ClusterScorer::score_fine_hier(const HeadCentroidsView& v, const HeadCen
   if (nqv <= 0) return compared;
   lf_.resize((size_t)(nqv * k));
   for (size_t r = 0; r < cols_.size(); r += 2)
-    cpu::centroid_dots(Q, nqv, t.dim, t.dim, t.fine_t.data(), k, cols_[r], cols_[r + 1],
-                       lf_.data() + cols_[r], k);
+    cluster_logits(t, false, Q, nqv, cols_[r], cols_[r + 1], lf_.data() + cols_[r], k, tmp_);
   for (int64_t q = 0; q < nqv; q++) {
     float* l = lf_.data() + q * k;
     const float* L = lc_.data() + q * kc;

@@ -1,9 +1,12 @@
 // Estimated attention scores of key clusters for a set of query vectors (one KV head).
 //
 // For one query vector q (already multiplied by 1/sqrt(head_dim)) and cluster j with
-// representative centroid c_j (mean of its raw keys), per-dimension key variance v_j and n_j
-// keys, the logit is l_j = q·c_j (Estimator::kMean) or l_j = q·c_j + ½ Σ_t q_t² v_jt
-// (Estimator::kMeanVar), and
+// representative centroid c_j (mean of its raw keys), per-dimension key variance v_j, radius
+// r_j = max_i |k_i - c_j| and n_j keys, the logit l_j estimates log(mean_i exp(q·k_i)):
+//   Estimator::kMean:    l_j = q·c_j
+//   Estimator::kMeanVar: l_j = q·c_j + min(½ Σ_t q_t² v_jt, |q| r_j)
+// (second-order cumulant of q·k under a diagonal-Gaussian model of the cluster, capped by the
+// hard bound max_i q·(k_i - c_j) <= |q| r_j that no mean can exceed; docs/squeeze.md), and
 //   s_j(q) = exp(l_j) / sum_i n_i exp(l_i)
 // estimates the softmax weight of each key of cluster j among the clustered keys (the
 // observation window and user tokens are always attended and stay out of the denominator).
@@ -16,10 +19,9 @@
 // With every coarse cluster surviving this is exactly the single-level estimator (same
 // operations in the same order, hence bit-identical).
 //
-// kMeanVar needs no separate code path: l_j is the dot product of the augmented query
-// [q, ½ q∘q] with the augmented centroid [c_j, v_j] (2·head_dim floats), so the scorer just
-// works on vectors of HeadCentroidsT::dim floats. With v_j = 0 the extra terms add exact zeros
-// and the logits equal kMean's bit for bit.
+// kMeanVar scores augmented query rows [q, ½ q∘q] (2·head_dim floats) against the transposed
+// [c_j; v_j] matrix: the two halves are two dot-product passes, combined with the cap. With
+// v_j = 0 and r_j = 0 the correction is exactly 0 and the logits equal kMean's bit for bit.
 #pragma once
 
 #include <cstdint>
@@ -39,23 +41,36 @@ struct HeadCentroidsView {
   const int32_t* fine_offsets = nullptr;    // [n_fine + 1] row boundaries
   const float* coarse_centroids = nullptr;  // [n_coarse, head_dim] f32 mean of raw keys
   const int32_t* coarse_ranges = nullptr;   // [n_coarse + 1] fine-cluster boundaries
-  // Per-dimension variances of the raw keys (needed by Estimator::kMeanVar only).
-  const float* fine_var = nullptr;    // [n_fine, head_dim] f32
-  const float* coarse_var = nullptr;  // [n_coarse, head_dim] f32
+  // Needed by Estimator::kMeanVar only: per-dimension variances of the raw keys around the
+  // centroid, and radii max_i |k_i - c| (L2, raw keys vs the stored f32 centroid).
+  const float* fine_var = nullptr;       // [n_fine, head_dim] f32
+  const float* coarse_var = nullptr;     // [n_coarse, head_dim] f32
+  const float* fine_radius = nullptr;    // [n_fine] f32
+  const float* coarse_radius = nullptr;  // [n_coarse] f32
 };
 
 // Centroids of one head transposed for the SIMD kernels (cpu::centroids_transpose layout),
 // for one estimator: rows [0, head_dim) are the means, rows [head_dim, 2 head_dim) the
 // variances (kMeanVar only).
 struct HeadCentroidsT {
-  int64_t dim = 0;                  // floats per scoring vector: head_dim, or 2·head_dim (kMeanVar)
+  Estimator est = Estimator::kMean;  // kMean or kMeanVar
+  int64_t head_dim = 0;
+  int64_t dim = 0;                  // floats per query row: head_dim, or 2·head_dim (kMeanVar)
+  int n_fine = 0, n_coarse = 0;
   std::vector<float> fine_t;        // [dim, padded n_fine] (+ tile slack)
   std::vector<float> coarse_t;      // [dim, padded n_coarse] (+ tile slack)
+  std::vector<float> fine_r;        // [n_fine] radii (kMeanVar)
+  std::vector<float> coarse_r;      // [n_coarse] radii (kMeanVar)
   std::vector<float> coarse_sizes;  // [n_coarse] keys per coarse cluster
-  // est: kMean or kMeanVar (kMeanVar requires v.fine_var and, with coarse clusters,
-  // v.coarse_var).
+  // est: kMean or kMeanVar (kMeanVar requires the view's variances and radii).
   void build(const HeadCentroidsView& v, Estimator est = Estimator::kMean);
 };
+
+// Logits of clusters [j0, j1) of one level (fine, or coarse when `coarse`) for nqv query rows
+// Q ([nqv, t.dim], augmented for t.est): L[i * lds + (j - j0)]. tmp: scratch (kMeanVar), grown
+// on demand.
+void cluster_logits(const HeadCentroidsT& t, bool coarse, const float* Q, int64_t nqv,
+                    int64_t j0, int64_t j1, float* L, int64_t lds, std::vector<float>& tmp);
 
 // Scoring vectors from scaled queries: out[i] = Q[i] (kMean) or [Q[i], ½ Q[i]∘Q[i]] (kMeanVar).
 // Q: [nqv, head_dim]; out: [nqv, estimator_dim(est, head_dim)].
@@ -88,6 +103,7 @@ class ClusterScorer {
   std::vector<float> ec_;      // [n_coarse] exp(L - m) for one query vector
   std::vector<double> acc_;    // [max(n_fine, n_coarse)] score accumulators
   std::vector<int32_t> cols_;  // compared fine column ranges as [begin, end) pairs
+  std::vector<float> tmp_;     // cluster_logits scratch
 };
 
 // Quantile of a size-weighted score distribution: the smallest score s_i (ascending order)

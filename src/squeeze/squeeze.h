@@ -23,13 +23,15 @@
 namespace sqz {
 
 // Cluster-score estimator (docs/squeeze.md, "Cluster scores"). For a scaled query q and cluster
-// j with mean c_j, per-dimension key variance v_j and n_j keys, the logit of the cluster is
+// j with mean c_j, per-dimension key variance v_j, radius r_j (max distance of a key to c_j)
+// and n_j keys, the logit of the cluster is
 //   kMean:    l_j = q·c_j
-//   kMeanVar: l_j = q·c_j + ½ Σ_t q_t² v_jt   (log E[exp(q·k)] for k ~ N(c_j, diag v_j))
-// and s_j = exp(l_j) / Σ_i n_i exp(l_i). kMeanVar corrects the mean estimator's Jensen bias
-// exp(q·c) <= mean exp(q·k), which is largest for a cluster holding one key that stands out
-// along q: exactly the needle a retrieval question needs. A pack always stores both the
-// variances and a calibration table per estimator, so either can be chosen per lookup.
+//   kMeanVar: l_j = q·c_j + min(½ Σ_t q_t² v_jt, |q| r_j)
+// (log E[exp(q·k)] for k ~ N(c_j, diag v_j), capped by the bound log max_i exp(q·k_i) <=
+// q·c_j + |q| r_j) and s_j = exp(l_j) / Σ_i n_i exp(l_i). kMeanVar corrects the mean
+// estimator's Jensen bias exp(q·c) <= mean exp(q·k), which is largest for a cluster holding a
+// key that stands out along q (an attention sink, a needle). A pack always stores the
+// variances, radii and a calibration table per estimator, so either can be chosen per lookup.
 enum class Estimator : int {
   kAuto = 0,     // SelectParams only: the pack's default (its CompileParams::estimator)
   kMean = 1,     // mean of the raw keys only (the paper's estimator)
@@ -120,8 +122,10 @@ struct HeadClusters {
   std::vector<float> fine_centroids;    // [n_fine, head_dim] mean of raw keys
   std::vector<float> fine_sizes;        // [n_fine] keys per cluster
   std::vector<float> fine_var;          // [n_fine, head_dim] per-dimension variance of raw keys
+  std::vector<float> fine_radius;       // [n_fine] max L2 distance of a raw key to the centroid
   std::vector<float> coarse_centroids;  // [n_coarse, head_dim] mean of raw keys
   std::vector<float> coarse_var;        // [n_coarse, head_dim] per-dimension variance of raw keys
+  std::vector<float> coarse_radius;     // [n_coarse] max L2 distance of a raw key to the centroid
   std::vector<int32_t> coarse_ranges;   // [n_coarse + 1] fine-cluster boundaries
   int fine_iters = 0, coarse_iters = 0;
   double fine_objective = 0, coarse_objective = 0;  // final J (sums, not means)
