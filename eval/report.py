@@ -210,6 +210,8 @@ def main():
     ap.add_argument("--prefix", default="eval")
     ap.add_argument("--discussion", default="eval/discussion.md")
     ap.add_argument("--export", default=None)
+    ap.add_argument("--ablation", action="append", default=[], metavar="LABEL=DIR",
+                    help="results of a variant run on a subset of the same questions (repeatable)")
     ap.add_argument("--title", default="Accuracy evaluation: squeezed attention vs baselines at equal budget")
     args = ap.parse_args()
 
@@ -369,6 +371,47 @@ def main():
             if any(c != "–" for c in cells):
                 L.append(f"| {LABEL[m]} | {'—' if m == 'dense' else fmt_budget(b)} | " + " | ".join(cells) + " |")
     L.append("")
+
+    # ---- ablations: variants of squeezed attention on a subset of the same questions ----
+    if args.ablation:
+        L.append("## Ablations\n")
+        L.append("Variant runs of squeezed attention on a subset of the questions above (same seed, so the "
+                 "same contexts, questions and dense answers); the main run's numbers are restricted to the "
+                 "same questions.\n")
+        L.append("| run | method | target budget | n | measured budget (keys + centroids) | accuracy % [95% CI] | agree % | KL | mass |")
+        L.append("|---|---|---|---|---|---|---|---|---|")
+        for spec in args.ablation:
+            label, _, d = spec.partition("=")
+            arecs = read_jsonl(os.path.join(d, "results.jsonl"))
+            qids = {r["qid"] for r in arecs}
+            main_sub = collections.defaultdict(list)
+            for r in recs:
+                if r["qid"] in qids:
+                    main_sub[(r["method"], r["target_budget"])].append(r)
+            abl = collections.defaultdict(list)
+            for r in arecs:
+                abl[(r["method"], r["target_budget"])].append(r)
+            rows = []
+            for (m, b) in sorted(abl, key=lambda k: (METHOD_ORDER.index(k[0]), -k[1])):
+                if m == "dense":
+                    continue
+                rows.append((label, m, b, agg(abl[(m, b)])))
+                if (m, b) in main_sub:
+                    rows.append(("main run", m, b, agg(main_sub[(m, b)])))
+            for m in ("dense", "oracle", "quest"):
+                for b in ([1.0] if m == "dense" else sorted({k[1] for k in abl if k[0] != "dense"}, reverse=True)):
+                    if (m, b) in main_sub:
+                        rows.append(("main run", m, b, agg(main_sub[(m, b)])))
+            for (lab, m, b, g) in rows:
+                L.append(f"| {lab} | {LABEL[m]} | {'—' if m == 'dense' else fmt_budget(b)} | {g['n']} | "
+                         f"{pct(g['budget'])}% ({pct(g['kept'])} + {pct(g['cent'])}) | "
+                         f"{pct(g['acc'])} [{pct(g['lo'])}, {pct(g['hi'])}] | {pct(g['agree'])} | {num(g['kl'])} | {num(g['mass'])} |")
+            ameta_p = os.path.join(d, "meta.json")
+            if os.path.exists(ameta_p):
+                acfg = json.load(open(ameta_p)).get("config", {})
+                L.append(f"\n`{label}`: compile {json.dumps(acfg.get('compile'))}, squeezed sink tokens "
+                         f"{acfg.get('squeeze_sink_tokens', 0)}.\n")
+        L.append("")
 
     # ---- cost ----
     if compiles:

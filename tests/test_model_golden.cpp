@@ -69,9 +69,12 @@ std::vector<float> all_logits(const Engine& e, const std::vector<int32_t>& ids) 
   return logits;
 }
 
+// Exact path: f32 prefill GEMMs. Some golden positions are near-ties (top-2 margins down to
+// 0.009), so top-1 agreement everywhere is asserted on the reference-precision path; the fast
+// AMX bf16 path is held to the logit error budget in FastPrefillWithinErrorBudget.
 TEST(ModelGolden, TokenizationAndTop1MatchTransformers) {
   ASSERT_FALSE(test::default_model_path().empty()) << "default model missing: run scripts/setup.sh";
-  auto e = make_engine(2);
+  auto e = make_engine(2, /*f32=*/true);
   ASSERT_TRUE(e);
   const nlohmann::json g = load_json("tests/data/golden/logits.json");
   const int32_t nv = e->model().config().n_vocab;
@@ -124,10 +127,30 @@ TEST(ModelGolden, TokenizationAndTop1MatchTransformers) {
     // Budget: prefill runs bf16 activations x bf16-rounded weights (rel. 2^-8 per product)
     // through 30 layers; measured ~1e-2 relative. 3e-2 catches any real bug (wrong RoPE layout,
     // missing bias, wrong norm give O(1) errors) without flaking on rounding.
-    EXPECT_LT(rel, 3e-2) << p["name"];
+    EXPECT_LT(rel, 1e-2) << p["name"];  // f32 path: measured <= 5e-3 with the AMX path
   }
   std::printf("[golden] top-1 agreement %d/%d positions; top-5 logits max abs err %.4f, max rel err %.4f\n",
               top1_same, positions, worst_abs, worst_rel);
+}
+
+TEST(ModelGolden, FastPrefillWithinErrorBudget) {
+  auto e = make_engine(2, /*f32=*/false);
+  ASSERT_TRUE(e);
+  const nlohmann::json g = load_json("tests/data/golden/logits.json");
+  const int32_t nv = e->model().config().n_vocab;
+  for (const auto& p : g["prompts"]) {
+    const std::vector<int32_t> ids = p["token_ids"];
+    const std::vector<float> lg = all_logits(*e, ids);
+    const std::vector<float> ref = b64_floats(p["last_logits_f32le_b64"].get<std::string>());
+    const float* last = lg.data() + (ids.size() - 1) * (size_t)nv;
+    double diff = 0, norm = 0;
+    for (int32_t v = 0; v < nv; v++) {
+      diff += ((double)last[v] - ref[(size_t)v]) * ((double)last[v] - ref[(size_t)v]);
+      norm += (double)ref[(size_t)v] * ref[(size_t)v];
+    }
+    // bf16 operands (relative 2^-8 per product) through 30 layers: measured <= 2.7e-2.
+    EXPECT_LT(std::sqrt(diff / norm), 5e-2) << p["name"];
+  }
 }
 
 TEST(ModelGolden, GreedyParis) {

@@ -235,6 +235,44 @@ json record_json(const Record& r) {
           {"score_s", r.score_s}};
 }
 
+// Generated text can end inside a UTF-8 sequence (cut at max_tokens); JSON output replaces
+// invalid bytes instead of throwing.
+std::string dump_line(const json& j) {
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+Record record_from_json(const json& j) {
+  Record r;
+  r.qid = j.at("qid").get<std::string>();
+  r.task = j.at("task").get<std::string>();
+  r.length = j.at("length").get<int64_t>();
+  r.instance = j.at("instance").get<int>();
+  r.n_ctx = j.at("n_ctx").get<int64_t>();
+  r.n_obs = j.at("n_obs").get<int64_t>();
+  r.depth = j.at("depth").get<double>();
+  r.value_kind = j.at("value_kind").get<std::string>();
+  r.question = j.at("question").get<std::string>();
+  r.expected = j.at("expected").get<std::vector<std::string>>();
+  r.method = j.at("method").get<std::string>();
+  r.target_budget = j.at("target_budget").get<double>();
+  r.budget = j.at("budget").get<double>();
+  r.kept_fraction = j.at("kept_fraction").get<double>();
+  r.centroid_fraction = j.at("centroid_fraction").get<double>();
+  r.percentile = j.at("percentile").get<double>();
+  r.answer = j.at("answer").get<std::string>();
+  r.correct = j.at("correct").get<bool>();
+  r.exact = j.at("exact").get<bool>();
+  r.agree = j.at("agree_dense").get<bool>();
+  r.kl = j.at("kl").is_null() ? std::nan("") : j.at("kl").get<double>();
+  r.tf_match = j.at("tf_match").is_null() ? -1 : (int)j.at("tf_match").get<bool>();
+  r.generated = j.at("generated").get<bool>();
+  r.mass = j.at("mass").is_null() ? -1.0 : j.at("mass").get<double>();
+  r.gen_tokens = j.at("gen_tokens").get<int64_t>();
+  r.ask_s = j.at("ask_s").get<double>();
+  r.score_s = j.at("score_s").get<double>();
+  return r;
+}
+
 std::string csv_field(const std::string& s) {
   std::string o = "\"";
   for (char c : s) {
@@ -512,7 +550,7 @@ Result<EvalRunSummary> run_eval(const EvalConfig& cfg, const EvalOptions& opt) {
                  {"context", t.context},
                  {"needles", t.needles},
                  {"questions", qs}}
-                .dump()
+                .dump(-1, ' ', false, json::error_handler_t::replace)
          << "\n";
     }
     if (!tf) return Error(Code::kIo, "cannot write {}/tasks.jsonl", opt.out_dir);
@@ -533,16 +571,57 @@ Result<EvalRunSummary> run_eval(const EvalConfig& cfg, const EvalOptions& opt) {
 
   // meta.json now (a run in progress can be reported on) and again, complete, at the end.
   SQZ_RETURN_IF_ERROR(write_text(fs::path(opt.out_dir) / "meta.json", meta.dump(2) + "\n"));
+  // Records per question: dense + every (method, budget) point that runs.
+  size_t per_question = 1;
+  for (double b : cfg.budgets)
+    for (const auto& m : cfg.methods) {
+      const auto only = cfg.method_budgets.find(m);
+      if (only == cfg.method_budgets.end() ||
+          std::find(only->second.begin(), only->second.end(), b) != only->second.end())
+        per_question++;
+    }
+  std::vector<Record> recs;
+  std::map<std::string, std::vector<Record>> done;  // --resume: complete questions by qid
+  if (opt.resume) {
+    std::ifstream in(fs::path(opt.out_dir) / "results.jsonl");
+    for (std::string line; std::getline(in, line);) {
+      const json j = json::parse(line, nullptr, false);
+      if (j.is_discarded()) continue;  // a line cut by the interruption
+      try {
+        Record r = record_from_json(j);
+        done[r.qid].push_back(std::move(r));
+      } catch (const std::exception&) {
+        continue;
+      }
+    }
+    for (auto it = done.begin(); it != done.end();)
+      it = it->second.size() == per_question ? std::next(it) : done.erase(it);
+    log(fmt::format("resume: {} complete questions kept", done.size()));
+  }
   std::ofstream rf(fs::path(opt.out_dir) / "results.jsonl", std::ios::trunc);
-  std::ofstream cf(fs::path(opt.out_dir) / "compiles.jsonl", std::ios::trunc);
+  std::ofstream cf(fs::path(opt.out_dir) / "compiles.jsonl",
+                   opt.resume ? std::ios::app : std::ios::trunc);
   if (!rf || !cf) return Error(Code::kIo, "cannot write results under {}", opt.out_dir);
+  // Kept questions are rewritten first (dropping any partial block of the interrupted run).
+  for (const auto& [qid, rs] : done)
+    for (const Record& r : rs) {
+      rf << dump_line(record_json(r)) << "\n";
+      recs.push_back(r);
+    }
+  rf.flush();
   const std::string pack_path = (fs::path(opt.out_dir) / "current.sqzpack").string();
   const int32_t nv = e.model().config().n_vocab;
-  std::vector<Record> recs;
   int64_t q_done = 0;
   double compile_s_total = 0, ask_s_total = 0;
 
   for (const TaskInstance& inst : instances) {
+    bool all_done = true;
+    for (const Question& q : inst.questions) all_done = all_done && done.count(q.id);
+    if (all_done) {
+      // kl_every / mass_every count questions, so skipped ones keep their place.
+      q_done += (int64_t)inst.questions.size();
+      continue;
+    }
     CompileParams cp;
     cp.clusters = cfg.clusters;
     cp.coarse = cfg.coarse;
@@ -583,6 +662,10 @@ Result<EvalRunSummary> run_eval(const EvalConfig& cfg, const EvalOptions& opt) {
     bl.lookup = std::make_unique<SqueezeLookupSelector>(*pack, ep.n_threads);
 
     for (const Question& q : inst.questions) {
+      if (done.count(q.id)) {
+        q_done++;
+        continue;
+      }
       const double tq = now_s();
       const bool want_mass = cfg.mass_every > 0 && q_done % cfg.mass_every == 0;
       const bool want_kl = cfg.kl && q_done % cfg.kl_every == 0;
@@ -775,7 +858,7 @@ Result<EvalRunSummary> run_eval(const EvalConfig& cfg, const EvalOptions& opt) {
       std::string line = fmt::format("[{}/{}] {} dense='{}'{}", q_done + 1, n_q_total, q.id,
                                      rd.answer.substr(0, 24), rd.correct ? "+" : "-");
       for (const Record& r : out) {
-        rf << record_json(r).dump() << "\n";
+        rf << dump_line(record_json(r)) << "\n";
         if (r.method != "dense" && r.target_budget == cfg.budgets.back())
           line += fmt::format(" {}{}", r.method, r.correct ? "+" : "-");
       }

@@ -82,6 +82,9 @@ struct EvalOptions {
   int n_threads = 2;
   bool tasks_only = false;  // write tasks.jsonl and stop (no compile, no questions)
   std::string command;      // the command line, recorded in meta.json
+  // Keep the complete questions of out_dir/results.jsonl (an interrupted run of the same
+  // config) and run only the rest.
+  bool resume = false;
   std::function<void(const std::string&)> log;  // progress lines (nullptr: silent)
 };
 

@@ -203,6 +203,162 @@ RefSelection ref_select(const float* q, int64_t t0, int64_t t1, int n_head, int 
   return r;
 }
 
+RefClusterStats ref_cluster_stats(const float* X, const int32_t* perm, const int32_t* offsets,
+                                  int k, int64_t d, const float* C) {
+  RefClusterStats st;
+  st.mean.assign((size_t)(k * d), 0.0);
+  st.var.assign((size_t)(k * d), 0.0);
+  st.radius.assign((size_t)k, 0.0);
+  for (int j = 0; j < k; j++) {
+    const int32_t b = offsets[j], e = offsets[j + 1];
+    double* m = st.mean.data() + j * d;
+    for (int32_t r = b; r < e; r++)
+      for (int64_t t = 0; t < d; t++) m[t] += X[(int64_t)perm[r] * d + t];
+    for (int64_t t = 0; t < d; t++) m[t] /= (double)(e - b);
+    double* v = st.var.data() + j * d;
+    for (int32_t r = b; r < e; r++)
+      for (int64_t t = 0; t < d; t++) {
+        const double x = X[(int64_t)perm[r] * d + t] - m[t];
+        v[t] += x * x;
+      }
+    for (int64_t t = 0; t < d; t++) v[t] /= (double)(e - b);
+    for (int32_t r = b; r < e; r++) {
+      double s = 0.0;
+      for (int64_t t = 0; t < d; t++) {
+        const double c = C ? (double)C[j * d + t] : m[t];
+        const double x = X[(int64_t)perm[r] * d + t] - c;
+        s += x * x;
+      }
+      st.radius[(size_t)j] = std::max(st.radius[(size_t)j], std::sqrt(s));
+    }
+  }
+  return st;
+}
+
+double ref_cluster_logit(const float* q, double scale, const float* c, const float* v, double r,
+                         int64_t d) {
+  double x = 0.0, corr = 0.0, qn = 0.0;
+  for (int64_t t = 0; t < d; t++) {
+    const double qs = (double)q[t] * scale;
+    x += qs * c[t];
+    if (v) corr += 0.5 * qs * qs * v[t];
+    qn += qs * qs;
+  }
+  if (v) x += std::min(corr, std::sqrt(qn) * r);
+  return x;
+}
+
+std::vector<double> ref_cluster_scores_est(const float* Q, int64_t nqv, double scale,
+                                           const float* C, const float* V, const float* R,
+                                           const float* sizes, int k, int64_t d) {
+  std::vector<double> s((size_t)k, 0.0);
+  for (int64_t i = 0; i < nqv; i++) {
+    std::vector<double> l((size_t)k);
+    double m = -std::numeric_limits<double>::infinity();
+    for (int j = 0; j < k; j++) {
+      l[(size_t)j] =
+          ref_cluster_logit(Q + i * d, scale, C + j * d, V ? V + j * d : nullptr, R ? R[j] : 0, d);
+      m = std::max(m, l[(size_t)j]);
+    }
+    double D = 0.0;
+    for (int j = 0; j < k; j++) D += sizes[j] * std::exp(l[(size_t)j] - m);
+    for (int j = 0; j < k; j++) s[(size_t)j] += std::exp(l[(size_t)j] - m) / D;
+  }
+  for (double& x : s) x /= (double)nqv;
+  return s;
+}
+
+std::vector<double> ref_cluster_scores_hier_est(const float* Q, int64_t nqv, double scale,
+                                                const float* C, const float* V, const float* R,
+                                                const float* sizes, int k, const float* CC,
+                                                const float* CV, const float* CR,
+                                                const int32_t* coarse_ranges, int n_coarse,
+                                                const uint8_t* survive, int64_t d) {
+  std::vector<double> s((size_t)k, std::numeric_limits<double>::quiet_NaN());
+  std::vector<uint8_t> cmp((size_t)k, 0);
+  for (int c = 0; c < n_coarse; c++)
+    if (survive[c])
+      for (int32_t j = coarse_ranges[c]; j < coarse_ranges[c + 1]; j++) {
+        cmp[(size_t)j] = 1;
+        s[(size_t)j] = 0.0;
+      }
+  for (int64_t i = 0; i < nqv; i++) {
+    const float* q = Q + i * d;
+    double m = -std::numeric_limits<double>::infinity();
+    std::vector<double> l((size_t)k), L((size_t)n_coarse);
+    for (int j = 0; j < k; j++)
+      if (cmp[(size_t)j])
+        m = std::max(m, l[(size_t)j] = ref_cluster_logit(q, scale, C + j * d,
+                                                         V ? V + j * d : nullptr, R ? R[j] : 0, d));
+    for (int c = 0; c < n_coarse; c++)
+      if (!survive[c])
+        m = std::max(m, L[(size_t)c] = ref_cluster_logit(
+                            q, scale, CC + c * d, CV ? CV + c * d : nullptr, CR ? CR[c] : 0, d));
+    double D = 0.0;
+    for (int j = 0; j < k; j++)
+      if (cmp[(size_t)j]) D += sizes[j] * std::exp(l[(size_t)j] - m);
+    for (int c = 0; c < n_coarse; c++)
+      if (!survive[c]) {
+        double N = 0.0;
+        for (int32_t j = coarse_ranges[c]; j < coarse_ranges[c + 1]; j++) N += sizes[j];
+        D += N * std::exp(L[(size_t)c] - m);
+      }
+    for (int j = 0; j < k; j++)
+      if (cmp[(size_t)j]) s[(size_t)j] += std::exp(l[(size_t)j] - m) / D;
+  }
+  for (int j = 0; j < k; j++)
+    if (cmp[(size_t)j]) s[(size_t)j] /= (double)nqv;
+  return s;
+}
+
+RefSelection ref_select_est(const float* q, int64_t t0, int64_t t1, int n_head, int n_head_kv,
+                            int h, int64_t d, const float* C, const float* V, const float* R,
+                            const float* sizes, const int32_t* offsets, int k, const float* CC,
+                            const float* CV, const float* CR, const int32_t* coarse_ranges,
+                            int n_coarse, int levels, double tf, double tc) {
+  const int group = n_head / n_head_kv;
+  std::vector<float> Q;
+  for (int64_t t = t0; t < t1; t++)
+    for (int g = 0; g < group; g++)
+      for (int64_t x = 0; x < d; x++) Q.push_back(q[(t * n_head + h * group + g) * d + x]);
+  const int64_t nqv = (t1 - t0) * group;
+  const double scale = 1.0 / std::sqrt((double)d);
+  const int64_t vecs = V ? 2 : 1;
+  RefSelection r;
+  if (levels < 2 || n_coarse == 0) {
+    r.fine_scores = ref_cluster_scores_est(Q.data(), nqv, scale, C, V, R, sizes, k, d);
+    r.centroids_compared = vecs * k;
+  } else {
+    std::vector<float> csz((size_t)n_coarse, 0.0f);
+    for (int c = 0; c < n_coarse; c++)
+      for (int32_t j = coarse_ranges[c]; j < coarse_ranges[c + 1]; j++) csz[(size_t)c] += sizes[j];
+    r.coarse_scores =
+        ref_cluster_scores_est(Q.data(), nqv, scale, CC, CV, CR, csz.data(), n_coarse, d);
+    std::vector<uint8_t> surv((size_t)n_coarse);
+    int64_t compared = n_coarse;
+    for (int c = 0; c < n_coarse; c++) {
+      surv[(size_t)c] = r.coarse_scores[(size_t)c] >= tc;
+      if (surv[(size_t)c]) compared += coarse_ranges[c + 1] - coarse_ranges[c];
+    }
+    r.centroids_compared = vecs * compared;
+    r.fine_scores = ref_cluster_scores_hier_est(Q.data(), nqv, scale, C, V, R, sizes, k, CC, CV, CR,
+                                                coarse_ranges, n_coarse, surv.data(), d);
+  }
+  for (int j = 0; j < k; j++) {
+    const double s = r.fine_scores[(size_t)j];
+    if (std::isnan(s) || !(s >= tf)) continue;
+    r.clusters.push_back(j);
+    r.kept_keys += offsets[j + 1] - offsets[j];
+    if (!r.ranges.empty() && r.ranges.back() == offsets[j])
+      r.ranges.back() = offsets[j + 1];
+    else {
+      r.ranges.push_back(offsets[j]);
+      r.ranges.push_back(offsets[j + 1]);
+    }
+  }
+  return r;
+}
+
 double ref_weighted_quantile(std::vector<double> values, std::vector<double> weights, double p) {
   std::vector<size_t> idx(values.size());
   std::iota(idx.begin(), idx.end(), 0);

@@ -60,6 +60,43 @@ RefSelection ref_select(const float* q, int64_t t0, int64_t t1, int n_head, int 
                         int k, const float* CC, const int32_t* coarse_ranges, int n_coarse,
                         int levels, double tf, double tc);
 
+// ---- Estimator::kMeanVar (docs/squeeze.md, "Cluster scores") ----
+
+// Statistics of each cluster's raw keys: rows offsets[j]..offsets[j+1]-1 are keys
+// X[perm[row]] (X: [n, d] raw keys). mean and var (population, around the mean) in double;
+// radius = max |x - c| against the stored f32 centroids `C` ([k, d]) when given, else against
+// the double mean.
+struct RefClusterStats {
+  std::vector<double> mean;    // [k, d]
+  std::vector<double> var;     // [k, d]
+  std::vector<double> radius;  // [k]
+};
+RefClusterStats ref_cluster_stats(const float* X, const int32_t* perm, const int32_t* offsets,
+                                  int k, int64_t d, const float* C = nullptr);
+
+// Cluster logit for one unscaled query q: scale q·c, plus with V (var, [d]) non-null
+// min(½ scale² Σ q_t² v_t, scale |q| r).
+double ref_cluster_logit(const float* q, double scale, const float* c, const float* v, double r,
+                         int64_t d);
+
+// As ref_cluster_scores / ref_cluster_scores_hier / ref_select with the estimator's logits:
+// V ([k, d]) and R ([k]) (CV / CR for the coarse level) are the variances and radii, or nullptr
+// for the mean estimator. ref_select_est counts 2 centroid vectors per scored cluster with V.
+std::vector<double> ref_cluster_scores_est(const float* Q, int64_t nqv, double scale,
+                                           const float* C, const float* V, const float* R,
+                                           const float* sizes, int k, int64_t d);
+std::vector<double> ref_cluster_scores_hier_est(const float* Q, int64_t nqv, double scale,
+                                                const float* C, const float* V, const float* R,
+                                                const float* sizes, int k, const float* CC,
+                                                const float* CV, const float* CR,
+                                                const int32_t* coarse_ranges, int n_coarse,
+                                                const uint8_t* survive, int64_t d);
+RefSelection ref_select_est(const float* q, int64_t t0, int64_t t1, int n_head, int n_head_kv,
+                            int h, int64_t d, const float* C, const float* V, const float* R,
+                            const float* sizes, const int32_t* offsets, int k, const float* CC,
+                            const float* CV, const float* CR, const int32_t* coarse_ranges,
+                            int n_coarse, int levels, double tf, double tc);
+
 // Quantile of a weighted sample: the smallest value v (ascending) whose cumulative weight
 // including it exceeds p * total weight (the definition in docs/squeeze.md).
 double ref_weighted_quantile(std::vector<double> values, std::vector<double> weights, double p);

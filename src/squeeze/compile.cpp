@@ -250,8 +250,7 @@ void cluster_head(const float* raw, int64_t n, int64_t d, int k_f, int k_c, int 
         out.coarse_centroids[(size_t)(c * d + t)] = (float)a[(size_t)t];
       }
       // A coarse cluster's keys are the contiguous rows of its children.
-      rows_variance(raw, out.perm.data(),
-                    out.fine_offsets[(size_t)out.coarse_ranges[(size_t)c]],
+      rows_variance(raw, out.perm.data(), out.fine_offsets[(size_t)out.coarse_ranges[(size_t)c]],
                     out.fine_offsets[(size_t)out.coarse_ranges[(size_t)c + 1]], d, a.data(), tmp,
                     out.coarse_var.data() + (int64_t)c * d);
       out.coarse_radius[(size_t)c] =

@@ -90,16 +90,16 @@ class Pack {
   KvHeadView clustered_kv(int layer, int h) const;
   // Observation-window keys/values: n_obs rows in original order (positions n_clustered + r).
   KvHeadView obs_kv(int layer, int h) const;
-  const int32_t* perm(int layer, int h) const;            // [n_clustered] row -> position
-  const int32_t* fine_offsets(int layer, int h) const;    // [n_fine + 1]
-  const float* fine_centroids(int layer, int h) const;    // [n_fine, head_dim]
-  const float* fine_sizes(int layer, int h) const;        // [n_fine]
-  const float* coarse_centroids(int layer, int h) const;  // [n_coarse, head_dim]
-  const int32_t* coarse_ranges(int layer, int h) const;   // [n_coarse + 1] fine boundaries
-  const float* fine_var(int layer, int h) const;          // [n_fine, head_dim]
-  const float* coarse_var(int layer, int h) const;        // [n_coarse, head_dim]
-  const float* fine_radius(int layer, int h) const;       // [n_fine]
-  const float* coarse_radius(int layer, int h) const;     // [n_coarse]
+  const int32_t* perm(int layer, int h) const;               // [n_clustered] row -> position
+  const int32_t* fine_offsets(int layer, int h) const;       // [n_fine + 1]
+  const float* fine_centroids(int layer, int h) const;       // [n_fine, head_dim]
+  const float* fine_sizes(int layer, int h) const;           // [n_fine]
+  const float* coarse_centroids(int layer, int h) const;     // [n_coarse, head_dim]
+  const int32_t* coarse_ranges(int layer, int h) const;      // [n_coarse + 1] fine boundaries
+  const float* fine_var(int layer, int h) const;             // [n_fine, head_dim]
+  const float* coarse_var(int layer, int h) const;           // [n_coarse, head_dim]
+  const float* fine_radius(int layer, int h) const;          // [n_fine]
+  const float* coarse_radius(int layer, int h) const;        // [n_coarse]
   HeadCentroidsView centroids_view(int layer, int h) const;  // with variances and radii
 
   // Thresholds and budget mapping of one estimator's table (kAuto: the default's). A lookup
@@ -126,8 +126,8 @@ class Pack {
   PackFingerprint fp_;
   CompileParams params_;
   CompileStats stats_;
-  CalibTable calib_;      // Estimator::kMean
-  CalibTable calib_var_;  // Estimator::kMeanVar
+  CalibTable calib_;                                // Estimator::kMean
+  CalibTable calib_var_;                            // Estimator::kMeanVar
   const uint8_t* sec_[kPackSectionCount + 1] = {};  // section data by id
   const int32_t* tokens_ = nullptr;
 };

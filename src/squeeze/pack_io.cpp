@@ -220,10 +220,14 @@ json make_meta(const SqueezedContext& sc, const PackFingerprint& fp) {
                       {"weights_hash", hex64(fp.weights_hash)},
                       {"tokenizer_hash", hex64(fp.tokenizer_hash)}};
   const CompileParams& p = sc.params;
-  m["compile_params"] = {{"clusters", p.clusters},     {"coarse", p.coarse},
-                         {"obs_window", p.obs_window}, {"kv_type", kv_name(p.kv_type)},
-                         {"seed", hex64(p.seed)},      {"n_threads", p.n_threads},
-                         {"max_iters", p.max_iters},   {"tol", p.tol},
+  m["compile_params"] = {{"clusters", p.clusters},
+                         {"coarse", p.coarse},
+                         {"obs_window", p.obs_window},
+                         {"kv_type", kv_name(p.kv_type)},
+                         {"seed", hex64(p.seed)},
+                         {"n_threads", p.n_threads},
+                         {"max_iters", p.max_iters},
+                         {"tol", p.tol},
                          {"estimator", estimator_name(p.estimator)}};
   const CompileStats& s = sc.stats;
   m["stats"] = {{"kmeans_s", s.kmeans_s},
@@ -580,10 +584,12 @@ Status Pack::load() {
     params_.max_iters = r.get<int>("max_iters");
     params_.tol = r.get<double>("tol");
     const std::string est = r.get<std::string>("estimator");
-    if (r.st.ok() && (!parse_estimator(est, &params_.estimator) ||
-                      params_.estimator == Estimator::kAuto))
-      return Error(Code::kFormat, "{}: section 'meta': compile_params.estimator '{}' is not "
-                   "mean/mean_var", path, est);
+    if (r.st.ok() &&
+        (!parse_estimator(est, &params_.estimator) || params_.estimator == Estimator::kAuto))
+      return Error(Code::kFormat,
+                   "{}: section 'meta': compile_params.estimator '{}' is not "
+                   "mean/mean_var",
+                   path, est);
     MetaReader s{m["stats"], "stats", {}};
     stats_.kmeans_s = s.get<double>("kmeans_s");
     stats_.calib_s = s.get<double>("calib_s");
@@ -710,9 +716,7 @@ Status Pack::load() {
     }
   auto load_calib = [&](PackSection id, CalibTable& t) -> Status {
     const double* cal = (const double*)sec_[(uint32_t)id];
-    auto col = [&](int c) {
-      return std::vector<double>(cal + c * n_grid, cal + (c + 1) * n_grid);
-    };
+    auto col = [&](int c) { return std::vector<double>(cal + c * n_grid, cal + (c + 1) * n_grid); };
     t.percentiles = col(0);
     t.fine_threshold = col(1);
     t.coarse_threshold = col(2);

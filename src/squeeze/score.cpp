@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <cstdlib>
 
 #include "squeeze/centroid_kernels.h"
 
@@ -61,8 +60,8 @@ void HeadCentroidsT::build(const HeadCentroidsView& v, Estimator e) {
   }
 }
 
-void cluster_logits(const HeadCentroidsT& t, bool coarse, const float* Q, int64_t nqv,
-                    int64_t j0, int64_t j1, float* L, int64_t lds, std::vector<float>& tmp) {
+void cluster_logits(const HeadCentroidsT& t, bool coarse, const float* Q, int64_t nqv, int64_t j0,
+                    int64_t j1, float* L, int64_t lds, std::vector<float>& tmp) {
   if (nqv <= 0 || j1 <= j0) return;
   const int64_t k = coarse ? t.n_coarse : t.n_fine;
   const float* Ct = coarse ? t.coarse_t.data() : t.fine_t.data();
@@ -75,7 +74,6 @@ void cluster_logits(const HeadCentroidsT& t, bool coarse, const float* Q, int64_
   cpu::centroid_dots(Q + hd, nqv, hd, t.dim, Ct + hd * cpu::centroid_padded_cols(k), k, j0, j1,
                      tmp.data(), w);
   const float* r = (coarse ? t.coarse_r.data() : t.fine_r.data()) + j0;
-  static const bool EXP_NOCAP = getenv("SQZ_EXP_NOCAP") != nullptr;  // TEMP EXPERIMENT
   for (int64_t i = 0; i < nqv; i++) {
     // |q| from the augmented half: sum of ½ q_t² is |q|² / 2.
     const float* h = Q + i * t.dim + hd;
@@ -84,7 +82,7 @@ void cluster_logits(const HeadCentroidsT& t, bool coarse, const float* Q, int64_
     const float qn = std::sqrt(2.0f * s);
     float* l = L + i * lds;
     const float* vv = tmp.data() + i * w;
-    for (int64_t j = 0; j < w; j++) l[j] += EXP_NOCAP ? vv[j] : std::min(vv[j], qn * r[j]);
+    for (int64_t j = 0; j < w; j++) l[j] += std::min(vv[j], qn * r[j]);
   }
 }
 

@@ -55,7 +55,7 @@ struct HeadCentroidsView {
 struct HeadCentroidsT {
   Estimator est = Estimator::kMean;  // kMean or kMeanVar
   int64_t head_dim = 0;
-  int64_t dim = 0;                  // floats per query row: head_dim, or 2·head_dim (kMeanVar)
+  int64_t dim = 0;  // floats per query row: head_dim, or 2·head_dim (kMeanVar)
   int n_fine = 0, n_coarse = 0;
   std::vector<float> fine_t;        // [dim, padded n_fine] (+ tile slack)
   std::vector<float> coarse_t;      // [dim, padded n_coarse] (+ tile slack)
@@ -69,8 +69,8 @@ struct HeadCentroidsT {
 // Logits of clusters [j0, j1) of one level (fine, or coarse when `coarse`) for nqv query rows
 // Q ([nqv, t.dim], augmented for t.est): L[i * lds + (j - j0)]. tmp: scratch (kMeanVar), grown
 // on demand.
-void cluster_logits(const HeadCentroidsT& t, bool coarse, const float* Q, int64_t nqv,
-                    int64_t j0, int64_t j1, float* L, int64_t lds, std::vector<float>& tmp);
+void cluster_logits(const HeadCentroidsT& t, bool coarse, const float* Q, int64_t nqv, int64_t j0,
+                    int64_t j1, float* L, int64_t lds, std::vector<float>& tmp);
 
 // Scoring vectors from scaled queries: out[i] = Q[i] (kMean) or [Q[i], ½ Q[i]∘Q[i]] (kMeanVar).
 // Q: [nqv, head_dim]; out: [nqv, estimator_dim(est, head_dim)].

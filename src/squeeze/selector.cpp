@@ -123,8 +123,7 @@ void Selector::plan(int layer, const float* q, int64_t n_q, const SelectParams& 
     const int64_t b = j / H;
     const int h = (int)(j % H);
     const int64_t t0 = b * bs, t1 = std::min(n_q, t0 + bs);
-    im.run_job(im.scratch[(size_t)tid], layer, h, q, t0, t1, two, tf, tc, est, ht,
-               sel[(size_t)j]);
+    im.run_job(im.scratch[(size_t)tid], layer, h, q, t0, t1, two, tf, tc, est, ht, sel[(size_t)j]);
   };
   const int nt = (int)std::min<int64_t>(im.n_threads, jobs);
   if (nt <= 1) {

@@ -139,8 +139,8 @@ struct SqueezedContext {
   int n_fine = 0, n_coarse = 0;
   CompileParams params;
   std::vector<HeadClusters> heads;  // [n_layer * n_head_kv], index layer * n_head_kv + h
-  CalibTable calib;      // Estimator::kMean
-  CalibTable calib_var;  // Estimator::kMeanVar
+  CalibTable calib;                 // Estimator::kMean
+  CalibTable calib_var;             // Estimator::kMeanVar
   const CalibTable& calib_for(Estimator e) const {
     const Estimator r = e == Estimator::kAuto ? params.estimator : e;
     return r == Estimator::kMeanVar ? calib_var : calib;
@@ -181,9 +181,9 @@ struct SelectParams {
 };
 
 struct HeadSelection {
-  std::vector<RowRange> ranges;    // rows of clustered_kv(layer, h), ascending, disjoint, merged
-  int64_t kept_keys = 0;           // rows covered by ranges
-  int64_t clusters_kept = 0;       // fine clusters kept
+  std::vector<RowRange> ranges;  // rows of clustered_kv(layer, h), ascending, disjoint, merged
+  int64_t kept_keys = 0;         // rows covered by ranges
+  int64_t clusters_kept = 0;     // fine clusters kept
   // Centroid vectors read (per query vector set): fine + coarse clusters scored, times 2 with
   // Estimator::kMeanVar (each cluster is a mean and a variance vector of head_dim floats).
   int64_t centroids_compared = 0;

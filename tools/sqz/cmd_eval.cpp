@@ -17,6 +17,7 @@ struct EvalCmd {
   std::string model;
   bool tasks_only = false;
   bool print_config = false;
+  bool resume = false;
 };
 
 int run_eval_cmd(const EvalCmd& c) {
@@ -37,9 +38,10 @@ int run_eval_cmd(const EvalCmd& c) {
   opt.n_threads =
       c.threads > 0 ? c.threads : (int)std::max(1u, std::thread::hardware_concurrency());
   opt.tasks_only = c.tasks_only;
+  opt.resume = c.resume;
   opt.command = "sqz eval --config " + c.config + " --out " + c.out + " --threads " +
                 std::to_string(opt.n_threads) + (c.model.empty() ? "" : " --model " + c.model) +
-                (c.tasks_only ? " --tasks-only" : "");
+                (c.tasks_only ? " --tasks-only" : "") + (c.resume ? " --resume" : "");
   opt.log = [](const std::string& s) {
     std::fprintf(stderr, "[eval] %s\n", s.c_str());
     std::fflush(stderr);
@@ -64,6 +66,8 @@ void register_eval_command(CLI::App& app, Runners& runners) {
   sc->add_option("--model,-m", c->model, "GGUF model (default: SmolLM2-135M)");
   sc->add_flag("--tasks-only", c->tasks_only, "write the generated tasks (tasks.jsonl) and stop");
   sc->add_flag("--print-config", c->print_config, "print the resolved config as JSON and stop");
+  sc->add_flag("--resume", c->resume,
+               "keep the complete questions of an interrupted run in --out and run the rest");
   sc->callback([c, &runners] { runners.push_back([c] { return run_eval_cmd(*c); }); });
 }
 
