@@ -5,6 +5,7 @@
 // write. Prints a table and writes bench/results/squeeze_<date>.json.
 //   bench_squeeze [--model PATH] [--ctx-tokens 7800] [--question 256] [--decode 32]
 //                 [--threads 1,2] [--budgets 0.3,0.2,0.1] [--reps 3] [--llamacpp JSON]
+//                 [--estimator auto|mean|mean_var|mean_iso] [--sinks 4] [--levels 1|2] [--block 0]
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -24,7 +25,8 @@ int main(int argc, char** argv) {
   std::string model = std::string(SQZ_SOURCE_DIR) + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
   int64_t ctx_tokens = 7800, q_tokens = 256, n_decode = 32, reps = 3;
   std::vector<double> threads = {1, 2}, budgets = {0.3, 0.2, 0.1};
-  std::string llamacpp_json;
+  std::string llamacpp_json, estimator = "auto";
+  int64_t sinks = 4, levels = 0, block = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i], v = argv[i + 1];
     if (a == "--model") model = v;
@@ -35,6 +37,10 @@ int main(int argc, char** argv) {
     else if (a == "--budgets") budgets = bench::parse_list(v);
     else if (a == "--reps") reps = std::stoll(v);
     else if (a == "--llamacpp") llamacpp_json = v;
+    else if (a == "--estimator") estimator = v;
+    else if (a == "--sinks") sinks = std::stoll(v);
+    else if (a == "--levels") levels = std::stoll(v);
+    else if (a == "--block") block = std::stoll(v);
     else { std::fprintf(stderr, "unknown flag %s\n", a.c_str()); return 2; }
   }
   nlohmann::json out;
@@ -99,7 +105,13 @@ int main(int argc, char** argv) {
       AskParams ap;
       ap.dense = b < 0;
       ap.budget = b;
-      ap.select.levels = pack.n_coarse() > 0 ? 2 : 1;
+      ap.select.levels = levels > 0 ? (int)levels : (pack.n_coarse() > 0 ? 2 : 1);
+      ap.sink_tokens = (int)sinks;
+      ap.select.block = block;
+      if (!parse_estimator(estimator, &ap.select.estimator)) {
+        std::fprintf(stderr, "error: --estimator %s\n", estimator.c_str());
+        return 2;
+      }
       ap.gen.max_tokens = (int)n_decode;
       ap.gen.stop_at_eos = false;
       std::vector<double> ttft, dec;
@@ -145,6 +157,8 @@ int main(int argc, char** argv) {
       }
     }
   }
+  out["settings"] = {{"estimator", estimator}, {"sinks", sinks}, {"levels", levels}, {"block", block},
+                     {"question_tokens", q_tokens}, {"decode_tokens", n_decode}, {"reps", reps}};
   out["peak_rss_mib"] = bench::peak_rss_mib();
   bench::write_result("squeeze", out);
   return 0;

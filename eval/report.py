@@ -133,7 +133,9 @@ def plot(groups, budgets, lengths, by_len, out_dir, prefix):
         pts.sort(key=lambda p: p[0])
         x = [p[0] for p in pts]
         y = [p[1]["acc"] for p in pts]
-        yerr = [[p[1]["acc"] - p[1]["lo"] for p in pts], [p[1]["hi"] - p[1]["acc"] for p in pts]]
+        # max(0, .): the Wilson bounds can sit a rounding error inside the estimate at 0 or 1.
+        yerr = [[max(0.0, p[1]["acc"] - p[1]["lo"]) for p in pts],
+                [max(0.0, p[1]["hi"] - p[1]["acc"]) for p in pts]]
         ax.errorbar(x, y, yerr=yerr, marker="o", capsize=3, label=LABEL[m])
     if dense:
         ax.axhline(dense["acc"], color="black", linestyle="--", label="dense")
@@ -297,11 +299,33 @@ def main():
              f"at most {cfg.get('gen', {}).get('max_tokens')} tokens, stop at {json.dumps(cfg.get('gen', {}).get('stop'))}).")
     L.append(f"- Machine: {mach.get('cpu_model', '?')}, {mach.get('logical_cores', '?')} logical cores, "
              f"{mach.get('threads', '?')} threads.")
-    if "wall_s" in meta:
-        L.append(f"- Wall time: {meta['wall_s'] / 60:.1f} min "
+    if "segments" in meta:
+        # A run resumed after interruptions (sqz eval --resume): totals over its segments.
+        L.append(f"- Wall time: {meta['wall_s_total'] / 60:.1f} min over {len(meta['segments'])} segments, "
+                 f"{meta['cpu_s_total'] / 60:.1f} min of process CPU time:")
+        for sg in meta["segments"]:
+            L.append(f"  - questions {sg['questions']}: {sg['wall_s'] / 60:.1f} min wall, {sg['cpu_s'] / 60:.1f} min CPU — {sg['end']}")
+    elif "wall_s" in meta:
+        L.append(f"- Wall time: {meta['wall_s'] / 60:.1f} min, {meta.get('cpu_s', 0) / 60:.1f} min of process CPU time "
                  f"(compiles {meta.get('compile_s', 0) / 60:.1f} min, questions {meta.get('questions_s', 0) / 60:.1f} min).")
+    L.append("- Reproduce (from the repository root, after `scripts/setup.sh`; `--resume` continues an "
+             "interrupted run; `OMP_WAIT_POLICY=passive` keeps OpenMP threads from spinning when the cores are shared):")
+    L.append("")
+    L.append("  ```sh")
+    L.append("  cmake -S . -B build && cmake --build build --target sqz -j2")
+    L.append("  OMP_WAIT_POLICY=passive build/sqz eval --config " + str(cfg.get("name", "full")) +
+             " --out eval/out --threads " + str(mach.get("threads", 2)))
+    for spec in args.ablation:
+        label, _, d = spec.partition("=")
+        name = os.path.basename(os.path.normpath(d))
+        L.append(f"  OMP_WAIT_POLICY=passive build/sqz eval --config eval/configs/{name}.json --out eval/out/{name} --threads 2")
+    L.append("  pip install matplotlib   # for the report")
+    cmd = ["python3", "eval/report.py"] + [a if " " not in a else f'"{a}"' for a in sys.argv[1:]]
+    L.append("  " + " ".join(cmd))
+    L.append("  ```")
+    L.append("")
     if meta.get("command"):
-        L.append(f"- Command: `{meta['command']}`, then `python3 eval/report.py --results {args.results}`.")
+        L.append(f"- This run: `{meta['command']}`.")
     L.append(f"- {n_q} questions over {len({(r['task'], r['length'], r['instance']) for r in recs})} compiled "
              f"contexts; {len(recs)} (question, method, budget) records. Context lengths {', '.join(str(x) for x in lengths)} tokens; "
              f"tasks {', '.join(tasks)}.")

@@ -34,6 +34,9 @@ CalibFixture make_fixture(int n_head, int n_head_kv, int64_t n_ctx, int n_obs, d
   p.clusters = clusters;
   p.coarse = coarse;
   p.n_threads = 2;
+  // These tests check the mean estimator's table (sc.calib) against the pack's default one;
+  // kMeanVar's table is covered by test_squeeze_estimator.
+  p.estimator = Estimator::kMean;
   auto r = squeeze_context(f.synth.cap, p);
   EXPECT_TRUE(r.ok()) << r.status().message();
   f.sc = std::move(r.value());

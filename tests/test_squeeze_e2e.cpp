@@ -219,14 +219,18 @@ TEST_F(PlantedFact, KeepAllAnswersLikeDense) {
   EXPECT_NE(ask_it(ap).gen.text.find("PELICAN-42"), std::string::npos);
 }
 
-// Known gap (see docs/eval.md): with the documented mean-centroid estimator the 135M model
-// loses the needle below ~50% of keys, while oracle top-k keeps it at 10%. Enabled once the
-// estimator closes the gap.
-TEST_F(PlantedFact, DISABLED_SqueezedAtTenPercentAnswersCorrectly) {
+// About 10% of the context's keys (single-level lookup, the default mean_iso estimator, the
+// default 4 sink tokens, one selection per question token). Measured alternatives (docs/squeeze.md):
+// the paper's mean estimator misses the needle at every budget below ~50%; one selection for the
+// whole question (select.block = 0) and the two-level lookup also miss it at 10%.
+TEST_F(PlantedFact, SqueezedAtTenPercentAnswersCorrectly) {
   AskParams ap;
   ap.budget = 0.1;
+  ap.select.levels = 1;
+  ap.select.block = 1;
   const AskResult r = ask_it(ap);
   EXPECT_LT(r.kept_fraction, 0.15);
+  EXPECT_GT(r.kept_fraction, 0.05);
   EXPECT_NE(r.gen.text.find("PELICAN-42"), std::string::npos);
 }
 

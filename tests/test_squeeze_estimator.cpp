@@ -163,22 +163,37 @@ TEST(SqueezeEstimator, ScorerMatchesReference) {
         }
         (corr > std::sqrt(qn) * h.R[(size_t)j] ? capped : uncapped)++;
       }
-    for (Estimator est : {Estimator::kMean, Estimator::kMeanVar}) {
-      const bool var = est == Estimator::kMeanVar;
+    // kMeanIso is kMeanVar with every dimension's variance replaced by the cluster's mean
+    // variance: its reference is the kMeanVar reference on those isotropic variance rows.
+    auto iso_rows = [d](const std::vector<float>& V) {
+      std::vector<float> out(V.size());
+      for (size_t j = 0; j * (size_t)d < V.size(); j++) {
+        double m = 0;
+        for (int64_t t = 0; t < d; t++) m += V[j * (size_t)d + (size_t)t];
+        for (int64_t t = 0; t < d; t++) out[j * (size_t)d + (size_t)t] = (float)(m / (double)d);
+      }
+      return out;
+    };
+    const std::vector<float> Viso = iso_rows(h.V), CViso = iso_rows(h.CV);
+    for (Estimator est : {Estimator::kMean, Estimator::kMeanVar, Estimator::kMeanIso}) {
+      SCOPED_TRACE(estimator_name(est));
+      const bool var = est != Estimator::kMean;
+      const bool iso = est == Estimator::kMeanIso;
+      const float* V = !var ? nullptr : iso ? Viso.data() : h.V.data();
+      const float* CV = !var ? nullptr : iso ? CViso.data() : h.CV.data();
       HeadCentroidsT t;
       t.build(v, est);
-      EXPECT_EQ(t.dim, var ? 2 * d : d);
+      EXPECT_EQ(t.dim, est == Estimator::kMeanVar ? 2 * d : d);
       const std::vector<float> Q = scorer_queries(Qu, nqv, d, est);
-      const double dl =
-          std::max(logit_error_bound(Qu, nqv, h.C.data(), var ? h.V.data() : nullptr, k, d),
-                   logit_error_bound(Qu, nqv, h.CC.data(), var ? h.CV.data() : nullptr, kc, d));
+      const double dl = std::max(logit_error_bound(Qu, nqv, h.C.data(), V, k, d),
+                                 logit_error_bound(Qu, nqv, h.CC.data(), CV, kc, d));
       ClusterScorer sc;
       std::vector<double> got((size_t)k, kNaN);
       sc.score_fine_all(v, t, Q.data(), nqv, got.data());
       expect_scores_near(
           got,
-          ref::ref_cluster_scores_est(Qu.data(), nqv, scale, h.C.data(), var ? h.V.data() : nullptr,
-                                      h.R.data(), h.sizes.data(), k, d),
+          ref::ref_cluster_scores_est(Qu.data(), nqv, scale, h.C.data(), V, h.R.data(),
+                                      h.sizes.data(), k, d),
           dl, "fine");
       if (kc == 0) continue;
       std::vector<float> csz((size_t)kc, 0.0f);
@@ -189,8 +204,8 @@ TEST(SqueezeEstimator, ScorerMatchesReference) {
       sc.score_coarse(v, t, Q.data(), nqv, gc.data());
       expect_scores_near(
           gc,
-          ref::ref_cluster_scores_est(Qu.data(), nqv, scale, h.CC.data(),
-                                      var ? h.CV.data() : nullptr, h.CR.data(), csz.data(), kc, d),
+          ref::ref_cluster_scores_est(Qu.data(), nqv, scale, h.CC.data(), CV, h.CR.data(),
+                                      csz.data(), kc, d),
           dl, "coarse");
       std::vector<uint8_t> survive((size_t)kc);
       for (auto& s : survive) s = rng() % 3 != 0;
@@ -198,9 +213,8 @@ TEST(SqueezeEstimator, ScorerMatchesReference) {
       std::vector<double> gh((size_t)k, kNaN);
       const int64_t compared = sc.score_fine_hier(v, t, Q.data(), nqv, survive.data(), gh.data());
       const std::vector<double> wh = ref::ref_cluster_scores_hier_est(
-          Qu.data(), nqv, scale, h.C.data(), var ? h.V.data() : nullptr, h.R.data(), h.sizes.data(),
-          k, h.CC.data(), var ? h.CV.data() : nullptr, h.CR.data(), h.cranges.data(), kc,
-          survive.data(), d);
+          Qu.data(), nqv, scale, h.C.data(), V, h.R.data(), h.sizes.data(), k, h.CC.data(), CV,
+          h.CR.data(), h.cranges.data(), kc, survive.data(), d);
       int64_t want_compared = 0;
       for (double s : wh) want_compared += !std::isnan(s);
       EXPECT_EQ(compared, want_compared);

@@ -84,6 +84,7 @@ Compiled compile_small(DType kv, double coarse, int64_t n_ctx = 113, int n_obs =
   p.coarse = coarse;
   p.kv_type = kv;
   p.seed = 3;
+  p.estimator = Estimator::kMean;  // pk.calibration() (the default's) is compared with sc.calib
   auto r = squeeze_context(c.synth.cap, p);
   EXPECT_TRUE(r.ok()) << r.status().message();
   c.sc = std::move(r.value());

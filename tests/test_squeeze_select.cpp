@@ -2,6 +2,7 @@
 // two-level estimator against the single-level one, blocks, threads, and the keys it finds.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <set>
@@ -42,6 +43,9 @@ std::unique_ptr<PackFixture> make_pack(int n_head, int n_head_kv, int64_t n_ctx,
   p.clusters = clusters;
   p.coarse = coarse;
   p.n_threads = 2;
+  // The reference here (ref_select) and the two-level properties are those of the mean
+  // estimator; kMeanVar lookups are covered by test_squeeze_estimator.
+  p.estimator = Estimator::kMean;
   f->path = test::temp_pack_path("select");
   const Status s =
       pack_compile(f->synth.cap, p, test::synth_fingerprint(f->spec), f->path, nullptr);
@@ -422,6 +426,131 @@ TEST(SqueezeSelect, BlocksThreadsAndOverride) {
     s2.plan(1, q.data(), n_q, all, single);
     for (int h = 0; h < H; h++) EXPECT_TRUE(single[(size_t)h].ranges.empty());
   }
+}
+
+// Greedy reference for per-head top-k / floor top-up: candidates by descending score (ties by
+// index), each taken unless it would overshoot `target` by more than it is short; `taken`
+// starts with the clusters already kept. Plain code, independent of the selector's.
+std::set<int32_t> ref_top_up(const std::vector<double>& score, const int32_t* off, int n_fine,
+                             std::set<int32_t> taken, int64_t target) {
+  int64_t covered = 0;
+  for (int32_t j : taken) covered += off[j + 1] - off[j];
+  std::vector<int32_t> order;
+  for (int32_t j = 0; j < n_fine; j++)
+    if (!std::isnan(score[(size_t)j])) order.push_back(j);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int32_t a, int32_t b) { return score[(size_t)a] > score[(size_t)b]; });
+  for (int32_t j : order) {
+    if (covered >= target) break;
+    if (taken.count(j)) continue;
+    const int64_t n = off[j + 1] - off[j];
+    if (covered + n - target > target - covered) continue;
+    taken.insert(j);
+    covered += n;
+  }
+  return taken;
+}
+
+TEST(SqueezeSelect, PerHeadTopKMatchesGreedyReference) {
+  std::mt19937_64 rng(test::test_seed() + 25);
+  for (auto [nh, nkv, n_ctx] : {std::tuple{9, 3, 501}, {8, 2, 3771}, {4, 4, 113}}) {
+    auto f = make_pack(nh, nkv, n_ctx, 23, 0.06, 0.02, (uint64_t)n_ctx + 25);
+    const Pack& pk = *f->pack;
+    Selector sel(pk, 2);
+    std::vector<HeadSelection> out;
+    int64_t checked = 0;
+    for (int l = 0; l < pk.n_layer(); l++)
+      for (int64_t n_q : {1, 9}) {
+        const std::vector<float> q = test::make_user_queries(f->synth, f->spec, l, n_q, rng);
+        for (double frac : {0.0, 0.1, 0.35, 1.0}) {
+          SelectParams sp;
+          sp.levels = 1;
+          sp.alloc = SelectParams::Alloc::kPerHead;
+          sp.head_fraction = frac;
+          sel.plan(l, q.data(), n_q, sp, out);
+          for (int h = 0; h < pk.n_head_kv(); h++) {
+            SCOPED_TRACE(testing::Message() << "n_ctx " << n_ctx << " layer " << l << " head " << h
+                                            << " fraction " << frac);
+            const int32_t* off = pk.fine_offsets(l, h);
+            const ref::RefSelection r = ref::ref_select(
+                q.data(), 0, n_q, pk.n_head(), pk.n_head_kv(), h, pk.head_dim(),
+                pk.fine_centroids(l, h), pk.fine_sizes(l, h), off, pk.n_fine(), nullptr, nullptr,
+                0, 1, -std::numeric_limits<double>::infinity(), 0);
+            const int64_t target = (int64_t)std::ceil(frac * (double)pk.n_clustered());
+            const std::set<int32_t> want = ref_top_up(r.fine_scores, off, pk.n_fine(), {}, target);
+            const std::set<int32_t> ours = clusters_of(pk, l, h, out[(size_t)h]);
+            // Near-ties (relative 1e-5) can order differently in float; skip those heads.
+            std::vector<double> sc(r.fine_scores);
+            std::sort(sc.begin(), sc.end());
+            bool tie = false;
+            for (size_t i = 1; i < sc.size(); i++)
+              tie |= sc[i] - sc[i - 1] <= 1e-5 * std::fabs(sc[i]);
+            if (tie) continue;
+            EXPECT_EQ(ours, want);
+            int64_t max_cluster = 0;
+            for (int j = 0; j < pk.n_fine(); j++)
+              max_cluster = std::max<int64_t>(max_cluster, off[j + 1] - off[j]);
+            // Coverage lands near the target: the greedy rule never overshoots by more than
+            // half a cluster; it may stop short only when no remaining cluster fits.
+            EXPECT_LE(out[(size_t)h].kept_keys, target + max_cluster / 2);
+            if (frac == 1.0) {
+              EXPECT_EQ(out[(size_t)h].kept_keys, pk.n_clustered());
+            }
+            if (frac == 0.0) {
+              EXPECT_EQ(out[(size_t)h].kept_keys, 0);
+            }
+            checked++;
+          }
+        }
+      }
+    EXPECT_GT(checked, 10);
+  }
+}
+
+TEST(SqueezeSelect, HeadFloorTopsUpStarvedHeadsOnly) {
+  std::mt19937_64 rng(test::test_seed() + 26);
+  auto f = make_pack(9, 3, 1501, 31, 0.05, 0.01, 26);
+  const Pack& pk = *f->pack;
+  Selector sel(pk, 2);
+  std::vector<HeadSelection> plain, floored;
+  int64_t topped = 0;
+  for (int l = 0; l < pk.n_layer(); l++) {
+    const std::vector<float> q = test::make_user_queries(f->synth, f->spec, l, 5, rng);
+    for (int levels : {1, 2}) {
+      SelectParams sp;
+      sp.levels = levels;
+      sp.percentile = 0.97;  // a high threshold: some heads keep little
+      sel.plan(l, q.data(), 5, sp, plain);
+      sp.head_floor = 0.15;
+      sel.plan(l, q.data(), 5, sp, floored);
+      for (int h = 0; h < pk.n_head_kv(); h++) {
+        const std::set<int32_t> a = clusters_of(pk, l, h, plain[(size_t)h]);
+        const std::set<int32_t> b = clusters_of(pk, l, h, floored[(size_t)h]);
+        // The floor only adds clusters.
+        for (int32_t j : a) EXPECT_TRUE(b.count(j)) << "floor dropped cluster " << j;
+        const int64_t target = (int64_t)std::ceil(0.15 * (double)pk.n_clustered());
+        if (plain[(size_t)h].kept_keys >= target) {
+          EXPECT_EQ(a, b) << "a head above the floor changed";
+        } else {
+          topped++;
+          // Tolerance: the largest unit the top-up adds (a fine cluster; with two levels also
+          // a whole pruned coarse cluster).
+          const int32_t* off = pk.fine_offsets(l, h);
+          int64_t max_cluster = 0;
+          for (int j = 0; j < pk.n_fine(); j++)
+            max_cluster = std::max<int64_t>(max_cluster, off[j + 1] - off[j]);
+          if (levels == 2) {
+            const int32_t* cr = pk.coarse_ranges(l, h);
+            for (int c = 0; c < pk.n_coarse(); c++)
+              max_cluster = std::max<int64_t>(max_cluster, off[cr[c + 1]] - off[cr[c]]);
+          }
+          EXPECT_GE(floored[(size_t)h].kept_keys, target - max_cluster);
+          EXPECT_LE(floored[(size_t)h].kept_keys, target + max_cluster / 2);
+        }
+      }
+    }
+  }
+  EXPECT_GT(topped, 0) << "no head was below the floor: the test checks nothing";
 }
 
 }  // namespace

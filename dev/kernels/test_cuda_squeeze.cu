@@ -371,11 +371,13 @@ static void run_case(const Case& c, std::mt19937_64& rng) {
   sqz_cuda_query q{dQ.p, c.n_q, 0, (float)scale, (float)thr_f, (float)thr_c};
   Dev<float> out((size_t)c.n_q * n_heads * D), lse((size_t)c.n_q * n_heads);
   sqz_cuda_state st{out.p, 0, lse.p, 0};
-  // Run twice: the second run checks that counters were reset and results are reproducible.
-  for (int rep = 0; rep < 2; rep++) {
+  // Plan + run twice (counters reset, results reproducible), then a run without a new plan (the
+  // decode run waits on the plan's per-head ready words; a finished plan must stay usable).
+  // The checked outputs are the last run's.
+  for (int rep = 0; rep < 3; rep++) {
     out.poison();
     lse.poison();
-    SQZ_OK(sqz_cuda_plan(&shape, &ctx, &q, ws.p, 0));
+    if (rep < 2) SQZ_OK(sqz_cuda_plan(&shape, &ctx, &q, ws.p, 0));
     SQZ_OK(sqz_cuda_run(&shape, &ctx, &q, ws.p, &st, 0));
     CUDA_OK(cudaDeviceSynchronize());
   }
@@ -469,7 +471,10 @@ static void run_case(const Case& c, std::mt19937_64& rng) {
 // Attention over caller ranges (1-row ranges, empty heads, whole context).
 static void run_ranges_case(int n_ctx, int group, int n_q, int D, sqz_cuda_dtype dt, int mode,
                             int num_sms, std::mt19937_64& rng) {
-  const int n_kv = 3, n_heads = n_kv * group, n_fine = std::max(4, n_ctx / 7);
+  // mode 3: one-row ranges every other row with some empty ones (n_fine ~ n_ctx / 2): decode
+  // items span many range batches and, with few SMs, more than one row-map window.
+  const int n_kv = 3, n_heads = n_kv * group,
+            n_fine = mode == 3 ? n_ctx / 2 + 1 : std::max(4, n_ctx / 7);
   char tag[200];
   std::snprintf(tag, sizeof tag, "ranges ctx=%d g=%d nq=%d D=%d %s mode=%d sms=%d", n_ctx, group,
                 n_q, D, dt == SQZ_CUDA_BF16 ? "bf16" : "f16", mode, num_sms);
@@ -483,6 +488,9 @@ static void run_ranges_case(int n_ctx, int group, int n_q, int D, sqz_cuda_dtype
     if (mode == 1 && h == 1) continue;         // empty head
     if (mode == 2 || (mode == 1 && h == 2)) {  // whole context
       R[h].push_back({0, n_ctx});
+    } else if (mode == 3) {
+      for (int pos = (int)(rng() % 2); pos < n_ctx && (int)R[h].size() < n_fine; pos += 2)
+        R[h].push_back({pos, rng() % 9 == 0 ? pos : pos + 1});
     } else {  // random disjoint ranges, many of one row
       int pos = (int)(rng() % 3);
       while ((int)R[h].size() < n_fine && pos < n_ctx) {
@@ -788,6 +796,9 @@ int main(int argc, char** argv) {
     run_ranges_case(3771, 8, 12, 128, BF, mode, 0, rng);
     run_ranges_case(113, 1, 70, 64, BF, mode, 1, rng);
   }
+  run_ranges_case(20000, 1, 1, 128, BF, 3, 1, rng);  // decode: 4 items of ~2.3K rows per head
+  run_ranges_case(20000, 8, 1, 64, F16, 3, 0, rng);  // decode, G = 8
+  run_ranges_case(20000, 4, 3, 128, BF, 3, 0, rng);  // prefill (row list) over the same
   run_dense_case(1, 1, 1, 128, BF, 0, 0, rng);
   run_dense_case(77, 77, 4, 128, BF, 10, 10, rng);
   run_dense_case(200, 260, 1, 128, F16, 0, 60, rng);  // 60 past user tokens

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/hash.h"
+#include "engine/gpu_session.h"
 
 namespace sqz {
 
@@ -39,6 +40,9 @@ Result<std::unique_ptr<Engine>> Engine::create(const EngineParams& p) {
   for (const auto& t : e->file_->tokenizer.tokens) h = fnv1a64(t, h);
   for (const auto& m : e->file_->tokenizer.merges) h = fnv1a64(m, h);
   e->tokenizer_hash_ = h;
+  if (p.device == Device::kCuda) {
+    SQZ_ASSIGN_OR_RETURN(e->gpu_, gpu_backend_create(*e->model_));
+  }
   return e;
 }
 
@@ -59,6 +63,7 @@ Result<GenerateResult> Engine::generate(const std::vector<int32_t>& prompt,
   if ((int64_t)prompt.size() >= n_ctx_)
     return Error(Code::kOutOfRange, "prompt of {} tokens does not fit the context of {} tokens",
                  prompt.size(), n_ctx_);
+  if (gpu_) return gpu_generate(*this, prompt, gp);
   KvCache cache;
   cache.init(c.n_layer, c.n_head_kv, c.head_dim, std::min(need, n_ctx_), params_.kv_type);
   DenseAttention attn(cache, c.n_head, c.n_head_kv, c.head_dim, params_.n_threads);
@@ -73,23 +78,34 @@ Result<GenerateResult> run_generation(const LlamaModel& model, const Tokenizer& 
                                       AttentionProvider& attn, ForwardScratch& s,
                                       const std::vector<int32_t>& prompt, int64_t pos0,
                                       int64_t max_pos, const GenerateParams& gp, int n_threads) {
-  const int32_t n_vocab = model.config().n_vocab;
+  auto fwd = [&](const int32_t* t, const int32_t* p, int64_t n, float* logits, int64_t nl) {
+    return model.forward(t, p, n, attn, s, n_threads, logits, nl);
+  };
+  return run_generation_fn(fwd, s.max_tokens, model.config().n_vocab, tok, prompt, pos0, max_pos,
+                           gp);
+}
+
+Result<GenerateResult> run_generation_fn(const ForwardFn& forward, int64_t max_batch,
+                                         int32_t n_vocab, const Tokenizer& tok,
+                                         const std::vector<int32_t>& prompt, int64_t pos0,
+                                         int64_t max_pos, const GenerateParams& gp) {
   if (prompt.empty()) return Error(Code::kInvalidArgument, "empty prompt");
+  if (max_batch < 1) return Error(Code::kInvalidArgument, "batch must be >= 1");
   if (pos0 + (int64_t)prompt.size() > max_pos)
     return Error(Code::kOutOfRange, "prompt of {} tokens at position {} exceeds the context ({})",
                  prompt.size(), pos0, max_pos);
   GenerateResult res;
   res.prompt_tokens = (int64_t)prompt.size();
   std::vector<float> logits((size_t)n_vocab);
-  std::vector<int32_t> pos((size_t)s.max_tokens);
+  std::vector<int32_t> pos((size_t)max_batch);
   const double t0 = now_ms();
   const int64_t n = (int64_t)prompt.size();
-  for (int64_t i = 0; i < n; i += s.max_tokens) {
-    const int64_t nb = std::min<int64_t>(s.max_tokens, n - i);
+  for (int64_t i = 0; i < n; i += max_batch) {
+    const int64_t nb = std::min<int64_t>(max_batch, n - i);
     for (int64_t j = 0; j < nb; j++) pos[(size_t)j] = (int32_t)(pos0 + i + j);
     const bool last = i + nb == n;
-    SQZ_RETURN_IF_ERROR(model.forward(prompt.data() + i, pos.data(), nb, attn, s, n_threads,
-                                      last ? logits.data() : nullptr, last ? 1 : 0));
+    SQZ_RETURN_IF_ERROR(forward(prompt.data() + i, pos.data(), nb, last ? logits.data() : nullptr,
+                                last ? 1 : 0));
     if (gp.on_prefill) gp.on_prefill(i + nb, n);
   }
   Sampler sampler(gp.sampler);
@@ -147,7 +163,7 @@ Result<GenerateResult> run_generation(const LlamaModel& model, const Tokenizer& 
     }
     if (cur >= max_pos) break;
     int32_t p = (int32_t)cur;
-    SQZ_RETURN_IF_ERROR(model.forward(&id, &p, 1, attn, s, n_threads, logits.data(), 1));
+    SQZ_RETURN_IF_ERROR(forward(&id, &p, 1, logits.data(), 1));
     cur++;
   }
   if (res.stop_reason != "stop" && !pending.empty()) {
@@ -163,6 +179,8 @@ Result<GenerateResult> run_generation(const LlamaModel& model, const Tokenizer& 
 Result<PerplexityResult> perplexity(const Engine& e, const std::string& text, int64_t n_ctx,
                                     ProgressFn progress) {
   const ModelConfig& c = e.model().config();
+  if (e.gpu())
+    return Error(Code::kUnsupported, "perplexity runs on the CPU only (use --device cpu)");
   if (n_ctx < 2 || n_ctx > e.n_ctx())
     return Error(Code::kInvalidArgument, "perplexity ctx {} must be in [2, {}]", n_ctx, e.n_ctx());
   const std::vector<int32_t> toks = e.tokenizer().encode(text, false, false);

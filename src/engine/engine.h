@@ -16,8 +16,15 @@
 
 namespace sqz {
 
+// Where the forward pass runs. kCuda: weights dequantized to f16 on the current GPU at
+// Engine::create (src/backend/cuda/fwd/); generate, compile and ask then run there.
+enum class Device { kCpu, kCuda };
+
+struct GpuBackend;  // engine/gpu_session.cpp
+
 struct EngineParams {
   std::string model_path;
+  Device device = Device::kCpu;
   int n_threads = 1;
   int64_t n_ctx = 0;        // 0 = the model's training context
   int64_t n_batch = 256;    // prefill chunk (tokens per forward call)
@@ -66,6 +73,9 @@ class Engine {
   // Dense generation from scratch (new KV cache).
   Result<GenerateResult> generate(const std::vector<int32_t>& prompt, const GenerateParams& gp) const;
 
+  // The GPU copy of the model (Device::kCuda), else null. Not thread-safe: one request at a time.
+  GpuBackend* gpu() const { return gpu_.get(); }
+
  private:
   EngineParams params_;
   std::shared_ptr<ModelFile> file_;
@@ -74,7 +84,19 @@ class Engine {
   int64_t n_ctx_ = 0;
   ChatTemplateInfo chat_;
   uint64_t tokenizer_hash_ = 0;
+  std::shared_ptr<GpuBackend> gpu_;
 };
+
+// One forward call of a generation loop: n tokens at positions pos; logits (host) of the last
+// n_logits tokens.
+using ForwardFn = std::function<Status(const int32_t* tokens, const int32_t* pos, int64_t n,
+                                       float* logits, int64_t n_logits)>;
+// The generation loop over any forward pass (CPU model + provider, GPU model): prompt in chunks
+// of at most max_batch tokens, then sampling and one-token steps.
+Result<GenerateResult> run_generation_fn(const ForwardFn& forward, int64_t max_batch,
+                                         int32_t n_vocab, const Tokenizer& tok,
+                                         const std::vector<int32_t>& prompt, int64_t pos0,
+                                         int64_t max_pos, const GenerateParams& gp);
 
 // The generation loop over any attention provider. Prompt tokens get positions pos0, pos0+1, …;
 // max_pos bounds prompt + generated positions (exclusive).

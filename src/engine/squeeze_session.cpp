@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "core/fp16.h"
+#include "engine/gpu_session.h"
 #include "model/kv_cache.h"
 
 namespace sqz {
@@ -69,7 +70,10 @@ class SqueezeAttention : public AttentionProvider {
     int64_t n_blocks = 1, block = n_tok;
     if (mode_ == Mode::kSqueezed) {
       if (alt_) {
-        sel_.assign((size_t)H, HeadSelection());
+        const int64_t ab = alt_->block();
+        n_blocks = ab > 0 ? (n_tok + ab - 1) / ab : 1;
+        if (n_blocks > 1) block = ab;
+        sel_.assign((size_t)(n_blocks * H), HeadSelection());
         alt_->plan(layer, q, n_tok, sel_);
       } else {
         selector_.plan(layer, q, n_tok, sp_, sel_);
@@ -254,7 +258,11 @@ Result<AskSetup> make_setup(const Engine& e, const Pack& pack, int64_t n_user_ma
   SelectParams sp = ap.select;
   if (ap.budget > 0) {
     if (ap.budget > 1) return Error(Code::kInvalidArgument, "budget {} must be in (0, 1]", ap.budget);
-    sp.percentile = pack.percentile_for_budget(ap.budget, pack.n_coarse() > 0 ? sp.levels : 1);
+    sp.percentile =
+        pack.percentile_for_budget(ap.budget, pack.n_coarse() > 0 ? sp.levels : 1, sp.estimator);
+    // Per-head top-k keeps the same fraction of every head's clustered keys that the
+    // calibrated percentile keeps on average (the budget means the clustered fraction kept).
+    if (sp.alloc == SelectParams::Alloc::kPerHead) sp.head_fraction = ap.budget;
   }
   if (ap.keep_all) sp.threshold_override = -std::numeric_limits<double>::infinity();
   s.percentile = sp.percentile;
@@ -309,12 +317,10 @@ PackFingerprint engine_fingerprint(const Engine& e) {
   return fp;
 }
 
-Result<CompileReport> compile_context(const Engine& e, const std::string& context_text,
-                                      const CompileParams& cp, const std::string& out_path,
-                                      ProgressFn progress) {
-  const ModelConfig& c = e.model().config();
+Result<std::vector<int32_t>> context_tokens(const Engine& e, const std::string& context_text,
+                                            const CompileParams& cp) {
   const PromptLayout lay = make_prompt_layout(e, context_text);
-  const std::vector<int32_t> toks = e.tokenizer().encode(lay.prefix, false, true);
+  std::vector<int32_t> toks = e.tokenizer().encode(lay.prefix, false, true);
   const int64_t n = (int64_t)toks.size();
   if (n >= e.n_ctx())
     return Error(Code::kOutOfRange,
@@ -324,6 +330,16 @@ Result<CompileReport> compile_context(const Engine& e, const std::string& contex
   if (cp.obs_window < 1 || cp.obs_window >= n)
     return Error(Code::kInvalidArgument, "obs-window {} must be in [1, {}) for a context of {} tokens",
                  cp.obs_window, n, n);
+  return toks;
+}
+
+Result<CompileReport> compile_context(const Engine& e, const std::string& context_text,
+                                      const CompileParams& cp, const std::string& out_path,
+                                      ProgressFn progress) {
+  if (e.gpu()) return gpu_compile_context(e, context_text, cp, out_path, progress);
+  const ModelConfig& c = e.model().config();
+  SQZ_ASSIGN_OR_RETURN(const std::vector<int32_t> toks, context_tokens(e, context_text, cp));
+  const int64_t n = (int64_t)toks.size();
   const int nt = e.params().n_threads;
   CompileReport rep;
   rep.n_ctx = n;
@@ -369,6 +385,7 @@ Result<CompileReport> compile_context(const Engine& e, const std::string& contex
 Result<std::vector<float>> ask_first_logits(const Engine& e, const Pack& pack,
                                             const std::vector<int32_t>& q_toks,
                                             const AskParams& ap, AskResult* stats) {
+  if (e.gpu()) return gpu_ask_first_logits(e, pack, q_toks, ap, stats);
   SQZ_ASSIGN_OR_RETURN(AskSetup s, make_setup(e, pack, (int64_t)q_toks.size() + 1, ap));
   const int32_t nv = e.model().config().n_vocab;
   std::vector<float> logits((size_t)nv);
@@ -397,6 +414,7 @@ Result<std::vector<float>> ask_score_tokens(const Engine& e, const Pack& pack,
                                             const std::vector<int32_t>& a_toks,
                                             const AskParams& ap, AskResult* stats) {
   if (q_toks.empty()) return Error(Code::kInvalidArgument, "empty question");
+  if (e.gpu()) return Error(Code::kUnsupported, "teacher-forced scoring runs on the CPU only");
   const int64_t na = (int64_t)a_toks.size();
   SQZ_ASSIGN_OR_RETURN(AskSetup s, make_setup(e, pack, (int64_t)q_toks.size() + na + 1, ap));
   const int32_t nv = e.model().config().n_vocab;
@@ -425,6 +443,7 @@ Result<std::vector<float>> ask_score_tokens(const Engine& e, const Pack& pack,
 
 Result<AskResult> ask(const Engine& e, const Pack& pack, const std::string& question,
                       const AskParams& ap) {
+  if (e.gpu()) return gpu_ask(e, pack, question, ap);
   const std::vector<int32_t> q = question_tokens(e, question);
   if (q.empty()) return Error(Code::kInvalidArgument, "empty question");
   SQZ_ASSIGN_OR_RETURN(AskSetup s, make_setup(e, pack, (int64_t)q.size() + ap.gen.max_tokens + 1, ap));

@@ -25,6 +25,7 @@ PromptLayout make_prompt_layout(const Engine& e, const std::string& context_text
 struct CompileReport {
   int64_t n_ctx = 0;
   double prefill_s = 0;
+  double capture_s = 0;  // --device cuda: K/V readback to the host (0 on the CPU)
   CompileStats stats;  // kmeans / calibration / write split
 };
 
@@ -36,6 +37,11 @@ Result<CompileReport> compile_context(const Engine& e, const std::string& contex
 
 PackFingerprint engine_fingerprint(const Engine& e);
 
+// Token ids of the pack's prefix (template + context) for compile_context on any device; an
+// error when they leave no room for a question or cannot hold the observation window.
+Result<std::vector<int32_t>> context_tokens(const Engine& e, const std::string& context_text,
+                                            const CompileParams& cp);
+
 // Alternative key selection, used for evaluation baselines (StreamingLLM, Quest-style pages,
 // oracle top-k, random). plan() fills sel[h].ranges (rows of the pack's clustered,
 // cluster-contiguous K/V of `layer`, sorted, disjoint), kept_keys and centroids_compared (the
@@ -45,6 +51,9 @@ class KeySelector {
   virtual ~KeySelector() = default;
   virtual void plan(int layer, const float* q /* [n_q, n_head, head_dim] post-RoPE */,
                     int64_t n_q, std::vector<HeadSelection>& sel) = 0;
+  // > 0: plan() returns one selection per block of this many query tokens, sel[b * n_head_kv
+  // + h] for block b (as Selector::plan with SelectParams::block); 0: one for all of them.
+  virtual int64_t block() const { return 0; }
 };
 
 struct AskParams {
@@ -54,7 +63,9 @@ struct AskParams {
   bool dense = false;       // exact full attention over the pack's KV (the reference)
   bool keep_all = false;    // threshold -inf: every cluster kept (must reproduce dense)
   KeySelector* selector = nullptr;  // non-null: use this instead of centroid lookup
-  int sink_tokens = 0;        // always read the first N context positions (attention sinks)
+  // Always read the first N context positions (attention sinks: the chat template's first
+  // tokens hold most of the attention mass of many deep-layer heads; docs/eval.md).
+  int sink_tokens = 4;
   bool measure_mass = false;  // compute the true softmax mass captured by the selection (slow)
 };
 
@@ -67,6 +78,7 @@ struct AskResult {
   double mass_captured = -1;     // mean over (step, layer, query head) of the true attention
                                  // mass of fixed-context keys that the selection read; -1 if
                                  // not measured
+  double pack_upload_s = 0;      // --device cuda: pack copied to the GPU (before, not in, ttft)
 };
 
 // Answers one question (prompt = pack context + question + template suffix).

@@ -68,10 +68,11 @@ EvalConfig smoke_config() {
 }
 
 EvalConfig full_config() {
-  // Sized for about 40 minutes with 2 threads on an idle 2-core machine (docs/eval.md gives
-  // the cost estimate): >= 200 questions for every (method, budget) point. The list tasks the
-  // 135M model cannot do even densely (multi-value, variable tracking, common words) run at
-  // the two shorter lengths only; the retrieval tasks at every length.
+  // Cost (docs/eval.md): 52 min of process CPU time with 2 threads, i.e. about 30-40 min of
+  // wall time on an idle 2-core machine (65 min measured with the cores shared with other
+  // work); >= 200 questions for every (method, budget) point. The list tasks the 135M model
+  // cannot do even densely (multi-value, variable tracking, common words) run at the two
+  // shorter lengths only; the retrieval tasks at every length.
   EvalConfig c;
   c.name = "full";
   c.seed = 1;
@@ -98,6 +99,10 @@ EvalConfig full_config() {
   c.max_tokens = 28;
   c.kl_every = 2;
   c.mass_every = 2;
+  // One selection per question token (SelectParams::block = 1), as every decode step has:
+  // on the 48-question ablation it raised single-level accuracy at 1/8 from 22.9% to 31.2%
+  // (KL 0.276 -> 0.194; docs/eval.md), measured before this run.
+  c.squeeze_block = 1;
   return c;
 }
 
@@ -118,11 +123,16 @@ json config_json(const EvalConfig& c) {
           {"budgets", c.budgets},
           {"method_budgets", c.method_budgets},
           {"squeeze_sink_tokens", c.squeeze_sink_tokens},
+          {"squeeze_estimator", c.squeeze_estimator},
+          {"squeeze_block", c.squeeze_block},
+          {"squeeze_alloc", c.squeeze_alloc},
+          {"squeeze_head_floor", c.squeeze_head_floor},
           {"compile",
            {{"clusters", c.clusters},
             {"coarse", c.coarse},
             {"obs_window", c.obs_window},
-            {"seed", c.kmeans_seed}}},
+            {"seed", c.kmeans_seed},
+            {"center_keys", c.center_keys}}},
           {"gen", {{"max_tokens", c.max_tokens}, {"stop", c.stop}}},
           {"always_generate", c.always_generate},
           {"kl", c.kl},
@@ -163,6 +173,14 @@ Status validate(const EvalConfig& c) {
   }
   if (c.squeeze_sink_tokens < 0)
     return Error(Code::kInvalidArgument, "config: squeeze_sink_tokens < 0");
+  if (c.squeeze_block < 0) return Error(Code::kInvalidArgument, "config: squeeze_block < 0");
+  if (Estimator e; !parse_estimator(c.squeeze_estimator, &e))
+    return Error(Code::kInvalidArgument, "config: squeeze_estimator '{}' (auto, mean, mean_var)",
+                 c.squeeze_estimator);
+  if (c.squeeze_alloc != "global" && c.squeeze_alloc != "head")
+    return Error(Code::kInvalidArgument, "config: squeeze_alloc '{}' (global, head)", c.squeeze_alloc);
+  if (!(c.squeeze_head_floor >= 0 && c.squeeze_head_floor <= 1))
+    return Error(Code::kInvalidArgument, "config: squeeze_head_floor must be in [0, 1]");
   for (const auto& m : c.methods)
     if (std::find(kMethods.begin(), kMethods.end(), m) == kMethods.end())
       return Error(Code::kInvalidArgument,
@@ -457,12 +475,17 @@ Result<EvalConfig> eval_config_from_json(const std::string& text) {
     if (j.contains("method_budgets"))
       c.method_budgets = j["method_budgets"].get<std::map<std::string, std::vector<double>>>();
     c.squeeze_sink_tokens = j.value("squeeze_sink_tokens", c.squeeze_sink_tokens);
+    c.squeeze_estimator = j.value("squeeze_estimator", c.squeeze_estimator);
+    c.squeeze_block = j.value("squeeze_block", c.squeeze_block);
+    c.squeeze_alloc = j.value("squeeze_alloc", c.squeeze_alloc);
+    c.squeeze_head_floor = j.value("squeeze_head_floor", c.squeeze_head_floor);
     if (j.contains("compile")) {
       const json& cp = j["compile"];
       c.clusters = cp.value("clusters", c.clusters);
       c.coarse = cp.value("coarse", c.coarse);
       c.obs_window = cp.value("obs_window", c.obs_window);
       c.kmeans_seed = cp.value("seed", c.kmeans_seed);
+      c.center_keys = cp.value("center_keys", c.center_keys);
     }
     if (j.contains("gen")) {
       c.max_tokens = j["gen"].value("max_tokens", c.max_tokens);
@@ -626,6 +649,7 @@ Result<EvalRunSummary> run_eval(const EvalConfig& cfg, const EvalOptions& opt) {
     cp.clusters = cfg.clusters;
     cp.coarse = cfg.coarse;
     cp.obs_window = cfg.obs_window;
+    cp.center_keys = cfg.center_keys;
     cp.seed = cfg.kmeans_seed;
     cp.n_threads = ep.n_threads;
     const double tc = now_s();
@@ -685,6 +709,8 @@ Result<EvalRunSummary> run_eval(const EvalConfig& cfg, const EvalOptions& opt) {
       ap0.gen.max_tokens = cfg.max_tokens;
       ap0.gen.sampler.temperature = 0;  // greedy
       ap0.gen.stop = cfg.stop;
+      // Sinks are a squeezed-attention setting (squeeze_sink_tokens); baselines select alone.
+      ap0.sink_tokens = 0;
       const std::vector<int32_t> qtok = question_tokens(e, q.text);
 
       // The dense answer's tokens plus, when dense stopped at end-of-turn, one more row: the
@@ -746,6 +772,7 @@ Result<EvalRunSummary> run_eval(const EvalConfig& cfg, const EvalOptions& opt) {
           } else {
             SelectParams sp = a.select;
             sp.percentile = r.percentile;
+            if (sp.alloc == SelectParams::Alloc::kPerHead) sp.head_fraction = a.budget;
             bl.lookup->set_params(sp);
             meter =
                 std::make_unique<MassMeter>(*bl.idx, bl.lookup.get(), a.sink_tokens, ep.n_threads);
@@ -833,9 +860,14 @@ Result<EvalRunSummary> run_eval(const EvalConfig& cfg, const EvalOptions& opt) {
             ap.budget = squeeze_kept_target(target, pack->n_ctx(), pack->n_obs(), pack->n_fine(),
                                             pack->n_coarse(), levels);
             ap.sink_tokens = cfg.squeeze_sink_tokens;
+            parse_estimator(cfg.squeeze_estimator, &ap.select.estimator);  // validated above
+            ap.select.alloc = cfg.squeeze_alloc == "head" ? SelectParams::Alloc::kPerHead
+                                                          : SelectParams::Alloc::kGlobal;
+            ap.select.head_floor = cfg.squeeze_head_floor;
+            ap.select.block = cfg.squeeze_block;
             // What the session derives from ap.budget (recorded, and used by the mass meter).
-            r.percentile =
-                pack->percentile_for_budget(ap.budget, pack->n_coarse() > 0 ? levels : 1);
+            r.percentile = pack->percentile_for_budget(
+                ap.budget, pack->n_coarse() > 0 ? levels : 1, ap.select.estimator);
           } else {
             const auto only = cfg.method_budgets.find(m);
             if (only != cfg.method_budgets.end() &&

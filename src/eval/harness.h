@@ -44,12 +44,17 @@ struct EvalConfig {
   std::vector<double> budgets = {0.25};  // target total budgets
   // Baselines run only at these budgets (method -> budgets); others at every budget.
   std::map<std::string, std::vector<double>> method_budgets;
-  int squeeze_sink_tokens = 0;  // AskParams::sink_tokens for squeeze / squeeze_h
+  int squeeze_sink_tokens = 4;  // AskParams::sink_tokens for squeeze / squeeze_h
+  int64_t squeeze_block = 0;    // SelectParams::block (per-block selection of the question)
+  std::string squeeze_estimator = "auto";  // SelectParams::estimator: auto, mean, mean_var
+  std::string squeeze_alloc = "global";    // SelectParams::alloc: global or head
+  double squeeze_head_floor = 0;           // SelectParams::head_floor (global allocation)
   // Compile.
   double clusters = 0.05;
   double coarse = 0.01;
   int obs_window = 32;
   uint64_t kmeans_seed = 0;
+  bool center_keys = false;  // CompileParams::center_keys
   // Generation (greedy). Answers of the default model echo the question before the value
   // ("The special magic number for X is 4718293."), digits are one token each: up to 32
   // tokens, and the answer is the first line (the model often rambles on after a blank line).

@@ -64,6 +64,13 @@ class LlamaModel {
   // available), true = f32 GEMM.
   void set_prefill_f32(bool f32) { prefill_f32_ = f32; }
 
+  // Read-only access for other backends (the GPU runner uploads these).
+  const LayerWeights& layer(int il) const { return layers_[(size_t)il]; }
+  const TensorView& tok_embd() const { return *tok_embd_; }
+  const TensorView& output() const { return *output_; }  // == tok_embd() when tied
+  const std::vector<float>& output_norm() const { return output_norm_f_; }  // [n_embd]
+  const std::vector<float>& rope_freqs() const { return rope_freq_; }       // [head_dim/2]
+
   // Runs n_tok tokens (n_tok <= s.max_tokens). logits: [n_logits, n_vocab] for the last
   // n_logits tokens of the batch (0 = none, e.g. context prefill).
   Status forward(const int32_t* tokens, const int32_t* pos, int64_t n_tok,

@@ -356,11 +356,35 @@ void MassMeter::plan(int layer, const float* q, int64_t n_q, std::vector<HeadSel
   const Pack& pk = idx_.pack();
   const int H = pk.n_head_kv();
   const int64_t n = pk.n_clustered(), no = pk.n_obs(), d = pk.head_dim();
-  const int64_t group = pk.n_head() / H, nqv = n_q * group;
+  // Per-block selections (block() > 0): sel[b * H + h] serves query tokens [b bs, (b+1) bs).
+  const int64_t bs = block() > 0 ? block() : std::max<int64_t>(n_q, 1);
+  const int64_t n_blocks = block() > 0 ? (n_q + bs - 1) / bs : 1;
+  const int64_t group = pk.n_head() / H;
   const float scale = 1.0f / std::sqrt((float)d);
   auto job = [&](int h) {
     Scratch& s = *scratch_[(size_t)h];
-    HeadSelection& hs = sel[(size_t)h];
+    for (int64_t b = 0; b < n_blocks; b++)
+      measure_block(layer, h, q + b * bs * pk.n_head() * d, std::min(bs, n_q - b * bs),
+                    sel[(size_t)(b * H + h)], s, group, scale);
+  };
+  const int64_t work = (n + no) * n_q * group * d;
+  const int nt = work >= (1 << 20) ? std::min(n_threads_, H) : 1;
+#pragma omp parallel for num_threads(nt) schedule(static, 1) if (nt > 1)
+  for (int h = 0; h < H; h++) job(h);
+  for (auto& s : scratch_) {
+    sum_ += s->sum;
+    n_ += s->n;
+    s->sum = 0;
+    s->n = 0;
+  }
+}
+
+void MassMeter::measure_block(int layer, int h, const float* q, int64_t n_q, HeadSelection& hs,
+                              Scratch& s, int64_t group, float scale) {
+  const Pack& pk = idx_.pack();
+  const int64_t n = pk.n_clustered(), no = pk.n_obs(), d = pk.head_dim();
+  const int64_t nqv = n_q * group;
+  {
     s.mask.assign((size_t)n, 0);
     for (const RowRange& r : hs.ranges)
       std::fill(s.mask.begin() + r.begin, s.mask.begin() + r.end, (uint8_t)1);
@@ -406,16 +430,6 @@ void MassMeter::plan(int layer, const float* q, int64_t n_q, std::vector<HeadSel
       s.sum += kept / tot;
       s.n++;
     }
-  };
-  const int64_t work = (n + no) * nqv * d;
-  const int nt = work >= (1 << 20) ? std::min(n_threads_, H) : 1;
-#pragma omp parallel for num_threads(nt) schedule(static, 1) if (nt > 1)
-  for (int h = 0; h < H; h++) job(h);
-  for (auto& s : scratch_) {
-    sum_ += s->sum;
-    n_ += s->n;
-    s->sum = 0;
-    s->n = 0;
   }
 }
 

@@ -157,6 +157,7 @@ class SqueezeLookupSelector : public KeySelector {
  public:
   SqueezeLookupSelector(const Pack& pack, int n_threads) : selector_(pack, n_threads) {}
   void set_params(const SelectParams& sp) { sp_ = sp; }
+  int64_t block() const override { return sp_.block; }
   void plan(int layer, const float* q, int64_t n_q, std::vector<HeadSelection>& sel) override {
     selector_.plan(layer, q, n_q, sp_, sel);
   }
@@ -179,6 +180,7 @@ class MassMeter : public KeySelector {
   ~MassMeter() override;
   void plan(int layer, const float* q, int64_t n_q, std::vector<HeadSelection>& sel) override;
   double mass() const { return n_ ? sum_ / (double)n_ : -1.0; }
+  int64_t block() const override { return inner_->block(); }
   void reset() {
     sum_ = 0;
     n_ = 0;
@@ -186,6 +188,9 @@ class MassMeter : public KeySelector {
 
  private:
   struct Scratch;
+  // Adds the mass of one block's selection (hs, sinks merged in) over its n_q query tokens.
+  void measure_block(int layer, int h, const float* q, int64_t n_q, HeadSelection& hs, Scratch& s,
+                     int64_t group, float scale);
   const BaselineIndex& idx_;
   KeySelector* inner_;
   int sinks_;

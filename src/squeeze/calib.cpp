@@ -246,9 +246,11 @@ Status calibrate(const ContextCapture& cap, SqueezedContext& sc, const CompilePr
   // Both estimators are calibrated so a lookup can pick either with a correct
   // threshold and budget -> percentile mapping.
   calibrate_estimator(cap, sc, Estimator::kMean, sc.calib);
-  if (progress) progress("calibrate", 1, 2);
+  if (progress) progress("calibrate", 1, 3);
   calibrate_estimator(cap, sc, Estimator::kMeanVar, sc.calib_var);
-  if (progress) progress("calibrate", 2, 2);
+  if (progress) progress("calibrate", 2, 3);
+  calibrate_estimator(cap, sc, Estimator::kMeanIso, sc.calib_iso);
+  if (progress) progress("calibrate", 3, 3);
   return Status::Ok();
 }
 

@@ -12,6 +12,7 @@
 #include "squeeze/calib_internal.h"
 #include "squeeze/kmeans.h"
 #include "squeeze/squeeze.h"
+#include "squeeze/squeeze_external.h"
 
 namespace sqz {
 
@@ -21,13 +22,16 @@ const char* estimator_name(Estimator e) {
       return "mean";
     case Estimator::kMeanVar:
       return "mean_var";
+    case Estimator::kMeanIso:
+      return "mean_iso";
     default:
       return "auto";
   }
 }
 
 bool parse_estimator(const std::string& s, Estimator* out) {
-  for (Estimator e : {Estimator::kAuto, Estimator::kMean, Estimator::kMeanVar})
+  for (Estimator e :
+       {Estimator::kAuto, Estimator::kMean, Estimator::kMeanVar, Estimator::kMeanIso})
     if (s == estimator_name(e)) {
       *out = e;
       return true;
@@ -71,7 +75,8 @@ Status validate(const ContextCapture& cap, const CompileParams& p) {
                  p.coarse);
   if (p.kv_type != DType::kF16 && p.kv_type != DType::kF32)
     return Error(Code::kInvalidArgument, "kv_type must be f16 or f32");
-  if (p.estimator != Estimator::kMean && p.estimator != Estimator::kMeanVar)
+  if (p.estimator != Estimator::kMean && p.estimator != Estimator::kMeanVar &&
+      p.estimator != Estimator::kMeanIso)
     return Error(Code::kInvalidArgument, "estimator must be mean or mean_var (the pack's default)");
   if (p.max_iters < 1 || !(p.tol >= 0) || p.n_threads < 1)
     return Error(Code::kInvalidArgument, "max_iters {} / tol {} / n_threads {} out of range",
@@ -149,6 +154,12 @@ float rows_radius(const float* raw, const int32_t* perm, int32_t r0, int32_t r1,
   return f;
 }
 
+// Rows, centroids, variances and radii of one head from its cluster assignments (raw: [n, d]
+// keys in original order; fine_assign: [n]; coarse_of: [k_f], all zero when k_c == 0).
+void assemble_head(const float* raw, int64_t n, int64_t d, int k_f, int k_c,
+                   const std::vector<int32_t>& fine_assign, const std::vector<int32_t>& coarse_of,
+                   ClusterScratch& s, HeadClusters& out);
+
 // Clusters one (layer, KV head). raw: [n, d] keys in original order.
 void cluster_head(const float* raw, int64_t n, int64_t d, int k_f, int k_c, int layer, int head,
                   const CompileParams& p, ClusterScratch& s, HeadClusters& out) {
@@ -156,7 +167,17 @@ void cluster_head(const float* raw, int64_t n, int64_t d, int k_f, int k_c, int 
   opt.max_iters = p.max_iters;
   opt.tol = p.tol;
   s.X.resize((size_t)(n * d));
-  normalize_rows(raw, n, d, d, s.X.data());
+  if (p.center_keys && n > 0) {
+    std::vector<double> mu((size_t)d, 0.0);
+    for (int64_t i = 0; i < n; i++)
+      for (int64_t c = 0; c < d; c++) mu[(size_t)c] += raw[i * d + c];
+    for (int64_t i = 0; i < n; i++)
+      for (int64_t c = 0; c < d; c++)
+        s.X[(size_t)(i * d + c)] = raw[i * d + c] - (float)(mu[(size_t)c] / (double)n);
+    normalize_rows(s.X.data(), n, d, d, s.X.data());
+  } else {
+    normalize_rows(raw, n, d, d, s.X.data());
+  }
   KmeansResult fine = spherical_kmeans(s.X.data(), nullptr, n, d, k_f,
                                        kmeans_job_seed(p.seed, layer, head, 0), opt);
   std::vector<int64_t> cnt((size_t)k_f, 0);
@@ -173,6 +194,17 @@ void cluster_head(const float* raw, int64_t n, int64_t d, int k_f, int k_c, int 
     out.coarse_iters = coarse.iters;
     out.coarse_objective = coarse.objective.empty() ? 0.0 : coarse.objective.back();
   }
+  assemble_head(raw, n, d, k_f, k_c, fine.assign, coarse_of, s, out);
+  out.fine_iters = fine.iters;
+  out.fine_objective = fine.objective.empty() ? 0.0 : fine.objective.back();
+  out.full_rows = fine.full_rows;
+}
+
+void assemble_head(const float* raw, int64_t n, int64_t d, int k_f, int k_c,
+                   const std::vector<int32_t>& fine_assign, const std::vector<int32_t>& coarse_of,
+                   ClusterScratch& s, HeadClusters& out) {
+  std::vector<int64_t> cnt((size_t)k_f, 0);
+  for (int32_t a : fine_assign) cnt[(size_t)a]++;
   // New fine order: by coarse cluster, then old index, so each coarse cluster's children (and
   // hence its keys) are contiguous.
   std::vector<int32_t> order((size_t)k_f), new_of((size_t)k_f);
@@ -193,7 +225,7 @@ void cluster_head(const float* raw, int64_t n, int64_t d, int k_f, int k_c, int 
   out.perm.assign((size_t)n, 0);
   std::vector<int32_t> fill(out.fine_offsets.begin(), out.fine_offsets.end() - 1);
   for (int64_t i = 0; i < n; i++)
-    out.perm[(size_t)fill[(size_t)new_of[(size_t)fine.assign[(size_t)i]]]++] = (int32_t)i;
+    out.perm[(size_t)fill[(size_t)new_of[(size_t)fine_assign[(size_t)i]]]++] = (int32_t)i;
 
   // Representative centroids: means of the RAW keys (they score q·c like real keys do).
   s.acc.assign((size_t)(k_f * d), 0.0);
@@ -259,17 +291,12 @@ void cluster_head(const float* raw, int64_t n, int64_t d, int k_f, int k_c, int 
                       out.coarse_centroids.data() + (int64_t)c * d);
     }
   }
-  out.fine_iters = fine.iters;
-  out.fine_objective = fine.objective.empty() ? 0.0 : fine.objective.back();
-  out.full_rows = fine.full_rows;
 }
 
 }  // namespace
 
-Result<SqueezedContext> squeeze_context(const ContextCapture& cap, const CompileParams& p,
-                                        const CompileProgress& progress) {
-  const double t0 = now_s();
-  SQZ_RETURN_IF_ERROR(validate(cap, p));
+// Shapes and counts of a SqueezedContext for a validated capture (heads sized, not filled).
+static SqueezedContext context_shape(const ContextCapture& cap, const CompileParams& p) {
   SqueezedContext sc;
   sc.n_layer = cap.n_layer;
   sc.n_head = cap.n_head;
@@ -281,8 +308,16 @@ Result<SqueezedContext> squeeze_context(const ContextCapture& cap, const Compile
   sc.n_fine = resolve_count(p.clusters, sc.n_clustered);
   sc.n_coarse = p.coarse > 0 ? std::min(sc.n_fine, resolve_count(p.coarse, sc.n_clustered)) : 0;
   sc.params = p;
+  sc.heads.resize((size_t)cap.n_layer * (size_t)cap.n_head_kv);
+  return sc;
+}
+
+Result<SqueezedContext> squeeze_context(const ContextCapture& cap, const CompileParams& p,
+                                        const CompileProgress& progress) {
+  const double t0 = now_s();
+  SQZ_RETURN_IF_ERROR(validate(cap, p));
+  SqueezedContext sc = context_shape(cap, p);
   const int64_t jobs = (int64_t)cap.n_layer * cap.n_head_kv;
-  sc.heads.resize((size_t)jobs);
 
   std::mutex mu;
   std::atomic<int64_t> done{0};
@@ -324,6 +359,145 @@ Result<SqueezedContext> squeeze_context(const ContextCapture& cap, const Compile
   st.coarse_objective = co / ((double)jobs * (double)sc.n_clustered);
   st.full_row_fraction = steps > 0 ? fr / steps : 0.0;
 
+  SQZ_RETURN_IF_ERROR(calibrate(cap, sc, progress));
+  st.calib_s = now_s() - t1;
+  st.total_s = now_s() - t0;
+  return sc;
+}
+
+namespace {
+
+// Spherical objectives of given assignments: fine J = sum_j (n_j - |sum_{i in j} x_i/|x_i||);
+// coarse J = sum_C (W_C - |sum_{j in C} n_j f_j|) over the unit fine directions f_j (the CPU
+// K-means' definitions at a fixed point).
+void external_objectives(const float* raw, int64_t n, int64_t d, int k_f, int k_c,
+                         const ExternalAssign& a, HeadClusters& out) {
+  std::vector<double> sum((size_t)(k_f * d), 0.0), cnt((size_t)k_f, 0.0);
+  for (int64_t i = 0; i < n; i++) {
+    const float* x = raw + i * d;
+    double nn = 0;
+    for (int64_t t = 0; t < d; t++) nn += (double)x[t] * x[t];
+    const double inv = nn > 0 ? 1.0 / std::sqrt(nn) : 0.0;
+    double* s = sum.data() + (int64_t)a.fine_assign[(size_t)i] * d;
+    for (int64_t t = 0; t < d; t++) s[t] += x[t] * inv;
+    cnt[(size_t)a.fine_assign[(size_t)i]] += 1;
+  }
+  double jf = 0;
+  std::vector<double> dir((size_t)(k_f * d), 0.0);
+  for (int j = 0; j < k_f; j++) {
+    double nn = 0;
+    for (int64_t t = 0; t < d; t++) nn += sum[(size_t)(j * d + t)] * sum[(size_t)(j * d + t)];
+    const double len = std::sqrt(nn);
+    jf += cnt[(size_t)j] - len;
+    for (int64_t t = 0; t < d; t++)
+      dir[(size_t)(j * d + t)] = len > 0 ? sum[(size_t)(j * d + t)] / len : 0.0;
+  }
+  out.fine_objective = jf;
+  out.coarse_objective = 0;
+  if (k_c > 0) {
+    std::vector<double> cs((size_t)(k_c * d), 0.0), w((size_t)k_c, 0.0);
+    for (int j = 0; j < k_f; j++) {
+      const int c = a.coarse_of[(size_t)j];
+      for (int64_t t = 0; t < d; t++) cs[(size_t)(c * d + t)] += cnt[(size_t)j] * dir[(size_t)(j * d + t)];
+      w[(size_t)c] += cnt[(size_t)j];
+    }
+    double jc = 0;
+    for (int c = 0; c < k_c; c++) {
+      double nn = 0;
+      for (int64_t t = 0; t < d; t++) nn += cs[(size_t)(c * d + t)] * cs[(size_t)(c * d + t)];
+      jc += w[(size_t)c] - std::sqrt(nn);
+    }
+    out.coarse_objective = jc;
+  }
+}
+
+// Gives every cluster in [0, k) at least one member by moving single members out of the
+// largest clusters (n >= k): an external K-means may end with empty clusters, whose mean,
+// variance and radius would be 0/0.
+void fill_empty_clusters(std::vector<int32_t>& assign, int k) {
+  std::vector<int64_t> cnt((size_t)k, 0);
+  for (int32_t a : assign) cnt[(size_t)a]++;
+  for (int j = 0; j < k; j++) {
+    if (cnt[(size_t)j] > 0) continue;
+    const int big = (int)(std::max_element(cnt.begin(), cnt.end()) - cnt.begin());
+    if (cnt[(size_t)big] < 2) return;  // n < k: nothing to move
+    for (size_t i = assign.size(); i-- > 0;)
+      if (assign[i] == big) {
+        assign[i] = j;
+        break;
+      }
+    cnt[(size_t)big]--;
+    cnt[(size_t)j] = 1;
+  }
+}
+
+}  // namespace
+
+Result<SqueezedContext> squeeze_context_external(const ContextCapture& cap,
+                                                 const CompileParams& p,
+                                                 const ExternalClusterFn& cluster,
+                                                 const CompileProgress& progress) {
+  const double t0 = now_s();
+  SQZ_RETURN_IF_ERROR(validate(cap, p));
+  SqueezedContext sc = context_shape(cap, p);
+  const int64_t jobs = (int64_t)cap.n_layer * cap.n_head_kv;
+  std::vector<ExternalAssign> assign((size_t)jobs);
+  for (int64_t job = 0; job < jobs; job++) {
+    const int l = (int)(job / cap.n_head_kv), h = (int)(job % cap.n_head_kv);
+    ExternalAssign& a = assign[(size_t)job];
+    SQZ_RETURN_IF_ERROR(cluster(l, h, sc.n_fine, sc.n_coarse, a));
+    if ((int64_t)a.fine_assign.size() != sc.n_clustered ||
+        (sc.n_coarse > 0 && (int64_t)a.coarse_of.size() != sc.n_fine))
+      return Error(Code::kInternal, "external clustering of layer {} head {}: wrong sizes", l, h);
+    for (int32_t x : a.fine_assign)
+      if (x < 0 || x >= sc.n_fine)
+        return Error(Code::kInternal, "external clustering: fine cluster {} out of range", x);
+    for (int32_t x : a.coarse_of)
+      if (x < 0 || x >= sc.n_coarse)
+        return Error(Code::kInternal, "external clustering: coarse cluster {} out of range", x);
+    fill_empty_clusters(a.fine_assign, sc.n_fine);
+    if (sc.n_coarse == 0) {
+      a.coarse_of.assign((size_t)sc.n_fine, 0);
+    } else {
+      fill_empty_clusters(a.coarse_of, sc.n_coarse);
+    }
+    if (progress) progress("kmeans", job + 1, jobs);
+  }
+  const int nt = (int)std::max<int64_t>(1, std::min<int64_t>(p.n_threads, jobs));
+#pragma omp parallel num_threads(nt)
+  {
+    ClusterScratch s;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t job = 0; job < jobs; job++) {
+      const int l = (int)(job / cap.n_head_kv), h = (int)(job % cap.n_head_kv);
+      const float* raw = cap.k[(size_t)l].data() + (int64_t)h * cap.n_ctx * cap.head_dim;
+      HeadClusters& hc = sc.heads[(size_t)job];
+      const ExternalAssign& a = assign[(size_t)job];
+      assemble_head(raw, sc.n_clustered, cap.head_dim, sc.n_fine, sc.n_coarse, a.fine_assign,
+                    a.coarse_of, s, hc);
+      external_objectives(raw, sc.n_clustered, cap.head_dim, sc.n_fine, sc.n_coarse, a, hc);
+      hc.fine_iters = a.fine_iters;
+      hc.coarse_iters = a.coarse_iters;
+    }
+  }
+  const double t1 = now_s();
+  CompileStats& st = sc.stats;
+  st.kmeans_s = t1 - t0;
+  st.n_fine = sc.n_fine;
+  st.n_coarse = sc.n_coarse;
+  double fi = 0, ci = 0, fo = 0, co = 0;
+  for (const HeadClusters& hc : sc.heads) {
+    fi += hc.fine_iters;
+    ci += hc.coarse_iters;
+    fo += hc.fine_objective;
+    co += hc.coarse_objective;
+    st.fine_iters_max = std::max(st.fine_iters_max, hc.fine_iters);
+  }
+  st.fine_iters_mean = fi / (double)jobs;
+  st.coarse_iters_mean = ci / (double)jobs;
+  st.fine_objective = fo / ((double)jobs * (double)sc.n_clustered);
+  st.coarse_objective = co / ((double)jobs * (double)sc.n_clustered);
+  st.full_row_fraction = 0.0;
   SQZ_RETURN_IF_ERROR(calibrate(cap, sc, progress));
   st.calib_s = now_s() - t1;
   st.total_s = now_s() - t0;

@@ -17,7 +17,8 @@ namespace sqz {
 
 inline constexpr char kPackMagic[8] = {'S', 'Q', 'Z', 'P', 'A', 'C', 'K', '\0'};
 // 2: per-cluster key variances and radii, a second calibration table (Estimator::kMeanVar).
-inline constexpr uint32_t kPackVersion = 2;
+// 3: a third calibration table (Estimator::kMeanIso).
+inline constexpr uint32_t kPackVersion = 3;
 
 // Section ids (stable: they are written to files).
 enum class PackSection : uint32_t {
@@ -40,8 +41,9 @@ enum class PackSection : uint32_t {
   kFineRadius = 16,      // [n_layer, n_head_kv, n_fine] f32 max |key - centroid|
   kCoarseRadius = 17,    // [n_layer, n_head_kv, n_coarse] f32 max |key - centroid|
   kCalibVar = 18,        // [5, n_grid] f64: as kCalib, for Estimator::kMeanVar
+  kCalibIso = 19,        // [5, n_grid] f64: as kCalib, for Estimator::kMeanIso
 };
-inline constexpr uint32_t kPackSectionCount = 18;
+inline constexpr uint32_t kPackSectionCount = 19;
 // Name used in error messages and docs ("k_clustered"); "unknown" for other ids.
 const char* pack_section_name(uint32_t id);
 
@@ -83,7 +85,8 @@ class Pack {
   }
   // Calibration table of an estimator (kAuto: the default's).
   const CalibTable& calibration(Estimator e = Estimator::kAuto) const {
-    return resolve_estimator(e) == Estimator::kMeanVar ? calib_var_ : calib_;
+    const Estimator r = resolve_estimator(e);
+    return r == Estimator::kMeanVar ? calib_var_ : r == Estimator::kMeanIso ? calib_iso_ : calib_;
   }
 
   // Clustered keys/values of (layer, KV head): n_clustered rows, cluster-contiguous.
@@ -128,6 +131,7 @@ class Pack {
   CompileStats stats_;
   CalibTable calib_;                                // Estimator::kMean
   CalibTable calib_var_;                            // Estimator::kMeanVar
+  CalibTable calib_iso_;                            // Estimator::kMeanIso
   const uint8_t* sec_[kPackSectionCount + 1] = {};  // section data by id
   const int32_t* tokens_ = nullptr;
 };

@@ -45,7 +45,7 @@ const char* kSectionNames[kPackSectionCount + 1] = {
     "unknown",       "meta",         "tokens",         "k_clustered", "v_clustered",
     "perm",          "fine_offsets", "fine_centroids", "fine_sizes",  "coarse_centroids",
     "coarse_ranges", "k_obs",        "v_obs",          "calib",       "fine_var",
-    "coarse_var",    "fine_radius",  "coarse_radius",  "calib_var"};
+    "coarse_var",    "fine_radius",  "coarse_radius",  "calib_var",   "calib_iso"};
 
 double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -228,7 +228,8 @@ json make_meta(const SqueezedContext& sc, const PackFingerprint& fp) {
                          {"n_threads", p.n_threads},
                          {"max_iters", p.max_iters},
                          {"tol", p.tol},
-                         {"estimator", estimator_name(p.estimator)}};
+                         {"estimator", estimator_name(p.estimator)},
+                         {"center_keys", p.center_keys}};
   const CompileStats& s = sc.stats;
   m["stats"] = {{"kmeans_s", s.kmeans_s},
                 {"calib_s", s.calib_s},
@@ -387,6 +388,8 @@ Status pack_write(const SqueezedContext& sc, const ContextCapture& cap, const Pa
   SQZ_RETURN_IF_ERROR(per_head(PackSection::kCoarseRadius, &HeadClusters::coarse_radius));
   tick();
   SQZ_RETURN_IF_ERROR(calib_section(PackSection::kCalibVar, sc.calib_var));
+  tick();
+  SQZ_RETURN_IF_ERROR(calib_section(PackSection::kCalibIso, sc.calib_iso));
   tick();
   SQZ_RETURN_IF_ERROR(w.finish());
   if (stats) {
@@ -584,6 +587,8 @@ Status Pack::load() {
     params_.max_iters = r.get<int>("max_iters");
     params_.tol = r.get<double>("tol");
     const std::string est = r.get<std::string>("estimator");
+    // Absent in packs written before the option existed (raw directions).
+    params_.center_keys = m["compile_params"].value("center_keys", false);
     if (r.st.ok() &&
         (!parse_estimator(est, &params_.estimator) || params_.estimator == Estimator::kAuto))
       return Error(Code::kFormat,
@@ -643,6 +648,7 @@ Status Pack::load() {
       H * (u128)n_coarse_ * d * 4,
       H * (u128)n_fine_ * 4,
       H * (u128)n_coarse_ * 4,
+      5 * (u128)n_grid * 8,
       5 * (u128)n_grid * 8,
   };
   for (uint32_t id = 2; id <= kPackSectionCount; id++)
@@ -739,9 +745,13 @@ Status Pack::load() {
   };
   SQZ_RETURN_IF_ERROR(load_calib(PackSection::kCalib, calib_));
   SQZ_RETURN_IF_ERROR(load_calib(PackSection::kCalibVar, calib_var_));
-  // Both tables are computed on the same grid.
+  SQZ_RETURN_IF_ERROR(load_calib(PackSection::kCalibIso, calib_iso_));
+  // The tables are computed on the same grid.
   if (calib_.percentiles != calib_var_.percentiles)
     return Error(Code::kFormat, "{}: section 'calib_var': percentile grid differs from 'calib'",
+                 path);
+  if (calib_.percentiles != calib_iso_.percentiles)
+    return Error(Code::kFormat, "{}: section 'calib_iso': percentile grid differs from 'calib'",
                  path);
   return Status::Ok();
 }

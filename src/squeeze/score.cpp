@@ -35,22 +35,38 @@ void augment_queries(const float* Q, int64_t nqv, int64_t head_dim, Estimator es
   }
 }
 
+// Mean over dimensions of each cluster's per-dimension variance (Estimator::kMeanIso).
+static void iso_var_of(const float* V, int64_t k, int64_t d, std::vector<float>& out) {
+  out.assign((size_t)k, 0.0f);
+  for (int64_t j = 0; j < k; j++) {
+    double s = 0.0;
+    for (int64_t t = 0; t < d; t++) s += V[j * d + t];
+    out[(size_t)j] = (float)(s / (double)d);
+  }
+}
+
+
 void HeadCentroidsT::build(const HeadCentroidsView& v, Estimator e) {
-  est = e == Estimator::kMeanVar ? Estimator::kMeanVar : Estimator::kMean;
+  est = (e == Estimator::kMeanVar || e == Estimator::kMeanIso) ? e : Estimator::kMean;
   const bool var = est == Estimator::kMeanVar;
+  const bool iso = est == Estimator::kMeanIso;
   head_dim = v.head_dim;
   dim = estimator_dim(est, v.head_dim);
   n_fine = v.n_fine;
   n_coarse = v.n_coarse;
   transpose_level(v.fine_centroids, v.fine_var, v.n_fine, v.head_dim, var, fine_t);
   fine_r.clear();
-  if (var) fine_r.assign(v.fine_radius, v.fine_radius + v.n_fine);
+  fine_iso.clear();
+  coarse_iso.clear();
+  if (var || iso) fine_r.assign(v.fine_radius, v.fine_radius + v.n_fine);
+  if (iso) iso_var_of(v.fine_var, v.n_fine, v.head_dim, fine_iso);
   coarse_t.clear();
   coarse_r.clear();
   coarse_sizes.clear();
   if (v.n_coarse > 0) {
     transpose_level(v.coarse_centroids, v.coarse_var, v.n_coarse, v.head_dim, var, coarse_t);
-    if (var) coarse_r.assign(v.coarse_radius, v.coarse_radius + v.n_coarse);
+    if (var || iso) coarse_r.assign(v.coarse_radius, v.coarse_radius + v.n_coarse);
+    if (iso) iso_var_of(v.coarse_var, v.n_coarse, v.head_dim, coarse_iso);
     coarse_sizes.resize((size_t)v.n_coarse);
     for (int c = 0; c < v.n_coarse; c++) {
       double s = 0.0;
@@ -67,6 +83,20 @@ void cluster_logits(const HeadCentroidsT& t, bool coarse, const float* Q, int64_
   const float* Ct = coarse ? t.coarse_t.data() : t.fine_t.data();
   const int64_t hd = t.head_dim;
   cpu::centroid_dots(Q, nqv, hd, t.dim, Ct, k, j0, j1, L, lds);
+  if (t.est == Estimator::kMeanIso) {
+    const float* r = (coarse ? t.coarse_r.data() : t.fine_r.data()) + j0;
+    const float* hv = (coarse ? t.coarse_iso.data() : t.fine_iso.data()) + j0;
+    for (int64_t i = 0; i < nqv; i++) {
+      const float* q = Q + i * t.dim;
+      float q2 = 0.0f;
+      for (int64_t x = 0; x < hd; x++) q2 += q[x] * q[x];
+      const float qn = std::sqrt(q2);
+      float* l = L + i * lds;
+      for (int64_t j = 0; j < j1 - j0; j++)
+        l[j] += std::min(0.5f * q2 * hv[j], qn * r[j]);
+    }
+    return;
+  }
   if (t.est != Estimator::kMeanVar) return;
   // Variance half: [½ q∘q] · v_j, rows [hd, 2 hd) of the transposed matrix.
   const int64_t w = j1 - j0;

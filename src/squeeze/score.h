@@ -5,6 +5,12 @@
 // r_j = max_i |k_i - c_j| and n_j keys, the logit l_j estimates log(mean_i exp(q·k_i)):
 //   Estimator::kMean:    l_j = q·c_j
 //   Estimator::kMeanVar: l_j = q·c_j + min(½ Σ_t q_t² v_jt, |q| r_j)
+//   Estimator::kMeanIso: l_j = q·c_j + min(½ |q|² v̄_j, |q| r_j), v̄_j = mean_t v_jt: the same
+//     cumulant under an isotropic Gaussian (one scalar per cluster instead of a vector).
+//     Measured (docs/squeeze.md): nearly all of kMeanVar's gain over kMean at kMean's cost.
+//     The small-sample (random-energy-model) law for the log-mean-exp of n samples,
+//     min(½ s², s √(2 ln n) - ln n), was tried and measured worse on the planted-fact and KL
+//     probes, so the plain moment with the radius cap is used.
 // (second-order cumulant of q·k under a diagonal-Gaussian model of the cluster, capped by the
 // hard bound max_i q·(k_i - c_j) <= |q| r_j that no mean can exceed; docs/squeeze.md), and
 //   s_j(q) = exp(l_j) / sum_i n_i exp(l_i)
@@ -59,8 +65,10 @@ struct HeadCentroidsT {
   int n_fine = 0, n_coarse = 0;
   std::vector<float> fine_t;        // [dim, padded n_fine] (+ tile slack)
   std::vector<float> coarse_t;      // [dim, padded n_coarse] (+ tile slack)
-  std::vector<float> fine_r;        // [n_fine] radii (kMeanVar)
-  std::vector<float> coarse_r;      // [n_coarse] radii (kMeanVar)
+  std::vector<float> fine_r;        // [n_fine] radii (kMeanVar, kMeanIso)
+  std::vector<float> coarse_r;      // [n_coarse] radii (kMeanVar, kMeanIso)
+  std::vector<float> fine_iso;      // [n_fine] mean over dimensions of the variance (kMeanIso)
+  std::vector<float> coarse_iso;    // [n_coarse] the same for the coarse level (kMeanIso)
   std::vector<float> coarse_sizes;  // [n_coarse] keys per coarse cluster
   // est: kMean or kMeanVar (kMeanVar requires the view's variances and radii).
   void build(const HeadCentroidsView& v, Estimator est = Estimator::kMean);

@@ -36,8 +36,10 @@ enum class Estimator : int {
   kAuto = 0,     // SelectParams only: the pack's default (its CompileParams::estimator)
   kMean = 1,     // mean of the raw keys only (the paper's estimator)
   kMeanVar = 2,  // mean plus diagonal variance
+  kMeanIso = 3,  // mean plus isotropic variance (the mean of the diagonal): one scalar per
+                 // cluster instead of a second vector, so a lookup reads what kMean reads
 };
-// "auto", "mean", "mean_var"; parse returns false for anything else.
+// "auto", "mean", "mean_var", "mean_iso"; parse returns false for anything else.
 const char* estimator_name(Estimator e);
 bool parse_estimator(const std::string& s, Estimator* out);
 
@@ -51,9 +53,17 @@ struct CompileParams {
   int n_threads = 1;
   int max_iters = 25;  // K-means iteration cap
   double tol = 1e-4;   // stop when relative objective improvement < tol
-  // Estimator lookups use by default (SelectParams::estimator = kAuto); kMean or kMeanVar.
-  // Both are calibrated and stored whatever this says.
-  Estimator estimator = Estimator::kMean;
+  // Estimator lookups use by default (SelectParams::estimator = kAuto): kMean, kMeanVar or
+  // kMeanIso. All three are calibrated and stored whatever this says. kMeanIso is the default:
+  // on the planted-fact and KL probes (docs/squeeze.md) it keeps nearly all of kMeanVar's
+  // accuracy gain over kMean while reading what kMean reads.
+  Estimator estimator = Estimator::kMeanIso;
+  // Cluster the directions of the keys minus their (layer, head) mean instead of the raw
+  // directions. q·k = q·mean + q·(k - mean) and the first term is the same for every key of a
+  // query, so only the residual decides the softmax; raw keys share a large common component
+  // that makes their cosines all similar and hides the residual's direction from K-means.
+  // Centroids stay means of the raw keys either way.
+  bool center_keys = false;
 };
 
 // Filled by the model's prefill of the fixed context.
@@ -141,9 +151,10 @@ struct SqueezedContext {
   std::vector<HeadClusters> heads;  // [n_layer * n_head_kv], index layer * n_head_kv + h
   CalibTable calib;                 // Estimator::kMean
   CalibTable calib_var;             // Estimator::kMeanVar
+  CalibTable calib_iso;             // Estimator::kMeanIso
   const CalibTable& calib_for(Estimator e) const {
     const Estimator r = e == Estimator::kAuto ? params.estimator : e;
-    return r == Estimator::kMeanVar ? calib_var : calib;
+    return r == Estimator::kMeanVar ? calib_var : r == Estimator::kMeanIso ? calib_iso : calib;
   }
   CompileStats stats;
 };
@@ -178,6 +189,22 @@ struct SelectParams {
   // Cluster-score estimator; kAuto: the pack's default. Thresholds (and budget -> percentile)
   // come from that estimator's calibration table.
   Estimator estimator = Estimator::kAuto;
+  // How the key budget is spread over (layer, KV head)s.
+  //  kGlobal: one calibrated score threshold for every head (the paper's rule: a head with
+  //    peaked attention keeps few keys, a diffuse one many).
+  //  kPerHead: every head keeps its highest-scoring clusters until head_fraction of its
+  //    clustered keys are covered (a top-k per head, as Quest does per page); with two levels
+  //    the coarse level first keeps min(1, 2 head_fraction) of the keys the same way.
+  enum class Alloc : int { kGlobal = 0, kPerHead = 1 };
+  Alloc alloc = Alloc::kGlobal;
+  double head_fraction = 0.1;  // kPerHead: fraction of each head's clustered keys to keep
+  // kPerHead with two levels: the coarse level keeps min(1, coarse_factor * head_fraction) of
+  // the keys, so the fine top-k chooses among that many.
+  double coarse_factor = 2.0;
+  // kGlobal: a head whose threshold selection covers fewer than head_floor of its clustered
+  // keys tops up with its highest-scoring compared clusters (0 = off), so that no head is
+  // starved by the global threshold.
+  double head_floor = 0;
 };
 
 struct HeadSelection {

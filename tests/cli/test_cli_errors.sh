@@ -77,5 +77,9 @@ expect_fail levels2-without-coarse "coarse" bash -c "'$SQZ' compile -c '$T/ctx.t
 expect_fail budget-and-percentile "exclusive" "$SQZ" ask --pack "$T/good.pack" -q hi --budget 0.1 --percentile 0.9
 # (A pack opened with a different model: TinyModelSqueeze.PackFromAnotherModelIsRejected.)
 
+# ---- --device cuda where no GPU is visible (or CUDA is not built): a clear error, no crash ----
+CUDA_VISIBLE_DEVICES="" expect_fail cuda-without-gpu "device cuda" "$SQZ" generate --device cuda -p hi -n 2
+CUDA_VISIBLE_DEVICES="" expect_fail cuda-ask-without-gpu "device cuda" "$SQZ" ask --device cuda --pack "$T/good.pack" -q hi
+
 echo "$pass passed, $fails failed"
 [[ $fails -eq 0 ]]

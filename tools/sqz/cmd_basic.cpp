@@ -40,7 +40,7 @@ int run_generate(GenerateCmd& c) {
                         {"ttft_ms", r.prefill_ms},
                         {"decode_tok_s", r.decode_tok_s()},
                         {"stop_reason", r.stop_reason}};
-    std::cout << j.dump() << "\n";
+    std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   } else {
     std::printf("\n");
     std::fprintf(stderr, "[%lld prompt tokens, ttft %.1f ms, %zu tokens at %.1f tok/s]\n",
@@ -117,14 +117,16 @@ int run_ppl(PplCmd& c) {
 }  // namespace
 
 void register_basic_commands(CLI::App& app, Runners& runners) {
-  auto* g = new GenerateCmd();  // lives for the process
+  static GenerateCmd g_store;  // lives for the process (static: no leak at exit)
+  auto* g = &g_store;
   auto* sg = app.add_subcommand("generate", "continue a prompt");
   add_common_flags(sg, g->common);
   add_gen_flags(sg, g->gen);
   sg->add_option("--prompt,-p", g->prompt, "prompt text")->required();
   sg->callback([g, &runners] { runners.push_back([g] { return run_generate(*g); }); });
 
-  auto* ch = new ChatCmd();
+  static ChatCmd ch_store;
+  auto* ch = &ch_store;
   auto* sc = app.add_subcommand("chat", "interactive chat (add --pack PACK for a fixed context)");
   add_common_flags(sc, ch->common);
   add_gen_flags(sc, ch->gen);
@@ -138,7 +140,8 @@ void register_basic_commands(CLI::App& app, Runners& runners) {
     }
   });
 
-  auto* pp = new PplCmd();
+  static PplCmd pp_store;
+  auto* pp = &pp_store;
   auto* sp = app.add_subcommand("perplexity", "perplexity of a text file");
   add_common_flags(sp, pp->common, /*with_ctx=*/false);
   sp->add_option("--file,-f", pp->file, "text file")->required();

@@ -56,7 +56,8 @@ int run_eval_cmd(const EvalCmd& c) {
 }  // namespace
 
 void register_eval_command(CLI::App& app, Runners& runners) {
-  auto* c = new EvalCmd();
+  static EvalCmd c_store;  // lives for the process
+  auto* c = &c_store;
   auto* sc = app.add_subcommand(
       "eval", "long-context accuracy: squeezed attention vs baselines at equal budget");
   sc->add_option("--config", c->config, "smoke, full, or a JSON config file");

@@ -32,6 +32,12 @@ struct SqueezeFlags {
   int levels = 0;  // 0 = 2 when the pack has coarse centroids
   bool dense = false;
   int block = 0;
+  std::string estimator = "auto";
+  int sinks = -1;  // < 0: the default (AskParams::sink_tokens)
+  std::string alloc = "global";
+  double coarse_percentile = -1;
+  double head_floor = 0;
+  bool mass = false;
 };
 
 void add_squeeze_flags(CLI::App* app, SqueezeFlags& f, bool pack_required) {
@@ -42,6 +48,12 @@ void add_squeeze_flags(CLI::App* app, SqueezeFlags& f, bool pack_required) {
   app->add_option("--levels", f.levels, "centroid levels: 1 or 2")->check(CLI::IsMember({1, 2}));
   app->add_flag("--dense", f.dense, "exact full attention over the pack (reference)");
   app->add_option("--select-block", f.block, "per-block selection for long user turns (tokens; 0 = one selection)")->check(CLI::Range(0, 1 << 20));
+  app->add_option("--estimator", f.estimator, "cluster-score estimator: auto (the pack's), mean, mean_var, mean_iso")->check(CLI::IsMember({"auto", "mean", "mean_var", "mean_iso"}));
+  app->add_option("--sinks", f.sinks, "always read the first N context positions (attention sinks)")->check(CLI::Range(0, 1 << 20));
+  app->add_option("--alloc", f.alloc, "key budget across heads: global (one calibrated threshold) or head (top-k per head)")->check(CLI::IsMember({"global", "head"}));
+  app->add_option("--coarse-percentile", f.coarse_percentile, "levels 2: percentile of the coarse threshold (default: max(0, 2p - 1))")->check(CLI::Range(0.0, 1.0));
+  app->add_option("--head-floor", f.head_floor, "global allocation: each head keeps at least this fraction of its keys")->check(CLI::Range(0.0, 1.0));
+  app->add_flag("--measure-mass", f.mass, "also compute the true attention mass the selection read (slow; --json field mass_captured)");
 }
 
 Result<AskParams> ask_params(const SqueezeFlags& f, const GenFlags& g, const Pack& pack) {
@@ -56,6 +68,14 @@ Result<AskParams> ask_params(const SqueezeFlags& f, const GenFlags& g, const Pac
   if (ap.select.levels == 2 && pack.n_coarse() == 0)
     return Error(Code::kInvalidArgument, "--levels 2: the pack has no coarse centroids (compiled with --coarse 0)");
   ap.select.block = f.block;
+  parse_estimator(f.estimator, &ap.select.estimator);  // checked by the flag
+  if (f.sinks >= 0) ap.sink_tokens = f.sinks;
+  ap.measure_mass = f.mass;
+  ap.select.alloc = f.alloc == "head" ? SelectParams::Alloc::kPerHead : SelectParams::Alloc::kGlobal;
+  ap.select.head_floor = f.head_floor;
+  ap.select.coarse_percentile = f.coarse_percentile;
+  if (ap.select.alloc == SelectParams::Alloc::kPerHead && f.budget < 0)
+    return Error(Code::kInvalidArgument, "--alloc head needs --budget");
   return ap;
 }
 
@@ -64,6 +84,7 @@ struct CompileCmd {
   std::string context, out, clusters = "5%", coarse = "1%";
   int obs_window = 100;
   uint64_t seed = 0;
+  bool center_keys = false;
 };
 
 int run_compile(CompileCmd& c) {
@@ -78,6 +99,7 @@ int run_compile(CompileCmd& c) {
   cp.obs_window = c.obs_window;
   cp.kv_type = c.common.kv_type == "f32" ? DType::kF32 : DType::kF16;  // pack K/V storage
   cp.seed = c.seed;
+  cp.center_keys = c.center_keys;
   SQZ_ASSIGN_OR_RETURN_CLI(EngineParams ep, engine_params(c.common));
   cp.n_threads = ep.n_threads;
   SQZ_ASSIGN_OR_RETURN_CLI(std::string text, read_text_file(c.context));
@@ -88,7 +110,9 @@ int run_compile(CompileCmd& c) {
                       {"prefill_s", r.prefill_s},
                       {"kmeans_s", r.stats.kmeans_s},
                       {"calibration_s", r.stats.calib_s},
-                      {"write_s", r.stats.write_s}};
+                      {"write_s", r.stats.write_s},
+                      {"device", c.common.device}};
+  if (e->gpu()) j["capture_s"] = r.capture_s;
   if (c.common.json) {
     std::cout << j.dump() << "\n";
   } else {
@@ -130,8 +154,12 @@ int run_ask(AskCmd& c) {
                         {"levels", ap.select.levels},
                         {"dense", ap.dense},
                         {"ttft_ms", r.gen.prefill_ms},
-                        {"decode_tok_s", r.gen.decode_tok_s()}};
-    std::cout << j.dump() << "\n";
+                        {"decode_tok_s", r.gen.decode_tok_s()},
+                        {"device", c.common.device}};
+    if (e->gpu()) j["pack_upload_s"] = r.pack_upload_s;
+    if (ap.measure_mass) j["mass_captured"] = r.mass_captured;
+    // Answers of random or badly sampled models need not be valid UTF-8: replace, never throw.
+    std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   } else {
     std::printf("\n");
     std::fprintf(stderr, "[kept %.1f%% of context keys, centroids %.1f%%, ttft %.1f ms, %.1f tok/s]\n",
@@ -145,7 +173,8 @@ SqueezeFlags* g_chat_sq = nullptr;
 }  // namespace
 
 void register_chat_pack_option(CLI::App* chat) {
-  g_chat_sq = new SqueezeFlags();
+  static SqueezeFlags chat_sq;
+  g_chat_sq = &chat_sq;
   add_squeeze_flags(chat, *g_chat_sq, false);
 }
 
@@ -185,7 +214,8 @@ int run_chat_pack(const CommonFlags& common, const GenFlags& gen) {
 }
 
 void register_squeeze_commands(CLI::App& app, Runners& runners) {
-  auto* cc = new CompileCmd();
+  static CompileCmd cc_store;  // lives for the process
+  auto* cc = &cc_store;
   auto* sc = app.add_subcommand("compile", "compile a fixed context into a context pack");
   add_common_flags(sc, cc->common);
   sc->add_option("--context,-c", cc->context, "text file of the fixed context")->required();
@@ -194,9 +224,11 @@ void register_squeeze_commands(CLI::App& app, Runners& runners) {
   sc->add_option("--coarse", cc->coarse, "coarse clusters: percent (1%), count, or 0 for none");
   sc->add_option("--obs-window", cc->obs_window, "observation window (tokens)")->check(CLI::Range(0, 1 << 20));
   sc->add_option("--seed", cc->seed, "k-means seed");
+  sc->add_flag("--center-keys", cc->center_keys, "cluster key directions around the head's mean key");
   sc->callback([cc, &runners] { runners.push_back([cc] { return run_compile(*cc); }); });
 
-  auto* ac = new AskCmd();
+  static AskCmd ac_store;
+  auto* ac = &ac_store;
   auto* sa = app.add_subcommand("ask", "answer a question about a compiled context");
   add_common_flags(sa, ac->common);
   add_gen_flags(sa, ac->gen);

@@ -21,6 +21,7 @@ using Runners = std::vector<std::function<int()>>;
 
 void register_basic_commands(CLI::App& app, Runners& runners);
 void register_squeeze_commands(CLI::App& app, Runners& runners);
+void register_genmodel_command(CLI::App& app, Runners& runners);
 
 // `sqz chat --pack PACK`: the squeezed chat lives with the squeeze commands.
 void register_chat_pack_option(CLI::App* chat);

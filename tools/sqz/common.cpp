@@ -20,6 +20,7 @@ void add_common_flags(CLI::App* app, CommonFlags& f, bool with_ctx) {
     app->add_option("--ctx", f.ctx, "context window in tokens (default: the model's)")->check(CLI::Range((int64_t)0, (int64_t)1 << 24));
   app->add_option("--batch", f.batch, "prefill chunk in tokens")->check(CLI::Range((int64_t)1, (int64_t)65536));
   app->add_option("--kv-type", f.kv_type, "KV cache type")->check(CLI::IsMember({"f16", "f32"}));
+  app->add_option("--device", f.device, "where the forward pass runs: cpu or cuda (f16 weights on the GPU)")->check(CLI::IsMember({"cpu", "cuda"}));
   app->add_flag("--json", f.json, "print one JSON line");
 }
 
@@ -54,6 +55,7 @@ Result<EngineParams> engine_params(const CommonFlags& f) {
   p.n_ctx = f.ctx;
   p.n_batch = f.batch;
   p.kv_type = f.kv_type == "f32" ? DType::kF32 : DType::kF16;
+  p.device = f.device == "cuda" ? Device::kCuda : Device::kCpu;
   return p;
 }
 

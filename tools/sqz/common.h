@@ -17,6 +17,7 @@ struct CommonFlags {
   int64_t ctx = 0;
   int64_t batch = 256;
   std::string kv_type = "f16";
+  std::string device = "cpu";  // "cpu" or "cuda"
   bool json = false;
 };
 

@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
   sqz::cli::Runners runners;
   sqz::cli::register_basic_commands(app, runners);
   sqz::cli::register_squeeze_commands(app, runners);
+  sqz::cli::register_genmodel_command(app, runners);
   sqz::cli::register_eval_command(app, runners);
   try {
     app.parse(argc, argv);

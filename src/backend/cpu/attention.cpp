@@ -15,6 +15,7 @@
 
 #include <cblas.h>
 
+#include "backend/cpu/matmul.h"
 #include "backend/cpu/simd_math.h"
 #include "core/fp16.h"
 
@@ -206,6 +207,7 @@ void attn_partial_gemm(const AttnArgs& a) {
 void attn_partial_cpu(const AttnArgs& a) {
   // The GEMM kernel pays off once a chunk has enough query rows to amortise the tile setup.
   if (a.n_q * a.group >= 16 && a.head_dim <= kMaxHeadDim) {
+    cpu::openblas_single_thread_once();
     attn_partial_gemm(a);
     return;
   }

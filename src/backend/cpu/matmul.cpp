@@ -129,12 +129,6 @@ size_t tilef32_scratch(const TensorView& W, int n_threads) {
   return (size_t)n_threads * (align_up(kF32TileRows * W.ne[0] * sizeof(float)) + kAlign);
 }
 
-void openblas_single_thread_once() {
-  // Our OpenMP threads each call sgemm; OpenBLAS must not spawn its own pool on top.
-  static std::once_flag once;
-  std::call_once(once, [] { openblas_set_num_threads(1); });
-}
-
 void matmul_tilef32(const TensorView& W, const float* x, int64_t n_tok, float* y, void* scratch,
                     int n_threads) {
   openblas_single_thread_once();
@@ -462,6 +456,12 @@ size_t amx_scratch(const TensorView& W, int64_t n_tok, int n_threads) {
 }
 
 }  // namespace
+
+void openblas_single_thread_once() {
+  // Our OpenMP threads each call sgemm; OpenBLAS must not spawn its own pool on top.
+  static std::once_flag once;
+  std::call_once(once, [] { openblas_set_num_threads(1); });
+}
 
 bool amx_available() {
 #if defined(SQZ_MATMUL_AMX)

@@ -14,6 +14,11 @@ namespace sqz::cpu {
 // f32 tiles + OpenBLAS sgemm). See MatmulKernel below for the kernels and their error bounds.
 // Threads: uses an OpenMP parallel region with `n_threads` threads over output rows.
 // `scratch` must hold matmul_scratch_size(...) bytes; the call allocates nothing.
+// OpenBLAS (pthread build) runs each sgemm on its own thread pool, and concurrent calls from
+// our OpenMP threads then serialise on that pool: every caller that runs sgemm inside a parallel
+// region calls this first (idempotent) to keep OpenBLAS single-threaded per call.
+void openblas_single_thread_once();
+
 size_t matmul_scratch_size(const TensorView& W, int64_t n_tok, int n_threads);
 void matmul(const TensorView& W, const float* x, int64_t n_tok, float* y, void* scratch,
             int n_threads);

@@ -2,9 +2,15 @@
 // shared by the sparse prefill (keys = the plan's kept row ranges, split-KV work items) and the
 // dense causal attention of user tokens (keys = contiguous rows, causal mask).
 //
-// CTA = 4 warps x 16 query rows (kPrefillBM = 64; 8 warps x 16 ran 23% slower at one CTA per SM),
-// two CTAs per SM; K and V tiles triple-buffered in swizzled shared memory via cp.async (row
-// gather: each 256-byte row is one contiguous copy), online softmax in base 2.
+// CTA = 4 warps x 32 query rows (kPrefillBM = 128), two CTAs per SM. Each warp runs two 16-row
+// mma blocks against every K / V fragment it loads with ldmatrix, so one key tile's shared-memory
+// reads and L2 -> shared copy serve twice the query rows of the 16-row warps used before v8. Q
+// stays in shared memory and its fragments are reloaded per key tile: keeping two blocks of
+// them in registers next to the 128 accumulators would spill. K and V are double-buffered in
+// swizzled shared memory via cp.async (row gather: each row is one contiguous copy); online
+// softmax in base 2. Measured at 128K, 1024 tokens, 10% (dev/kernels/NOTES.md v8): 171 -> 211
+// TFLOP/s, with equal-size items and the batched split merge. ncu put the 16-row kernel at 40%
+// issue utilisation with 2 warps per scheduler (latency-bound, not bandwidth-bound).
 #pragma once
 
 #include "backend/cuda/merge.cuh"
@@ -14,13 +20,15 @@
 namespace sqz::cuda {
 
 constexpr int kRowWin = 1024;  // kept rows whose physical index is staged in smem at once
-constexpr int kStages = 3;     // K/V tiles in flight
-constexpr int kAttnThreads = kPrefillBM / 16 * 32;
+constexpr int kStages = 2;     // K/V tiles in flight (3 stages would allow only one CTA per SM)
+constexpr int kWarpRows = 32;  // query rows per warp: kMB blocks of 16
+constexpr int kMB = kWarpRows / 16;
+constexpr int kAttnThreads = kPrefillBM / kWarpRows * 32;
 
 template <int D, typename T>
 constexpr int attn_mma_smem_bytes() {
-  return 2 * kStages * kTileRows * D * (int)sizeof(T) + kStages * kTileRows * (int)sizeof(int64_t) +
-         kRowWin * (int)sizeof(int32_t);
+  return kPrefillBM * D * (int)sizeof(T) + 2 * kStages * kTileRows * D * (int)sizeof(T) +
+         kStages * kTileRows * (int)sizeof(int64_t) + kRowWin * (int)sizeof(int32_t);
 }
 
 // SPARSE: persistent over the plan's items. !SPARSE: dense causal, item = (blockIdx.x query
@@ -28,7 +36,8 @@ constexpr int attn_mma_smem_bytes() {
 template <int D, typename T, bool SPARSE>
 __global__ void __launch_bounds__(kAttnThreads, 2) attn_mma_kernel(RunArgs a) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  T* sK = reinterpret_cast<T*>(smem_raw);                                     // [kStages][64 * D]
+  T* sQ = reinterpret_cast<T*>(smem_raw);                                     // [kPrefillBM * D]
+  T* sK = sQ + kPrefillBM * D;                                                // [kStages][64 * D]
   T* sV = sK + kStages * kTileRows * D;                                       // [kStages][64 * D]
   int64_t* s_off = reinterpret_cast<int64_t*>(sV + kStages * kTileRows * D);  // [kStages][64]
   int32_t* s_rows = reinterpret_cast<int32_t*>(s_off + kStages * kTileRows);  // [kRowWin]
@@ -64,15 +73,10 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attn_mma_kernel(RunArgs a) {
     const T* Kh = static_cast<const T*>(a.k) + (int64_t)h * a.kv_head_stride;
     const T* Vh = static_cast<const T*>(a.v) + (int64_t)h * a.kv_head_stride;
 
-    // Query fragments, staged through the K buffers (free between items).
-    load_q_tile_async<D, T, kPrefillBM>(sK, static_cast<const T*>(a.q), a.q_tok_stride, group, h,
+    // Query tile (its own cp.async group, committed before the first K/V tile's).
+    load_q_tile_async<D, T, kPrefillBM>(sQ, static_cast<const T*>(a.q), a.q_tok_stride, group, h,
                                         qb * kPrefillBM, qtot);
     cp_async_commit();
-    cp_async_wait<0>();
-    __syncthreads();
-    uint32_t qf[D / 16][4];
-    load_q_frags<D, T>(qf, sK, warp, lane);
-    __syncthreads();
 
     // Sparse: physical rows come from the plan's row list, staged kRowWin at a time by every
     // thread (independent coalesced loads, one latency per window rather than per tile).
@@ -100,125 +104,180 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attn_mma_kernel(RunArgs a) {
       cp_async_commit();
     };
 
-    float acc[D / 8][4];
+    float acc[kMB][D / 8][4];
+    float m[kMB][2], l[kMB][2];
+    int64_t pos[kMB][2];
 #pragma unroll
-    for (int j = 0; j < D / 8; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
-    float m0 = kNegInf, m1 = kNegInf, l0 = 0.0f, l1 = 0.0f;
-    const int rowA = warp * 16 + (lane >> 2);  // this thread's rows rowA, rowA + 8 of the block
-    const int mA = qb * kPrefillBM + rowA, mB = mA + 8;
-    const int64_t posA = a.q_pos0 + mA / group, posB = a.q_pos0 + mB / group;
+    for (int b = 0; b < kMB; b++) {
+#pragma unroll
+      for (int j = 0; j < D / 8; j++)
+        acc[b][j][0] = acc[b][j][1] = acc[b][j][2] = acc[b][j][3] = 0.0f;
+      m[b][0] = m[b][1] = kNegInf;
+      l[b][0] = l[b][1] = 0.0f;
+      // This thread's rows of block b: r and r + 8 with r = warp * 32 + b * 16 + lane / 4.
+      const int mr = qb * kPrefillBM + warp * kWarpRows + b * 16 + (lane >> 2);
+      pos[b][0] = a.q_pos0 + mr / group;
+      pos[b][1] = a.q_pos0 + (mr + 8) / group;
+    }
 
-    // Tile t lives in stage t % kStages; tiles t+1 and t+2 are in flight while t is computed.
+    // Tile t lives in stage t % kStages; tile t + 1 is in flight while t is computed.
     if (nt > 0) {
       fill_off(0, 0);
-      if (nt > 1) fill_off(1, 1);
       __syncthreads();
       issue(0);
-      if (nt > 1) issue(1);
     }
     for (int t = 0; t < nt; t++) {
       const int buf = t % kStages;
-      if (t + 2 < nt) {
-        fill_off((t + 2) % kStages, t + 2);
+      if (t + 1 < nt) {
+        fill_off((t + 1) % kStages, t + 1);
         __syncthreads();
-        issue((t + 2) % kStages);
-        cp_async_wait<2>();
-      } else if (t + 1 < nt) {
+        issue((t + 1) % kStages);
         cp_async_wait<1>();
       } else {
         cp_async_wait<0>();
       }
       __syncthreads();
-      float s[8][4];
-      qk_tile<D, T>(s, qf, sK + buf * kTileRows * D, lane);
-      float mx0 = kNegInf, mx1 = kNegInf;
+      const T* sKb = sK + buf * kTileRows * D;
+      const T* sVb = sV + buf * kTileRows * D;
+      // S = Q K^T for both 16-row blocks; each K fragment feeds kMB mma pairs.
+      float s[kMB][8][4];
 #pragma unroll
-      for (int j = 0; j < 8; j++)
+      for (int b = 0; b < kMB; b++)
 #pragma unroll
-        for (int c = 0; c < 2; c++) {
-          const int col = j * 8 + 2 * (lane & 3) + c;
-          bool ok = s_off[buf * kTileRows + col] >= 0;
-          bool okA = ok, okB = ok;
-          if (!SPARSE) {
-            const int64_t kpos = a.key_pos0 + t * kTileRows + col;
-            okA = ok && kpos <= posA;
-            okB = ok && kpos <= posB;
+        for (int j = 0; j < 8; j++) s[b][j][0] = s[b][j][1] = s[b][j][2] = s[b][j][3] = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < D / 16; kk++) {
+        uint32_t qa[kMB][4];
+#pragma unroll
+        for (int b = 0; b < kMB; b++)
+          ldmatrix_x4(qa[b],
+                      sQ + swz<D>(warp * kWarpRows + b * 16 + (lane & 15), kk * 2 + (lane >> 4)));
+#pragma unroll
+        for (int j = 0; j < 8; j += 2) {
+          uint32_t bk[4];
+          ldmatrix_x4(bk, sKb + swz<D>(j * 8 + (lane & 7) + ((lane >> 4) << 3),
+                                       kk * 2 + ((lane >> 3) & 1)));
+#pragma unroll
+          for (int b = 0; b < kMB; b++) {
+            Elem<T>::mma(s[b][j], qa[b], bk[0], bk[1]);
+            Elem<T>::mma(s[b][j + 1], qa[b], bk[2], bk[3]);
           }
-          s[j][c] = okA ? s[j][c] * a.scale_log2 : kNegInf;
-          s[j][c + 2] = okB ? s[j][c + 2] * a.scale_log2 : kNegInf;
-          mx0 = fmaxf(mx0, s[j][c]);
-          mx1 = fmaxf(mx1, s[j][c + 2]);
         }
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-      const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
-      // A row with nothing visible yet keeps reference 0: every p is exp2(-inf) = 0.
-      const float ref0 = n0 == kNegInf ? 0.0f : n0, ref1 = n1 == kNegInf ? 0.0f : n1;
-      const float c0 = exp2f(m0 - ref0), c1 = exp2f(m1 - ref1);
-      m0 = n0;
-      m1 = n1;
-      float sum0 = 0.0f, sum1 = 0.0f;
-#pragma unroll
-      for (int j = 0; j < 8; j++) {
-        s[j][0] = exp2f(s[j][0] - ref0);
-        s[j][1] = exp2f(s[j][1] - ref0);
-        s[j][2] = exp2f(s[j][2] - ref1);
-        s[j][3] = exp2f(s[j][3] - ref1);
-        sum0 += s[j][0] + s[j][1];
-        sum1 += s[j][2] + s[j][3];
       }
-      l0 = l0 * c0 + sum0;
-      l1 = l1 * c1 + sum1;
+      uint32_t pa[kMB][4][4];
 #pragma unroll
-      for (int j = 0; j < D / 8; j++) {
-        acc[j][0] *= c0;
-        acc[j][1] *= c0;
-        acc[j][2] *= c1;
-        acc[j][3] *= c1;
+      for (int b = 0; b < kMB; b++) {
+        float mx0 = kNegInf, mx1 = kNegInf;
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+          for (int c = 0; c < 2; c++) {
+            const int col = j * 8 + 2 * (lane & 3) + c;
+            const bool ok = s_off[buf * kTileRows + col] >= 0;
+            bool okA = ok, okB = ok;
+            if (!SPARSE) {
+              const int64_t kpos = a.key_pos0 + t * kTileRows + col;
+              okA = ok && kpos <= pos[b][0];
+              okB = ok && kpos <= pos[b][1];
+            }
+            s[b][j][c] = okA ? s[b][j][c] * a.scale_log2 : kNegInf;
+            s[b][j][c + 2] = okB ? s[b][j][c + 2] * a.scale_log2 : kNegInf;
+            mx0 = fmaxf(mx0, s[b][j][c]);
+            mx1 = fmaxf(mx1, s[b][j][c + 2]);
+          }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        const float n0 = fmaxf(m[b][0], mx0), n1 = fmaxf(m[b][1], mx1);
+        // A row with nothing visible yet keeps reference 0: every p is exp2(-inf) = 0.
+        const float ref0 = n0 == kNegInf ? 0.0f : n0, ref1 = n1 == kNegInf ? 0.0f : n1;
+        const float c0 = exp2f(m[b][0] - ref0), c1 = exp2f(m[b][1] - ref1);
+        m[b][0] = n0;
+        m[b][1] = n1;
+        float sum0 = 0.0f, sum1 = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+          s[b][j][0] = exp2f(s[b][j][0] - ref0);
+          s[b][j][1] = exp2f(s[b][j][1] - ref0);
+          s[b][j][2] = exp2f(s[b][j][2] - ref1);
+          s[b][j][3] = exp2f(s[b][j][3] - ref1);
+          sum0 += s[b][j][0] + s[b][j][1];
+          sum1 += s[b][j][2] + s[b][j][3];
+        }
+        l[b][0] = l[b][0] * c0 + sum0;
+        l[b][1] = l[b][1] * c1 + sum1;
+#pragma unroll
+        for (int j = 0; j < D / 8; j++) {
+          acc[b][j][0] *= c0;
+          acc[b][j][1] *= c0;
+          acc[b][j][2] *= c1;
+          acc[b][j][3] *= c1;
+        }
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+          pa[b][kk][0] = Elem<T>::from_f2(s[b][2 * kk][0], s[b][2 * kk][1]);
+          pa[b][kk][1] = Elem<T>::from_f2(s[b][2 * kk][2], s[b][2 * kk][3]);
+          pa[b][kk][2] = Elem<T>::from_f2(s[b][2 * kk + 1][0], s[b][2 * kk + 1][1]);
+          pa[b][kk][3] = Elem<T>::from_f2(s[b][2 * kk + 1][2], s[b][2 * kk + 1][3]);
+        }
       }
-      uint32_t pa[4][4];
+      // O += P V; each V fragment feeds kMB mma pairs.
 #pragma unroll
       for (int kk = 0; kk < 4; kk++) {
-        pa[kk][0] = Elem<T>::from_f2(s[2 * kk][0], s[2 * kk][1]);
-        pa[kk][1] = Elem<T>::from_f2(s[2 * kk][2], s[2 * kk][3]);
-        pa[kk][2] = Elem<T>::from_f2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-        pa[kk][3] = Elem<T>::from_f2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+        for (int j = 0; j < D / 8; j += 2) {
+          uint32_t bv[4];
+          ldmatrix_x4_trans(
+              bv, sVb + swz<D>(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), j + (lane >> 4)));
+#pragma unroll
+          for (int b = 0; b < kMB; b++) {
+            Elem<T>::mma(acc[b][j], pa[b][kk], bv[0], bv[1]);
+            Elem<T>::mma(acc[b][j + 1], pa[b][kk], bv[2], bv[3]);
+          }
+        }
       }
-      pv_tile<D, T>(acc, pa, sV + buf * kTileRows * D, lane);
       __syncthreads();
     }
 
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    if (ns == 1) {
 #pragma unroll
-      for (int j = 0; j < D / 8; j++)
+    for (int b = 0; b < kMB; b++) {
+      float l0 = l[b][0], l1 = l[b][1];
+      l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+      l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+      l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+      l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+      const int rowA = warp * kWarpRows + b * 16 + (lane >> 2);  // rows rowA, rowA + 8 of the block
+      const int mA = qb * kPrefillBM + rowA, mB = mA + 8;
+      if (ns == 1) {
 #pragma unroll
-        for (int c = 0; c < 2; c++) {
-          const int d = j * 8 + 2 * (lane & 3) + c;
-          if (mA < qtot) write_final(a.o, D, h, mA, d, acc[j][c], m0, l0);
-          if (mB < qtot) write_final(a.o, D, h, mB, d, acc[j][c + 2], m1, l1);
+        for (int j = 0; j < D / 8; j++)
+#pragma unroll
+          for (int c = 0; c < 2; c++) {
+            const int d = j * 8 + 2 * (lane & 3) + c;
+            if (mA < qtot) write_final(a.o, D, h, mA, d, acc[b][j][c], m[b][0], l0);
+            if (mB < qtot) write_final(a.o, D, h, mB, d, acc[b][j][c + 2], m[b][1], l1);
+          }
+      } else {
+        const int64_t rA = (int64_t)it * kPrefillBM + rowA, rB = rA + 8;
+#pragma unroll
+        for (int j = 0; j < D / 8; j++) {
+          const int d = j * 8 + 2 * (lane & 3);
+          *reinterpret_cast<float2*>(a.p.pacc + rA * D + d) =
+              make_float2(acc[b][j][0], acc[b][j][1]);
+          *reinterpret_cast<float2*>(a.p.pacc + rB * D + d) =
+              make_float2(acc[b][j][2], acc[b][j][3]);
         }
-    } else {
-      const int64_t rA = (int64_t)it * kPrefillBM + rowA, rB = rA + 8;
-#pragma unroll
-      for (int j = 0; j < D / 8; j++) {
-        const int d = j * 8 + 2 * (lane & 3);
-        *reinterpret_cast<float2*>(a.p.pacc + rA * D + d) = make_float2(acc[j][0], acc[j][1]);
-        *reinterpret_cast<float2*>(a.p.pacc + rB * D + d) = make_float2(acc[j][2], acc[j][3]);
+        if ((lane & 3) == 0) {
+          a.p.pml[rA] = make_float2(m[b][0], l0);
+          a.p.pml[rB] = make_float2(m[b][1], l1);
+        }
       }
-      if ((lane & 3) == 0) {
-        a.p.pml[rA] = make_float2(m0, l0);
-        a.p.pml[rB] = make_float2(m1, l1);
-      }
-      if (last_of_group(a.p, grp, ns))
-        merge_split_group(a.p, a.o, D, h, first, ns, kPrefillBM, qb * kPrefillBM, qtot);
     }
-    __syncthreads();
+    if (ns > 1 && last_of_group(a.p, grp, ns))
+      merge_split_group<true>(a.p, a.o, D, h, first, ns, kPrefillBM, qb * kPrefillBM, qtot);
+    cp_async_wait<0>();  // an item with no key tiles never waited for its query copy
+    __syncthreads();     // shared buffers are rewritten by the next item
   }
 }
 

@@ -213,6 +213,17 @@ __device__ __forceinline__ int ceil_div_dev(int a, int b) {
   return (a + b - 1) / b;
 }
 
+// gpu-scope release / acquire of a 64-bit flag written by one grid and read by another that may
+// run at the same time (the decode plan's per-head ready words, read by the run).
+__device__ __forceinline__ unsigned long long ld_acquire_gpu_u64(const unsigned long long* p) {
+  unsigned long long v;
+  asm volatile("ld.acquire.gpu.global.u64 %0, [%1];\n" : "=l"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ void st_release_gpu_u64(unsigned long long* p, unsigned long long v) {
+  asm volatile("st.release.gpu.global.u64 [%0], %1;\n" ::"l"(p), "l"(v) : "memory");
+}
+
 // Programmatic dependent launch (sm_90): every kernel waits for its predecessor's memory at
 // entry (so overlapping launches never touch the workspace early) and lets its dependent grid
 // start launching once its own main work is issued, hiding the launch gap. No-ops elsewhere.

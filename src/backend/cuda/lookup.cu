@@ -59,6 +59,25 @@ __device__ __forceinline__ void st_release_gpu(unsigned* p, unsigned v) {
   asm volatile("st.release.gpu.global.u32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
 }
 
+// Decode plans and the run (sparse_decode.cu): the run is launched with PDL and does not wait for
+// the whole plan; each of its CTAs waits on its KV head's ready word. A decode plan therefore
+// clears every head's word before it lets dependents launch (the first stage kernel, split 0, at
+// entry) and publishes it once the head's ranges, range prefixes and counts are written.
+__device__ __forceinline__ void clear_ready(const PlanDev& p, int h) {
+  if (threadIdx.x == 0) {
+    atomicExch(p.ready + h, 0ull);
+    __threadfence();
+  }
+}
+// Every thread of the CTA that wrote head h's ranges calls this (nr, rows uniform).
+__device__ __forceinline__ void publish_ready(const PlanDev& p, int h, int nr, int rows) {
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0)
+    st_release_gpu_u64(p.ready + h,
+                       ((unsigned long long)(unsigned)nr << 32) | (unsigned long long)(rows + 1));
+}
+
 struct LookupArgs {
   PlanDev p;
   const void* q;  // [n_q, n_heads, D]
@@ -414,7 +433,11 @@ __device__ void select_fine_impl(const LookupArgs& a, int h, bool ident, int n_p
   __threadfence_block();
   __syncthreads();  // ranges written (and extended atomically) by other threads of this block
   stamp(kStRanges);
-  expand_rows(a.p, h, R, vs, carry_r);
+  // Decode runs read the ranges directly (no row list): publish them to the waiting run.
+  if (a.qtot <= kSmallQ)
+    publish_ready(a.p, h, carry_r, carry_rows);
+  else
+    expand_rows(a.p, h, R, vs, carry_r);
 }
 
 __device__ void select_fine(const LookupArgs& a, int stage, int h) {
@@ -473,8 +496,12 @@ __device__ void partition_block(const PlanDev& p, int qtot) {
     if (in) {
       const int off = carry + ex;
       p.group_off[g] = off;
+      // The group's rows in ns equal items (multiples of 64 rows but the last): cutting at
+      // `chunk` left a short last item (13107 rows -> 8512 + 4595), and persistent CTAs then
+      // idled ~25% of the prefill run at the tail (ncu, v8).
+      const int each = ceil_div_dev(ceil_div_dev(max(Rh, 1), ns), 64) * 64;
       for (int i = 0; i < ns && off + i < p.max_items; i++) {
-        const int vb = i * chunk, ve = min(Rh, vb + chunk);
+        const int vb = min(Rh, i * each), ve = min(Rh, vb + each);
         p.items[off + i] = make_int4(h, qb, vb, ve);
       }
     }
@@ -549,6 +576,7 @@ __global__ void __launch_bounds__(256, QT <= 2 ? 3 : 2)
   pdl_wait();
   stamp(stage == kCoarse ? kStWaited : kStFineStart);
   const int h = blockIdx.y, split = blockIdx.x;
+  if (stage != kFineHier && split == 0) clear_ready(a.p, h);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int lr = lane % LPR, rg = warp * RPW + lane / LPR;
   const int group = a.p.group, qtot = a.qtot;
@@ -900,6 +928,7 @@ __global__ void __launch_bounds__(256, QT <= 2 ? 3 : 2)
   pdl_wait();
   stamp(kStWaited);
   const int h = blockIdx.y, split = blockIdx.x;
+  if (split == 0) clear_ready(a.p, h);
   const int tid = threadIdx.x, lane = tid & 31;
   const int lr = lane % LPR;
   const int group = a.p.group, qtot = a.qtot;
@@ -1226,7 +1255,10 @@ __global__ void __launch_bounds__(256)
     vs[nr] = carry;
   }
   __syncthreads();
-  expand_rows(p, h, R, vs, nr);
+  if (qtot <= kSmallQ)
+    publish_ready(p, h, nr, carry);
+  else
+    expand_rows(p, h, R, vs, nr);
   partition_tail(p, qtot);
 }
 

@@ -23,9 +23,13 @@ __device__ __forceinline__ void write_final(const OutView& o, int D, int h, int 
 // Reads bypass L1: other CTAs wrote them during this launch. The (max, sum) pairs are staged in
 // shared memory first so each output element needs only the acc loads, issued 16 at a time
 // (this runs in one CTA per group at the kernel's tail, so its latency is on the critical path).
+// BATCH (prefill callers): a path for few splits of many rows (kept out of the decode kernel, where
+// its registers would cost a CTA per SM).
+template <bool BATCH = false>
 __device__ inline void merge_split_group(const PlanDev& p, const OutView& o, int D, int h,
                                          int first, int ns, int rows_per_item, int m0, int qtot) {
   constexpr int kStage = 1024;
+  constexpr int kFewSplits = 4;    // below this many splits, batch the loads across elements
   __shared__ float2 s_ml[kStage];  // [row][item]: (max, sum) then (weight, -)
   __shared__ float s_M[kPrefillBM], s_L[kPrefillBM];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
@@ -55,16 +59,48 @@ __device__ inline void merge_split_group(const PlanDev& p, const OutView& o, int
       }
     }
     __syncthreads();
-    for (int idx = tid; idx < nrows * D; idx += blockDim.x) {
-      const int rr = idx / D, d = idx - rr * D;
-      float acc = 0.0f;
+    const int total = nrows * D;
+    if (!BATCH || ns >= kFewSplits) {  // many splits: the loads of one element's splits overlap
+      for (int idx = tid; idx < total; idx += blockDim.x) {
+        const int rr = idx / D, d = idx - rr * D;
+        float acc = 0.0f;
 #pragma unroll 16
-      for (int i = 0; i < ns; i++) {
-        const float w = s_ml[rr * ns + i].x;
-        const float v = __ldcg(&p.pacc[((int64_t)(first + i) * rows_per_item + rr) * D + d]);
-        acc += w > 0.0f ? v * w : 0.0f;
+        for (int i = 0; i < ns; i++) {
+          const float w = s_ml[rr * ns + i].x;
+          const float v = __ldcg(&p.pacc[((int64_t)(first + i) * rows_per_item + rr) * D + d]);
+          acc += w > 0.0f ? v * w : 0.0f;
+        }
+        write_final(o, D, h, m0 + rr, d, acc, s_M[rr], s_L[rr]);
       }
-      write_final(o, D, h, m0 + rr, d, acc, s_M[rr], s_L[rr]);
+      return;
+    }
+    // Few splits, many elements (prefill: 2 splits x 128 rows x D): the per-element loop above
+    // ran one dependent L2 round trip per element, ~128 in a row per thread (~90 us per group,
+    // v8). Here every load of kUnr elements x all splits is issued before any is used.
+    constexpr int kUnr = 8;
+    for (int base = tid; base < total; base += blockDim.x * kUnr) {
+      float v[kFewSplits][kUnr];
+#pragma unroll
+      for (int i = 0; i < kFewSplits; i++)
+#pragma unroll
+        for (int u = 0; u < kUnr; u++) {
+          const int idx = base + u * blockDim.x, rr = idx / D, d = idx - rr * D;
+          v[i][u] = i < ns && idx < total
+                        ? __ldcg(&p.pacc[((int64_t)(first + i) * rows_per_item + rr) * D + d])
+                        : 0.0f;
+        }
+#pragma unroll
+      for (int u = 0; u < kUnr; u++) {
+        const int idx = base + u * blockDim.x, rr = idx / D, d = idx - rr * D;
+        if (idx >= total) continue;
+        float acc = 0.0f;
+#pragma unroll
+        for (int i = 0; i < kFewSplits; i++) {
+          const float w = i < ns ? s_ml[rr * ns + i].x : 0.0f;
+          acc += w > 0.0f ? v[i][u] * w : 0.0f;
+        }
+        write_final(o, D, h, m0 + rr, d, acc, s_M[rr], s_L[rr]);
+      }
     }
     return;
   }

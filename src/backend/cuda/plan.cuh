@@ -11,7 +11,7 @@ namespace sqz::cuda {
 
 constexpr int kMaxScoreSplits = 64;    // split count of one head's centroid scoring (partials)
 constexpr int kSmallQ = 8;             // <= this many query rows per KV head: CUDA-core paths
-constexpr int kPrefillBM = 64;         // query rows per prefill attention CTA (4 warps x 16)
+constexpr int kPrefillBM = 128;        // query rows per prefill attention CTA (4 warps x 32)
 constexpr int kDecodeMaxChunk = 2048;  // rows of one decode work item (row map lives in smem)
 constexpr int kDecodeMinChunk = 128;   // shorter items cost more in latency than they balance
 
@@ -36,8 +36,12 @@ struct WsLayout {
   int num_sms = 0;
   int max_items = 0, max_groups = 0, max_partial_rows = 0;
   int decode_target = 0, prefill_target = 0, prefill_max_items = 0;
+  int decode_iph = 0;  // decode run: split-KV items (CTAs) per KV head, fixed by the shape
   size_t counters = 0, counters_bytes = 0;  // zeroed once by workspace_init
-  size_t head_cnt = 0;    // uint32 [3][n_kv]: coarse / fine arrivals, fused-decode head flags
+  size_t head_cnt = 0;  // uint32 [3][n_kv]: coarse / fine arrivals, fused-decode head flags
+  // uint64 [n_kv]: decode plans publish each head's ranges here, (n_ranges << 32) | (n_rows + 1);
+  // 0 = not ready. The decode run waits on its own head's word instead of the whole plan.
+  size_t ready = 0;
   size_t global_cnt = 0;  // uint32 [4]
   size_t group_cnt = 0;   // uint32 [max_groups]
   size_t score_part = 0;  // float4 [n_kv][q_max][kMaxScoreSplits]  (m, s_pos, s_neg, -)
@@ -73,8 +77,9 @@ bool make_layout(const sqz_cuda_shape& s, WsLayout* L);
 // Device view: raw pointers into one workspace plus the static dims.
 struct PlanDev {
   int n_kv, group, head_dim, n_ctx, n_fine, n_coarse, q_max, max_items, max_groups;
-  int decode_target, prefill_target, prefill_max_items;
+  int decode_target, prefill_target, prefill_max_items, decode_iph;
   uint32_t* head_cnt;
+  unsigned long long* ready;
   uint32_t* global_cnt;
   uint32_t* group_cnt;
   float4* score_part;

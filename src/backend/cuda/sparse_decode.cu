@@ -8,6 +8,79 @@
 namespace sqz::cuda {
 namespace {
 
+// Kept rows [w0, w1) of head h (w1 - w0 <= kDecodeMaxChunk) -> physical rows in s_idx, from the
+// plan's merged ranges: range r holds kept rows [vs[r], vs[r] + len_r) at physical rows
+// [R[r].x, ...), vs[nr] = rows (empty ranges are allowed and share their successor's start).
+// Ranges are staged 256 at a time in shared memory and every row looks up its range there. The
+// first batch starts at an interpolated guess (kept rows per range are roughly uniform, so the
+// range holding w0 is near w0 * nr / rows; the batch spans +-120 ranges of it): one round trip,
+// as the row list of v1-v7 cost. A wrong guess falls back to a 256-ary search over vs (one
+// round trip per level). Every thread of the CTA (256) calls this; it ends with a barrier.
+__device__ __forceinline__ void fill_row_map(const PlanDev& p, int h, int nr, int rows, int w0,
+                                             int w1, int* s_idx, int* s_vs, int* s_pb) {
+  constexpr int B = 256;
+  const int tid = threadIdx.x;
+  const int2* R = p.ranges + (int64_t)h * p.n_fine;
+  const int32_t* vs = p.vstart + (int64_t)h * (p.n_fine + 1);
+  auto load_batch = [&](int rb) {
+    const int nb = min(B, nr - rb);
+    if (tid < nb) {
+      s_vs[tid] = __ldcg(vs + rb + tid);
+      s_pb[tid] = __ldcg(&R[rb + tid].x);
+    }
+    if (tid == 0) s_vs[B] = __ldcg(vs + rb + nb);  // end of the batch's kept rows
+    __syncthreads();
+  };
+  int rb = (int)((int64_t)w0 * nr / max(1, rows)) - 120;
+  rb = max(0, min(rb, nr - B));
+  load_batch(rb);
+  int lo = 0, hi = nr;  // search bounds: vs[lo] <= w0 < vs[hi]
+  for (;;) {
+    const int nb = min(B, nr - rb);
+    if (s_vs[0] > w0)
+      hi = rb;
+    else if (s_vs[B] <= w0 && rb + nb < nr)
+      lo = rb + nb;
+    else
+      break;          // vs[rb] <= w0 < vs[rb + nb]
+    __syncthreads();  // batch buffers are reloaded below
+    while (hi - lo > B) {
+      const int step = (hi - lo + B - 1) / B;
+      const int idx = lo + tid * step;
+      const int cnt = __syncthreads_count(idx < hi && __ldcg(vs + idx) <= w0);  // >= 1: idx = lo
+      lo += (cnt - 1) * step;
+      hi = min(hi, lo + step);
+    }
+    rb = lo;
+    load_batch(rb);  // now vs[rb] <= w0 < vs[hi], hi <= rb + B: found
+  }
+  for (;;) {
+    const int nb = min(B, nr - rb);
+    const int bend = s_vs[B];
+    const int v1 = min(w1, bend);
+    for (int v = max(w0, s_vs[0]) + tid; v < v1; v += blockDim.x) {
+      int k = 0;  // largest k < nb with s_vs[k] <= v (among equal starts the last, non-empty one)
+#pragma unroll
+      for (int st = B / 2; st > 0; st >>= 1)
+        if (k + st < nb && s_vs[k + st] <= v) k += st;
+      s_idx[v - w0] = s_pb[k] + (v - s_vs[k]);
+    }
+    __syncthreads();  // row map complete, or the batch buffers are free for the next batch
+    if (bend >= w1 || rb + nb >= nr) break;
+    rb += nb;
+    load_batch(rb);
+  }
+}
+
+// Grid decode_iph * n_kv, item-major: CTA b attends over chunk b / n_kv of head b % n_kv's kept
+// rows. Item-major order puts the CTAs a head does not need (items past its count) at the end of
+// the dispatch order instead of between every head's CTAs (head-major cost the run alone 2-8 us
+// in v8's first measurement: idle CTAs still took a slot for a query load and a flag read, and
+// the hardware dispatches CTAs in index order). No PDL wait at
+// entry: the CTA loads its queries, then waits on head h's ready word (published by the plan as
+// soon as that head's ranges exist), so the run of early heads overlaps the plan's tails of late
+// ones. The plan clears the words before it lets this grid launch (lookup.cu), and everything
+// else the run reads was complete before the plan began.
 // G <= 4 capped at 128 registers so two CTAs (16 warps) share an SM: with one CTA the loads in
 // flight per SM are too few to cover memory latency (seen: GQA decode at ~1 TB/s).
 template <int D, typename T, int G>
@@ -18,50 +91,76 @@ __global__ void __launch_bounds__(256, G <= 4 ? 2 : 1) sparse_decode_kernel(RunA
   constexpr int RED = NW * G * (D + 2);
   constexpr int SMEM = RED > kDecodeMaxChunk ? RED : kDecodeMaxChunk;
   __shared__ __align__(16) int s_buf[SMEM];  // row map during the loop, then the reduction
+  __shared__ int s_vs[257], s_pb[256];       // a batch of range descriptors (fill_row_map)
+  __shared__ unsigned long long s_ready;
   int* s_idx = s_buf;
   float* s_red = reinterpret_cast<float*>(s_buf);
 
-  pdl_wait();
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int lr = lane % LPR, rg = warp * RPW + lane / LPR;
   const int qtot = a.qtot, group = a.o.group;
-  const int n_items = a.p.meta[kMetaItems];
+  const int n_kv = a.p.n_kv, h = blockIdx.x % n_kv, item = blockIdx.x / n_kv;
+  const int iph = a.p.decode_iph;
   const T* q = static_cast<const T*>(a.q);
 
-  for (int it = blockIdx.x; it < n_items; it += gridDim.x) {
-    const int4 item = a.p.items[it];
-    const int h = item.x, vb = item.z, n = item.w - item.z;
-    const int first = a.p.group_off[h], ns = a.p.group_off[h + 1] - first;
-    // Physical rows of this chunk (plan's row list; coalesced, independent loads).
-    const int32_t* ridx = a.p.rowidx + (int64_t)h * a.p.n_ctx + vb;
-    for (int i = tid; i < n; i += blockDim.x) s_idx[i] = __ldg(ridx + i);
+  // Queries first: they were complete before the plan started, so their latency overlaps the wait.
+  float qf[G][8];
+#pragma unroll
+  for (int g = 0; g < G; g++) {
+    if (g < qtot) {
+      const int t = g / group, hg = g - t * group;
+      const uint4 u = *reinterpret_cast<const uint4*>(q + (int64_t)t * a.q_tok_stride +
+                                                      (int64_t)(h * group + hg) * D + lr * 8);
+      unpack8<T>(u, qf[g]);
+#pragma unroll
+      for (int i = 0; i < 8; i++) qf[g][i] *= a.scale_log2;
+    } else {
+#pragma unroll
+      for (int i = 0; i < 8; i++) qf[g][i] = 0.0f;
+    }
+  }
+  if (tid == 0) {
+    unsigned long long v;
+    // Bounded: a run without a plan (API misuse) reports NaN after ~1 s instead of hanging.
+    for (int spin = 0; (v = ld_acquire_gpu_u64(a.p.ready + h)) == 0ull && spin < (1 << 22); spin++)
+      __nanosleep(200);
+    s_ready = v;
+  }
+  __syncthreads();
+  const unsigned long long rd = s_ready;
+  if (rd == 0ull) {  // no plan published: poison this head's output
+    if (item == 0)
+      for (int idx = tid; idx < qtot * D; idx += blockDim.x)
+        write_final(a.o, D, h, idx / D, idx % D, __int_as_float(0x7fc00000),
+                    __int_as_float(0x7fc00000), 1.0f);
+    return;
+  }
+  const int nr = (int)(rd >> 32), rows = (int)(unsigned)(rd & 0xffffffffull) - 1;
+  // Split of this head's rows: iph items at most, >= kDecodeMinChunk rows each (every CTA of the
+  // head computes the same split from the same word).
+  int chunk = (rows + iph - 1) / iph;
+  chunk = max(kDecodeMinChunk, (chunk + 63) / 64 * 64);
+  const int ns = max(1, (rows + chunk - 1) / chunk);
+  if (item >= ns) return;
+  const int vb = item * chunk, ve = min(rows, vb + chunk);
+  const int first = h * iph;
 
-    float qf[G][8];
+  float m[G], l[G], acc[G][8];
 #pragma unroll
-    for (int g = 0; g < G; g++) {
-      if (g < qtot) {
-        const int t = g / group, hg = g - t * group;
-        const uint4 u = *reinterpret_cast<const uint4*>(q + (int64_t)t * a.q_tok_stride +
-                                                        (int64_t)(h * group + hg) * D + lr * 8);
-        unpack8<T>(u, qf[g]);
+  for (int g = 0; g < G; g++) {
+    m[g] = kNegInf;
+    l[g] = 0.0f;
 #pragma unroll
-        for (int i = 0; i < 8; i++) qf[g][i] *= a.scale_log2;
-      } else {
-#pragma unroll
-        for (int i = 0; i < 8; i++) qf[g][i] = 0.0f;
-      }
-    }
-    float m[G], l[G], acc[G][8];
-#pragma unroll
-    for (int g = 0; g < G; g++) {
-      m[g] = kNegInf;
-      l[g] = 0.0f;
-#pragma unroll
-      for (int i = 0; i < 8; i++) acc[g][i] = 0.0f;
-    }
-    const T* Kh = static_cast<const T*>(a.k) + (int64_t)h * a.kv_head_stride + lr * 8;
-    const T* Vh = static_cast<const T*>(a.v) + (int64_t)h * a.kv_head_stride + lr * 8;
-    __syncthreads();  // row map complete
+    for (int i = 0; i < 8; i++) acc[g][i] = 0.0f;
+  }
+  const T* Kh = static_cast<const T*>(a.k) + (int64_t)h * a.kv_head_stride + lr * 8;
+  const T* Vh = static_cast<const T*>(a.v) + (int64_t)h * a.kv_head_stride + lr * 8;
+
+  // Windows of kDecodeMaxChunk rows (one for all but very long chunks).
+  for (int w0 = vb; w0 < ve; w0 += kDecodeMaxChunk) {
+    const int n = min(ve - w0, kDecodeMaxChunk);
+    if (w0 > vb) __syncthreads();  // the previous window's row map is no longer read
+    fill_row_map(a.p, h, nr, rows, w0, w0 + n, s_idx, s_vs, s_pb);
 
     for (int base = 0; base < n; base += NRG * U) {
       uint4 kr[U], vr[U];
@@ -117,75 +216,74 @@ __global__ void __launch_bounds__(256, G <= 4 ? 2 : 1) sparse_decode_kernel(RunA
         }
       }
     }
+  }
 
-    // Lane groups of a warp -> one state per warp.
+  // Lane groups of a warp -> one state per warp.
+#pragma unroll
+  for (int g = 0; g < G; g++) {
+#pragma unroll
+    for (int o = LPR; o < 32; o <<= 1) {
+      const float mo = __shfl_xor_sync(0xffffffffu, m[g], o);
+      const float lo = __shfl_xor_sync(0xffffffffu, l[g], o);
+      const float M = fmaxf(m[g], mo);
+      const float ca = exp2_diff(m[g], M), cb = exp2_diff(mo, M);
+      l[g] = l[g] * ca + lo * cb;
+#pragma unroll
+      for (int i = 0; i < 8; i++) {
+        const float ao = __shfl_xor_sync(0xffffffffu, acc[g][i], o);
+        acc[g][i] = acc[g][i] * ca + ao * cb;
+      }
+      m[g] = M;
+    }
+  }
+  __syncthreads();  // everyone is done with the row map; s_buf becomes the reduction buffer
+  if (lane < LPR) {
 #pragma unroll
     for (int g = 0; g < G; g++) {
+      float* dst = s_red + (warp * G + g) * (D + 2);
 #pragma unroll
-      for (int o = LPR; o < 32; o <<= 1) {
-        const float mo = __shfl_xor_sync(0xffffffffu, m[g], o);
-        const float lo = __shfl_xor_sync(0xffffffffu, l[g], o);
-        const float M = fmaxf(m[g], mo);
-        const float ca = exp2_diff(m[g], M), cb = exp2_diff(mo, M);
-        l[g] = l[g] * ca + lo * cb;
-#pragma unroll
-        for (int i = 0; i < 8; i++) {
-          const float ao = __shfl_xor_sync(0xffffffffu, acc[g][i], o);
-          acc[g][i] = acc[g][i] * ca + ao * cb;
-        }
-        m[g] = M;
+      for (int i = 0; i < 8; i++) dst[lr * 8 + i] = acc[g][i];
+      if (lane == 0) {
+        dst[D] = m[g];
+        dst[D + 1] = l[g];
       }
     }
-    __syncthreads();  // everyone is done with the row map; s_buf becomes the reduction buffer
-    if (lane < LPR) {
-#pragma unroll
-      for (int g = 0; g < G; g++) {
-        float* dst = s_red + (warp * G + g) * (D + 2);
-#pragma unroll
-        for (int i = 0; i < 8; i++) dst[lr * 8 + i] = acc[g][i];
-        if (lane == 0) {
-          dst[D] = m[g];
-          dst[D + 1] = l[g];
-        }
-      }
-    }
-    __syncthreads();
-    for (int idx = tid; idx < G * D; idx += blockDim.x) {
-      const int g = idx / D, d = idx - g * D;
-      if (g >= qtot) continue;
-      float M = kNegInf;
-#pragma unroll
-      for (int w = 0; w < NW; w++) M = fmaxf(M, s_red[(w * G + g) * (D + 2) + D]);
-      float L = 0.0f, O = 0.0f;
-      if (M != kNegInf) {
-#pragma unroll
-        for (int w = 0; w < NW; w++) {
-          const float* src = s_red + (w * G + g) * (D + 2);
-          const float c = exp2_diff(src[D], M);
-          L += src[D + 1] * c;
-          O += src[d] * c;
-        }
-      }
-      if (ns == 1) {
-        write_final(a.o, D, h, g, d, O, M, L);
-      } else {
-        const int64_t row = (int64_t)it * kSmallQ + g;
-        a.p.pacc[row * D + d] = O;
-        if (d == 0) a.p.pml[row] = make_float2(M, L);
-      }
-    }
-    if (ns > 1 && last_of_group(a.p, h, ns))
-      merge_split_group(a.p, a.o, D, h, first, ns, kSmallQ, 0, qtot);
-    __syncthreads();  // s_buf is rewritten by the next item's row map
   }
+  __syncthreads();
+  for (int idx = tid; idx < G * D; idx += blockDim.x) {
+    const int g = idx / D, d = idx - g * D;
+    if (g >= qtot) continue;
+    float M = kNegInf;
+#pragma unroll
+    for (int w = 0; w < NW; w++) M = fmaxf(M, s_red[(w * G + g) * (D + 2) + D]);
+    float L = 0.0f, O = 0.0f;
+    if (M != kNegInf) {
+#pragma unroll
+      for (int w = 0; w < NW; w++) {
+        const float* src = s_red + (w * G + g) * (D + 2);
+        const float c = exp2_diff(src[D], M);
+        L += src[D + 1] * c;
+        O += src[d] * c;
+      }
+    }
+    if (ns == 1) {
+      write_final(a.o, D, h, g, d, O, M, L);
+    } else {
+      const int64_t row = (int64_t)(first + item) * kSmallQ + g;
+      a.p.pacc[row * D + d] = O;
+      if (d == 0) a.p.pml[row] = make_float2(M, L);
+    }
+  }
+  if (ns > 1 && last_of_group(a.p, h, ns))
+    merge_split_group(a.p, a.o, D, h, first, ns, kSmallQ, 0, qtot);
 }
 
 template <int D, typename T, int G>
 int launch_g(const WsLayout& L, const RunArgs& a, cudaStream_t stream) {
-  // One CTA per possible item; CTAs past the plan's item count exit at once. The hardware
-  // scheduler then balances the short items (persistent CTAs left a partial-wave tail).
-  const int grid = std::max(1, L.max_items);
-  return launch_k(sparse_decode_kernel<D, T, G>, dim3(grid), dim3(256), 0, stream, a) == cudaSuccess
+  // decode_iph CTAs per KV head, one short item each; CTAs past the head's item count exit at
+  // once and the hardware scheduler balances the rest (persistent CTAs left a partial-wave tail).
+  return launch_k(sparse_decode_kernel<D, T, G>, dim3(L.decode_iph * L.n_kv), dim3(256), 0, stream,
+                  a) == cudaSuccess
              ? SQZ_CUDA_OK
              : SQZ_CUDA_ECUDA;
 }

@@ -1,10 +1,14 @@
 // Split-KV sparse attention for few query rows per KV head (decode: n_q * group <= 8).
 //
-// Persistent CTAs walk the plan's work items; one item = one KV head x a chunk of its kept rows,
-// and one CTA serves every query row of that KV head (GQA group x tokens), so each selected K/V
-// row is read from memory exactly once per step. Rows are read with 16-byte streaming loads
-// (D/8 lanes per row, several rows in flight per lane group); the CTA's partial state is merged
-// across its warps in shared memory, and the last CTA to finish a head merges the head's splits.
+// A fixed grid of decode_iph CTAs per KV head; CTA i takes chunk i of its head's kept rows, and
+// one CTA serves every query row of that KV head (GQA group x tokens), so each selected K/V row
+// is read from memory exactly once per step. The CTAs do not wait for the whole plan: each waits
+// on its head's ready word, which the plan publishes as soon as that head's merged ranges exist,
+// then maps its chunk to physical rows from the ranges itself (no row list, no work items). The
+// run of early heads thus overlaps the plan's tails and partition. Rows are read with 16-byte
+// streaming loads (D/8 lanes per row, several rows in flight per lane group); the CTA's partial
+// state is merged across its warps in shared memory, and the last CTA to finish a head merges
+// the head's splits.
 #pragma once
 
 #include <cuda_runtime.h>

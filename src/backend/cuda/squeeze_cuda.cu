@@ -58,6 +58,9 @@ bool make_layout(const sqz_cuda_shape& s, WsLayout* L) {
   const int64_t decode_items =
       std::max<int64_t>(l.decode_target, (rows + kDecodeMaxChunk - 1) / kDecodeMaxChunk) + l.n_kv +
       1;
+  // Decode run: a fixed grid of decode_iph CTAs per KV head (so a head's CTAs can start as soon
+  // as its ranges are published); n_kv * decode_iph <= decode_items, so the partials fit.
+  l.decode_iph = std::max(1, l.decode_target / l.n_kv);
   const bool prefill = l.q_max > kSmallQ;
   const int n_qb_max = (l.q_max + kPrefillBM - 1) / kPrefillBM;
   l.max_groups = std::max(l.n_kv, prefill ? l.n_kv * n_qb_max : 0);
@@ -75,6 +78,7 @@ bool make_layout(const sqz_cuda_shape& s, WsLayout* L) {
   const size_t nkv = l.n_kv;
   l.counters = off;
   l.head_cnt = take(3 * nkv * 4);
+  l.ready = take(nkv * 8);
   l.global_cnt = take(4 * 4);
   l.group_cnt = take((size_t)l.max_groups * 4);
   l.meta = take(kMetaCount * 4);
@@ -120,7 +124,9 @@ PlanDev make_plan_dev(const WsLayout& L, void* ws) {
   p.decode_target = L.decode_target;
   p.prefill_target = L.prefill_target;
   p.prefill_max_items = L.prefill_max_items;
+  p.decode_iph = L.decode_iph;
   p.head_cnt = reinterpret_cast<uint32_t*>(b + L.head_cnt);
+  p.ready = reinterpret_cast<unsigned long long*>(b + L.ready);
   p.global_cnt = reinterpret_cast<uint32_t*>(b + L.global_cnt);
   p.group_cnt = reinterpret_cast<uint32_t*>(b + L.group_cnt);
   p.score_part = reinterpret_cast<float4*>(b + L.score_part);

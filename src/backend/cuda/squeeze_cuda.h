@@ -12,7 +12,10 @@
  *                   no host synchronisation.
  *   sqz_cuda_run    exact attention over the planned ranges -> (out, lse) per query head
  *                   (must get the same n_q as the plan: it picks the decode kernel iff
- *                   n_q * group <= 8, as the plan's partition did).
+ *                   n_q * group <= 8, as the plan's partition did). On sm_90 the decode run
+ *                   may start while its plan is still running (programmatic dependent launch):
+ *                   each KV head's CTAs wait on a ready word the plan publishes for that head.
+ *                   Running it again without a new plan reuses the last plan.
  *   sqz_cuda_dense_causal  causal attention of the user tokens over their own K/V.
  *   sqz_cuda_merge  merges two attention states (e.g. context + user tokens) into the output.
  *
