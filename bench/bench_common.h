@@ -92,7 +92,8 @@ inline void write_result(const std::string& name, const nlohmann::json& j) {
   char date[32];
   std::time_t t = std::time(nullptr);
   std::strftime(date, sizeof date, "%Y%m%d-%H%M%S", std::gmtime(&t));
-  const std::string path = std::string(SQZ_SOURCE_DIR) + "/bench/results/" + name + "_" + date + ".json";
+  const std::string path =
+      std::string(SQZ_SOURCE_DIR) + "/bench/results/" + name + "_" + date + ".json";
   std::ofstream(path) << j.dump(2) << "\n";
   std::printf("wrote %s\n", path.c_str());
 }

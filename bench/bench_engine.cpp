@@ -2,7 +2,8 @@
 // context depths 0, 2K and 8K with 1 and 2 threads, bytes read per decoded token (weights + KV)
 // against the measured memory read bandwidth, peak memory. Prints a table, writes JSON to
 // bench/results/engine_<date>.json.
-//   bench_engine [--model PATH] [--depths 0,2048,7680] [--threads 1,2] [--prefill 256] [--decode 32] [--reps 3]
+//   bench_engine [--model PATH] [--depths 0,2048,7680] [--threads 1,2] [--prefill 256] [--decode
+//   32] [--reps 3]
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -32,22 +33,35 @@ int main(int argc, char** argv) {
   int64_t n_prefill = 256, n_decode = 32, reps = 3;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i], v = argv[i + 1];
-    if (a == "--model") model = v;
-    else if (a == "--depths") depths = parse_ints(v);
-    else if (a == "--threads") threads = parse_ints(v);
-    else if (a == "--prefill") n_prefill = std::stoll(v);
-    else if (a == "--decode") n_decode = std::stoll(v);
-    else if (a == "--reps") reps = std::stoll(v);
-    else { std::fprintf(stderr, "unknown flag %s\n", a.c_str()); return 2; }
+    if (a == "--model")
+      model = v;
+    else if (a == "--depths")
+      depths = parse_ints(v);
+    else if (a == "--threads")
+      threads = parse_ints(v);
+    else if (a == "--prefill")
+      n_prefill = std::stoll(v);
+    else if (a == "--decode")
+      n_decode = std::stoll(v);
+    else if (a == "--reps")
+      reps = std::stoll(v);
+    else {
+      std::fprintf(stderr, "unknown flag %s\n", a.c_str());
+      return 2;
+    }
   }
   EngineParams ep;
   ep.model_path = model;
   ep.n_threads = 2;
   auto er = Engine::create(ep);
-  if (!er.ok()) { std::fprintf(stderr, "error: %s\n", er.status().message().c_str()); return 1; }
+  if (!er.ok()) {
+    std::fprintf(stderr, "error: %s\n", er.status().message().c_str());
+    return 1;
+  }
   Engine& e = *er.value();
   const ModelConfig& c = e.model().config();
-  std::vector<int32_t> toks = e.tokenizer().encode(bench::perl_pods({"perlfunc.pod", "perlop.pod", "perlsyn.pod", "perlre.pod"}), false, false);
+  std::vector<int32_t> toks = e.tokenizer().encode(
+      bench::perl_pods({"perlfunc.pod", "perlop.pod", "perlsyn.pod", "perlre.pod"}), false, false);
   size_t weight_bytes = 0;
   for (const auto& t : e.model().file().tensors)
     if (t.n_dims == 2 && t.name != "token_embd.weight") weight_bytes += t.nbytes;
@@ -68,7 +82,8 @@ int main(int argc, char** argv) {
   for (int64_t depth : depths) {
     const int64_t n_max = depth + n_prefill + n_decode + 1;
     if (n_max > e.n_ctx() || (int64_t)toks.size() < n_max) {
-      std::fprintf(stderr, "skip depth %lld (window %lld)\n", (long long)depth, (long long)e.n_ctx());
+      std::fprintf(stderr, "skip depth %lld (window %lld)\n", (long long)depth,
+                   (long long)e.n_ctx());
       continue;
     }
     KvCache cache;
@@ -110,15 +125,21 @@ int main(int argc, char** argv) {
       }
       const double pf_m = bench::median(pf), dc_m = bench::median(dc);
       const double mean_ctx = (double)depth + n_prefill + n_decode / 2.0;
-      const double kv_bytes = mean_ctx * c.n_layer * c.n_head_kv * c.head_dim * 2 /*K,V*/ * 2 /*f16*/;
+      const double kv_bytes =
+          mean_ctx * c.n_layer * c.n_head_kv * c.head_dim * 2 /*K,V*/ * 2 /*f16*/;
       const double bytes = (double)weight_bytes + kv_bytes;
       const double gbs = bytes * dc_m / 1e9;
       std::printf("%-6lld %-3lld %12.1f %12.1f %14.3e %10.2f %7.1f%%\n", (long long)depth,
                   (long long)nt, pf_m, dc_m, bytes, gbs, 100.0 * gbs / bw[nt]);
-      out["runs"].push_back({{"depth", depth}, {"threads", nt}, {"prefill_tok_s", pf_m},
-                             {"decode_tok_s", dc_m}, {"prefill_tokens", n_prefill},
-                             {"decode_tokens", n_decode}, {"bytes_per_token", bytes},
-                             {"kv_bytes_per_token", kv_bytes}, {"achieved_gbs", gbs},
+      out["runs"].push_back({{"depth", depth},
+                             {"threads", nt},
+                             {"prefill_tok_s", pf_m},
+                             {"decode_tok_s", dc_m},
+                             {"prefill_tokens", n_prefill},
+                             {"decode_tokens", n_decode},
+                             {"bytes_per_token", bytes},
+                             {"kv_bytes_per_token", kv_bytes},
+                             {"achieved_gbs", gbs},
                              {"pct_of_read_bw", 100.0 * gbs / bw[nt]}});
     }
   }

@@ -17,9 +17,7 @@
 
 using namespace sqz;
 
-namespace {
-
-}  // namespace
+namespace {}  // namespace
 
 int main(int argc, char** argv) {
   std::string model = std::string(SQZ_SOURCE_DIR) + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -29,19 +27,34 @@ int main(int argc, char** argv) {
   int64_t sinks = 4, levels = 0, block = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i], v = argv[i + 1];
-    if (a == "--model") model = v;
-    else if (a == "--ctx-tokens") ctx_tokens = std::stoll(v);
-    else if (a == "--question") q_tokens = std::stoll(v);
-    else if (a == "--decode") n_decode = std::stoll(v);
-    else if (a == "--threads") threads = bench::parse_list(v);
-    else if (a == "--budgets") budgets = bench::parse_list(v);
-    else if (a == "--reps") reps = std::stoll(v);
-    else if (a == "--llamacpp") llamacpp_json = v;
-    else if (a == "--estimator") estimator = v;
-    else if (a == "--sinks") sinks = std::stoll(v);
-    else if (a == "--levels") levels = std::stoll(v);
-    else if (a == "--block") block = std::stoll(v);
-    else { std::fprintf(stderr, "unknown flag %s\n", a.c_str()); return 2; }
+    if (a == "--model")
+      model = v;
+    else if (a == "--ctx-tokens")
+      ctx_tokens = std::stoll(v);
+    else if (a == "--question")
+      q_tokens = std::stoll(v);
+    else if (a == "--decode")
+      n_decode = std::stoll(v);
+    else if (a == "--threads")
+      threads = bench::parse_list(v);
+    else if (a == "--budgets")
+      budgets = bench::parse_list(v);
+    else if (a == "--reps")
+      reps = std::stoll(v);
+    else if (a == "--llamacpp")
+      llamacpp_json = v;
+    else if (a == "--estimator")
+      estimator = v;
+    else if (a == "--sinks")
+      sinks = std::stoll(v);
+    else if (a == "--levels")
+      levels = std::stoll(v);
+    else if (a == "--block")
+      block = std::stoll(v);
+    else {
+      std::fprintf(stderr, "unknown flag %s\n", a.c_str());
+      return 2;
+    }
   }
   nlohmann::json out;
   out["machine"] = bench::machine_info();
@@ -55,7 +68,10 @@ int main(int argc, char** argv) {
   ep0.model_path = model;
   ep0.n_threads = 2;
   auto e0 = Engine::create(ep0);
-  if (!e0.ok()) { std::fprintf(stderr, "error: %s\n", e0.status().message().c_str()); return 1; }
+  if (!e0.ok()) {
+    std::fprintf(stderr, "error: %s\n", e0.status().message().c_str());
+    return 1;
+  }
   const Tokenizer& tok = e0.value()->tokenizer();
   std::vector<int32_t> ct = tok.encode(bench::perl_pods({"perlfunc.pod"}), false, false);
   // The chat template adds a few dozen tokens around the context.
@@ -71,16 +87,25 @@ int main(int argc, char** argv) {
   cp.n_threads = 2;
   const double tc = bench::now_s();
   auto rep = compile_context(*e0.value(), context, cp, pack_path, nullptr);
-  if (!rep.ok()) { std::fprintf(stderr, "error: %s\n", rep.status().message().c_str()); return 1; }
+  if (!rep.ok()) {
+    std::fprintf(stderr, "error: %s\n", rep.status().message().c_str());
+    return 1;
+  }
   const double compile_total = bench::now_s() - tc;
-  out["compile"] = {{"context_tokens", rep->n_ctx}, {"threads", 2}, {"total_s", compile_total},
-                    {"prefill_s", rep->prefill_s}, {"kmeans_s", rep->stats.kmeans_s},
-                    {"calibration_s", rep->stats.calib_s}, {"write_s", rep->stats.write_s}};
-  std::printf("compile: %lld tokens, total %.2f s = prefill %.2f + k-means %.2f + calibration %.2f + write %.2f (2 threads)\n",
-              (long long)rep->n_ctx, compile_total, rep->prefill_s, rep->stats.kmeans_s,
-              rep->stats.calib_s, rep->stats.write_s);
+  out["compile"] = {{"context_tokens", rep->n_ctx},    {"threads", 2},
+                    {"total_s", compile_total},        {"prefill_s", rep->prefill_s},
+                    {"kmeans_s", rep->stats.kmeans_s}, {"calibration_s", rep->stats.calib_s},
+                    {"write_s", rep->stats.write_s}};
+  std::printf(
+      "compile: %lld tokens, total %.2f s = prefill %.2f + k-means %.2f + calibration %.2f + write "
+      "%.2f (2 threads)\n",
+      (long long)rep->n_ctx, compile_total, rep->prefill_s, rep->stats.kmeans_s, rep->stats.calib_s,
+      rep->stats.write_s);
   auto pk = Pack::open(pack_path);
-  if (!pk.ok()) { std::fprintf(stderr, "error: %s\n", pk.status().message().c_str()); return 1; }
+  if (!pk.ok()) {
+    std::fprintf(stderr, "error: %s\n", pk.status().message().c_str());
+    return 1;
+  }
   const Pack& pack = *pk.value();
   const ModelConfig& c = e0.value()->model().config();
   size_t weight_bytes = 0;
@@ -118,32 +143,45 @@ int main(int argc, char** argv) {
       AskResult last;
       for (int64_t r = 0; r < reps; r++) {
         auto res = ask(*e.value(), pack, question, ap);
-        if (!res.ok()) { std::fprintf(stderr, "error: %s\n", res.status().message().c_str()); return 1; }
+        if (!res.ok()) {
+          std::fprintf(stderr, "error: %s\n", res.status().message().c_str());
+          return 1;
+        }
         ttft.push_back(res->gen.prefill_ms);
         dec.push_back(res->gen.decode_tok_s());
         last = res.value();
       }
       const double t_m = bench::median(ttft), d_m = bench::median(dec);
-      if (b < 0) { dense_ttft = t_m; dense_dec = d_m; }
+      if (b < 0) {
+        dense_ttft = t_m;
+        dense_dec = d_m;
+      }
       const double user = (double)q_tokens + n_decode / 2.0;
       const double bytes = (double)weight_bytes +
                            (last.kept_fraction * (double)pack.n_ctx() + user) * row_bytes +
                            last.centroid_fraction * (double)pack.n_ctx() * centroid_bytes;
       const double gbs = bytes * d_m / 1e9;
       const std::string name = b < 0 ? "dense" : fmt::format("sqz@{:.0f}%", b * 100);
-      std::printf("%-8s %-3d %7.1f%% %8.1f%% %10.1f %9.2f %11.1f %12.3e %8.2f %8.2f\n", name.c_str(), nt,
-                  100 * last.kept_fraction, 100 * last.budget, t_m, dense_ttft / t_m, d_m, bytes,
-                  gbs, d_m / dense_dec);
-      out["runs"].push_back({{"method", name}, {"threads", nt}, {"target_budget", b},
+      std::printf("%-8s %-3d %7.1f%% %8.1f%% %10.1f %9.2f %11.1f %12.3e %8.2f %8.2f\n",
+                  name.c_str(), nt, 100 * last.kept_fraction, 100 * last.budget, t_m,
+                  dense_ttft / t_m, d_m, bytes, gbs, d_m / dense_dec);
+      out["runs"].push_back({{"method", name},
+                             {"threads", nt},
+                             {"target_budget", b},
                              {"kept_fraction", last.kept_fraction},
                              {"centroid_fraction", last.centroid_fraction},
-                             {"budget", last.budget}, {"percentile", last.percentile},
-                             {"ttft_ms", t_m}, {"ttft_speedup_vs_dense", dense_ttft / t_m},
-                             {"decode_tok_s", d_m}, {"decode_speedup_vs_dense", d_m / dense_dec},
-                             {"bytes_per_token", bytes}, {"achieved_gbs", gbs},
+                             {"budget", last.budget},
+                             {"percentile", last.percentile},
+                             {"ttft_ms", t_m},
+                             {"ttft_speedup_vs_dense", dense_ttft / t_m},
+                             {"decode_tok_s", d_m},
+                             {"decode_speedup_vs_dense", d_m / dense_dec},
+                             {"bytes_per_token", bytes},
+                             {"achieved_gbs", gbs},
                              {"pct_of_read_bw", 100 * gbs / bw[nt]},
                              {"question_tokens", last.gen.prompt_tokens},
-                             {"context_tokens", pack.n_ctx()}, {"answer", last.gen.text}});
+                             {"context_tokens", pack.n_ctx()},
+                             {"answer", last.gen.text}});
     }
   }
   for (auto& [t, g] : bw) out["read_bandwidth_gbs"][std::to_string(t)] = g;
@@ -157,8 +195,13 @@ int main(int argc, char** argv) {
       }
     }
   }
-  out["settings"] = {{"estimator", estimator}, {"sinks", sinks}, {"levels", levels}, {"block", block},
-                     {"question_tokens", q_tokens}, {"decode_tokens", n_decode}, {"reps", reps}};
+  out["settings"] = {{"estimator", estimator},
+                     {"sinks", sinks},
+                     {"levels", levels},
+                     {"block", block},
+                     {"question_tokens", q_tokens},
+                     {"decode_tokens", n_decode},
+                     {"reps", reps}};
   out["peak_rss_mib"] = bench::peak_rss_mib();
   bench::write_result("squeeze", out);
   return 0;

@@ -54,7 +54,8 @@ sqz_engine_params sqz_engine_default_params(void);
 int sqz_engine_create(const sqz_engine_params* params, sqz_engine** out);
 void sqz_engine_free(sqz_engine* e);
 
-/* Tokenize: writes up to cap ids into out and the needed count into *n (call with cap 0 to size). */
+/* Tokenize: writes up to cap ids into out and the needed count into *n (call with cap 0 to size).
+ */
 int sqz_tokenize(sqz_engine* e, const char* text, int add_special, int parse_special, int32_t* out,
                  int64_t cap, int64_t* n);
 
@@ -94,10 +95,10 @@ int sqz_perplexity(sqz_engine* e, const char* text, int64_t n_ctx, double* ppl, 
 
 /* ---- squeezed attention: context packs ---- */
 typedef struct sqz_compile_params {
-  double clusters;   /* < 1: fraction of context keys; >= 1: count per layer and KV head */
-  double coarse;     /* same; 0 = single level                                           */
+  double clusters; /* < 1: fraction of context keys; >= 1: count per layer and KV head */
+  double coarse;   /* same; 0 = single level                                           */
   int32_t obs_window;
-  int32_t kv_f32;    /* pack K/V storage: 1 f32, 0 f16 */
+  int32_t kv_f32; /* pack K/V storage: 1 f32, 0 f16 */
   uint64_t seed;
 } sqz_compile_params;
 

@@ -115,7 +115,8 @@ TEST(Attention, MatchesMaskedReference) {
       for (DType t : {DType::kF32, DType::kF16})
         for (double keep : {1.0, 0.3})
           for (bool causal : {false, true}) {
-            const int64_t n_q = causal ? 7 : (n_keys == 501 ? 9 : 1);  // 9x3 rows: GEMM path unmasked
+            const int64_t n_q =
+                causal ? 7 : (n_keys == 501 ? 9 : 1);  // 9x3 rows: GEMM path unmasked
             SCOPED_TRACE(testing::Message() << "keys=" << n_keys << " heads=" << nh << "/" << nkv
                                             << " f16=" << (t == DType::kF16) << " keep=" << keep
                                             << " causal=" << causal << " seed=" << seed + idx);
@@ -132,7 +133,8 @@ TEST(Attention, OddHeadDimAndManyQueries) {
 TEST(Attention, EmptySelectionGivesIdentityState) {
   const int64_t d = 64, n_keys = 113;
   std::mt19937_64 rng(test::test_seed());
-  std::vector<float> q = test::randn(rng, (size_t)(3 * d)), k = test::randn(rng, (size_t)(n_keys * d)),
+  std::vector<float> q = test::randn(rng, (size_t)(3 * d)),
+                     k = test::randn(rng, (size_t)(n_keys * d)),
                      v = test::randn(rng, (size_t)(n_keys * d));
   std::vector<RowRange> none;
   AttnArgs a;
@@ -164,7 +166,8 @@ TEST(Attention, FullyMaskedRowsAreEmpty) {
   // Causal mask where every key is in the future of every query.
   const int64_t d = 64, n_keys = 50;
   std::mt19937_64 rng(test::test_seed() + 7);
-  std::vector<float> q = test::randn(rng, (size_t)(2 * d)), k = test::randn(rng, (size_t)(n_keys * d)),
+  std::vector<float> q = test::randn(rng, (size_t)(2 * d)),
+                     k = test::randn(rng, (size_t)(n_keys * d)),
                      v = test::randn(rng, (size_t)(n_keys * d));
   std::vector<RowRange> all{{0, (int32_t)n_keys}};
   CausalMask m{100, 10};

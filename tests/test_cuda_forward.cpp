@@ -59,21 +59,20 @@ Result<std::unique_ptr<Engine>> make_engine(const std::string& model, Device dev
 // Skip reason when the GPU engine cannot exist here; "" when it can.
 std::string gpu_unavailable(const Status& st) {
   const std::string& m = st.message();
-  if (st.code() == Code::kUnsupported &&
-      (m.find("built without CUDA") != std::string::npos ||
-       m.find("no usable NVIDIA GPU") != std::string::npos ||
-       m.find("no NVIDIA GPU") != std::string::npos))
+  if (st.code() == Code::kUnsupported && (m.find("built without CUDA") != std::string::npos ||
+                                          m.find("no usable NVIDIA GPU") != std::string::npos ||
+                                          m.find("no NVIDIA GPU") != std::string::npos))
     return m;
   return "";
 }
 
-#define SQZ_GPU_ENGINE(var, model)                                         \
-  auto var##_r = make_engine(model, Device::kCuda);                        \
-  if (!var##_r.ok()) {                                                     \
-    const std::string why = gpu_unavailable(var##_r.status());             \
-    if (!why.empty()) GTEST_SKIP() << why;                                 \
-    FAIL() << var##_r.status().message();                                  \
-  }                                                                        \
+#define SQZ_GPU_ENGINE(var, model)                             \
+  auto var##_r = make_engine(model, Device::kCuda);            \
+  if (!var##_r.ok()) {                                         \
+    const std::string why = gpu_unavailable(var##_r.status()); \
+    if (!why.empty()) GTEST_SKIP() << why;                     \
+    FAIL() << var##_r.status().message();                      \
+  }                                                            \
   std::unique_ptr<Engine> var = std::move(var##_r).value()
 
 // All positions' logits on the CPU f32 path: [n, n_vocab].
@@ -88,13 +87,14 @@ std::vector<float> cpu_logits(const Engine& e, const std::vector<int32_t>& toks)
   std::vector<int32_t> pos((size_t)n);
   for (int64_t i = 0; i < n; i++) pos[(size_t)i] = (int32_t)i;
   std::vector<float> out((size_t)(n * c.n_vocab));
-  EXPECT_TRUE(e.model().forward(toks.data(), pos.data(), n, attn, s, e.params().n_threads,
-                                out.data(), n).ok());
+  EXPECT_TRUE(e.model()
+                  .forward(toks.data(), pos.data(), n, attn, s, e.params().n_threads, out.data(), n)
+                  .ok());
   return out;
 }
 
 struct Compare {
-  double worst_rel = 0;        // max over rows of ||g - c|| / ||c||
+  double worst_rel = 0;  // max over rows of ||g - c|| / ||c||
   int64_t rows = 0, top1_same = 0, decided = 0, decided_same = 0;
 };
 
@@ -129,9 +129,10 @@ Compare compare_logits(const std::vector<float>& g, const std::vector<float>& c,
 }
 
 void expect_close(const Compare& r, double budget, const char* what) {
-  std::printf("[cuda-fwd] %s: worst relative L2 %.3e (budget %.0e), top-1 %lld/%lld, decided %lld/%lld\n",
-              what, r.worst_rel, budget, (long long)r.top1_same, (long long)r.rows,
-              (long long)r.decided_same, (long long)r.decided);
+  std::printf(
+      "[cuda-fwd] %s: worst relative L2 %.3e (budget %.0e), top-1 %lld/%lld, decided %lld/%lld\n",
+      what, r.worst_rel, budget, (long long)r.top1_same, (long long)r.rows,
+      (long long)r.decided_same, (long long)r.decided);
   EXPECT_LE(r.worst_rel, budget) << what;
   EXPECT_EQ(r.decided_same, r.decided) << what;
   EXPECT_GT(r.decided, 0) << what << ": no position with a clear top-1";
@@ -143,8 +144,8 @@ const char* kPrompt =
 
 TEST(CudaForward, TinyRandomModelAllWeightTypes) {
   const std::string dir = tmp_dir();
-  for (DType t : {DType::kF32, DType::kF16, DType::kQ8_0, DType::kQ4_0, DType::kQ4_1,
-                  DType::kQ5_0, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K}) {
+  for (DType t : {DType::kF32, DType::kF16, DType::kQ8_0, DType::kQ4_0, DType::kQ4_1, DType::kQ5_0,
+                  DType::kQ4_K, DType::kQ5_K, DType::kQ6_K}) {
     RandomModelParams rp;
     rp.n_embd = 256;
     rp.n_head = 4;
@@ -279,10 +280,11 @@ TEST(CudaForward, TinyCompileAndAsk) {
   ASSERT_TRUE(ls.ok()) << ls.status().message();
   auto lsc = ask_first_logits(**cpu, P, q, sq, &sc);
   ASSERT_TRUE(lsc.ok()) << lsc.status().message();
-  std::printf("[cuda-fwd] squeezed p=0.8 (sinks %d): GPU kept %.4f centroids %.4f, CPU kept %.4f "
-              "centroids %.4f\n",
-              sq.sink_tokens, ss.kept_fraction, ss.centroid_fraction, sc.kept_fraction,
-              sc.centroid_fraction);
+  std::printf(
+      "[cuda-fwd] squeezed p=0.8 (sinks %d): GPU kept %.4f centroids %.4f, CPU kept %.4f "
+      "centroids %.4f\n",
+      sq.sink_tokens, ss.kept_fraction, ss.centroid_fraction, sc.kept_fraction,
+      sc.centroid_fraction);
   EXPECT_GT(ss.kept_fraction, 0.0);
   EXPECT_LT(ss.kept_fraction, 1.0);
   EXPECT_GT(ss.centroid_fraction, 0.0);
@@ -310,10 +312,11 @@ TEST(CudaForward, DefaultModelPlantedFact) {
   const std::string pack_path = dir + "/planted.sqzpack";
   auto r = compile_context(*gpu, ctx, cp, pack_path, nullptr);
   ASSERT_TRUE(r.ok()) << r.status().message();
-  std::printf("[cuda-fwd] planted: %lld tokens, prefill %.3f s, capture %.3f s, k-means %.3f s, "
-              "calibration %.3f s, write %.3f s\n",
-              (long long)r->n_ctx, r->prefill_s, r->capture_s, r->stats.kmeans_s,
-              r->stats.calib_s, r->stats.write_s);
+  std::printf(
+      "[cuda-fwd] planted: %lld tokens, prefill %.3f s, capture %.3f s, k-means %.3f s, "
+      "calibration %.3f s, write %.3f s\n",
+      (long long)r->n_ctx, r->prefill_s, r->capture_s, r->stats.kmeans_s, r->stats.calib_s,
+      r->stats.write_s);
   auto pack = Pack::open(pack_path);
   ASSERT_TRUE(pack.ok()) << pack.status().message();
   const std::string question = "What is the secret password for the blue vault?";
@@ -344,8 +347,10 @@ TEST(CudaForward, DefaultModelPlantedFact) {
   auto lg = ask_first_logits(*gpu, **pack, q, dense, nullptr);
   ASSERT_TRUE(lc.ok() && lg.ok());
   const Compare cf = compare_logits(*lg, *lc, (*cpu)->model().config().n_vocab);
-  std::printf("[cuda-fwd] planted dense first-token logits, GPU vs CPU on the GPU pack: relative "
-              "L2 %.3e, top-1 %s\n", cf.worst_rel, cf.top1_same ? "same" : "different");
+  std::printf(
+      "[cuda-fwd] planted dense first-token logits, GPU vs CPU on the GPU pack: relative "
+      "L2 %.3e, top-1 %s\n",
+      cf.worst_rel, cf.top1_same ? "same" : "different");
   EXPECT_LE(cf.worst_rel, 3e-2);
   EXPECT_EQ(cf.decided_same, cf.decided);
   // Squeezed selections: printed for the record (the 135M model's known gap below ~50% of keys

@@ -16,8 +16,7 @@ namespace sqz {
 namespace {
 
 std::vector<float> b64_floats(const std::string& s) {
-  static const std::string tbl =
-      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  static const std::string tbl = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
   std::vector<uint8_t> bytes;
   uint32_t acc = 0;
   int bits = 0;
@@ -82,7 +81,8 @@ TEST(ModelGolden, TokenizationAndTop1MatchTransformers) {
   int positions = 0, top1_same = 0;
   for (const auto& p : g["prompts"]) {
     const std::vector<int32_t> golden_ids = p["token_ids"];
-    const std::vector<int32_t> ids = e->tokenizer().encode(p["text"].get<std::string>(), false, true);
+    const std::vector<int32_t> ids =
+        e->tokenizer().encode(p["text"].get<std::string>(), false, true);
     ASSERT_EQ(ids, golden_ids) << "tokenization differs for prompt " << p["name"];
     const std::vector<float> lg = all_logits(*e, ids);
     const std::vector<int32_t> argmax = p["argmax"];
@@ -129,8 +129,9 @@ TEST(ModelGolden, TokenizationAndTop1MatchTransformers) {
     // missing bias, wrong norm give O(1) errors) without flaking on rounding.
     EXPECT_LT(rel, 1e-2) << p["name"];  // f32 path: measured <= 5e-3 with the AMX path
   }
-  std::printf("[golden] top-1 agreement %d/%d positions; top-5 logits max abs err %.4f, max rel err %.4f\n",
-              top1_same, positions, worst_abs, worst_rel);
+  std::printf(
+      "[golden] top-1 agreement %d/%d positions; top-5 logits max abs err %.4f, max rel err %.4f\n",
+      top1_same, positions, worst_abs, worst_rel);
 }
 
 TEST(ModelGolden, FastPrefillWithinErrorBudget) {

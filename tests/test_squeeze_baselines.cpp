@@ -524,41 +524,41 @@ TEST(BaselinesModel, MassMeterMatchesSession) {
   for (int levels : {1, 2})
     for (int sinks : {0, 4})
       for (int64_t block : {0, 1}) {
-      SCOPED_TRACE(testing::Message() << "levels " << levels << " sinks " << sinks << " block "
-                                      << block);
-      AskParams native;
-      native.budget = 0.2;
-      native.select.levels = levels;
-      native.select.block = block;
-      native.sink_tokens = sinks;
-      native.measure_mass = true;
-      AskResult s1;
-      auto l1 = ask_first_logits(*f->engine, p, f->qtok, native, &s1);
-      ASSERT_TRUE(l1.ok()) << l1.status().message();
-      SqueezeLookupSelector look(p, 2);
-      SelectParams sp;
-      sp.levels = levels;
-      sp.block = block;
-      sp.percentile = p.percentile_for_budget(0.2, p.n_coarse() > 0 ? levels : 1);
-      look.set_params(sp);
-      MassMeter meter(*f->idx, &look, sinks, 2);
-      AskParams wrapped;
-      wrapped.selector = &meter;
-      wrapped.sink_tokens = 0;  // the meter adds the sinks itself
-      AskResult s2;
-      auto l2 = ask_first_logits(*f->engine, p, f->qtok, wrapped, &s2);
-      ASSERT_TRUE(l2.ok()) << l2.status().message();
-      EXPECT_EQ(max_abs_diff(l1.value(), l2.value()), 0.0);
-      EXPECT_DOUBLE_EQ(s1.budget, s2.budget);
-      EXPECT_DOUBLE_EQ(s1.kept_fraction, s2.kept_fraction);
-      ASSERT_GT(meter.mass(), 0.0);
-      // The session measures mass for one selection per step only (block 0); per-block
-      // selection is metered by the MassMeter alone, checked above through equal logits.
-      if (block > 0) continue;
-      ASSERT_GT(s1.mass_captured, 0.0);
-      // f32 dot products of 64 terms vs double: logits agree to ~1e-6 relative.
-      EXPECT_NEAR(meter.mass(), s1.mass_captured, 1e-4);
-    }
+        SCOPED_TRACE(testing::Message()
+                     << "levels " << levels << " sinks " << sinks << " block " << block);
+        AskParams native;
+        native.budget = 0.2;
+        native.select.levels = levels;
+        native.select.block = block;
+        native.sink_tokens = sinks;
+        native.measure_mass = true;
+        AskResult s1;
+        auto l1 = ask_first_logits(*f->engine, p, f->qtok, native, &s1);
+        ASSERT_TRUE(l1.ok()) << l1.status().message();
+        SqueezeLookupSelector look(p, 2);
+        SelectParams sp;
+        sp.levels = levels;
+        sp.block = block;
+        sp.percentile = p.percentile_for_budget(0.2, p.n_coarse() > 0 ? levels : 1);
+        look.set_params(sp);
+        MassMeter meter(*f->idx, &look, sinks, 2);
+        AskParams wrapped;
+        wrapped.selector = &meter;
+        wrapped.sink_tokens = 0;  // the meter adds the sinks itself
+        AskResult s2;
+        auto l2 = ask_first_logits(*f->engine, p, f->qtok, wrapped, &s2);
+        ASSERT_TRUE(l2.ok()) << l2.status().message();
+        EXPECT_EQ(max_abs_diff(l1.value(), l2.value()), 0.0);
+        EXPECT_DOUBLE_EQ(s1.budget, s2.budget);
+        EXPECT_DOUBLE_EQ(s1.kept_fraction, s2.kept_fraction);
+        ASSERT_GT(meter.mass(), 0.0);
+        // The session measures mass for one selection per step only (block 0); per-block
+        // selection is metered by the MassMeter alone, checked above through equal logits.
+        if (block > 0) continue;
+        ASSERT_GT(s1.mass_captured, 0.0);
+        // f32 dot products of 64 terms vs double: logits agree to ~1e-6 relative.
+        EXPECT_NEAR(meter.mass(), s1.mass_captured, 1e-4);
+      }
   // A baseline measured both ways in one pass.
   StreamingLlmSelector streaming(*f->idx, 4);
   streaming.set_budget(0.3);

@@ -96,7 +96,8 @@ TEST_F(TinyModelSqueeze, KeepAllReproducesDenseLogits) {
   // rounding only. Logits are O(1) here; 1e-4 is ~1000 ulp of headroom and far below any
   // real selection error.
   double worst = 0;
-  for (size_t i = 0; i < ld->size(); i++) worst = std::max(worst, (double)std::fabs((*ld)[i] - (*la)[i]));
+  for (size_t i = 0; i < ld->size(); i++)
+    worst = std::max(worst, (double)std::fabs((*ld)[i] - (*la)[i]));
   EXPECT_LT(worst, 1e-4);
 }
 
@@ -220,9 +221,9 @@ TEST_F(PlantedFact, KeepAllAnswersLikeDense) {
 }
 
 // About 10% of the context's keys (single-level lookup, the default mean_iso estimator, the
-// default 4 sink tokens, one selection per question token). Measured alternatives (docs/squeeze.md):
-// the paper's mean estimator misses the needle at every budget below ~50%; one selection for the
-// whole question (select.block = 0) and the two-level lookup also miss it at 10%.
+// default 4 sink tokens, one selection per question token). Measured alternatives
+// (docs/squeeze.md): the paper's mean estimator misses the needle at every budget below ~50%; one
+// selection for the whole question (select.block = 0) and the two-level lookup also miss it at 10%.
 TEST_F(PlantedFact, SqueezedAtTenPercentAnswersCorrectly) {
   AskParams ap;
   ap.budget = 0.1;

@@ -190,11 +190,10 @@ TEST(SqueezeEstimator, ScorerMatchesReference) {
       ClusterScorer sc;
       std::vector<double> got((size_t)k, kNaN);
       sc.score_fine_all(v, t, Q.data(), nqv, got.data());
-      expect_scores_near(
-          got,
-          ref::ref_cluster_scores_est(Qu.data(), nqv, scale, h.C.data(), V, h.R.data(),
-                                      h.sizes.data(), k, d),
-          dl, "fine");
+      expect_scores_near(got,
+                         ref::ref_cluster_scores_est(Qu.data(), nqv, scale, h.C.data(), V,
+                                                     h.R.data(), h.sizes.data(), k, d),
+                         dl, "fine");
       if (kc == 0) continue;
       std::vector<float> csz((size_t)kc, 0.0f);
       for (int c = 0; c < kc; c++)
@@ -202,11 +201,10 @@ TEST(SqueezeEstimator, ScorerMatchesReference) {
           csz[(size_t)c] += h.sizes[(size_t)j];
       std::vector<double> gc((size_t)kc, kNaN);
       sc.score_coarse(v, t, Q.data(), nqv, gc.data());
-      expect_scores_near(
-          gc,
-          ref::ref_cluster_scores_est(Qu.data(), nqv, scale, h.CC.data(), CV, h.CR.data(),
-                                      csz.data(), kc, d),
-          dl, "coarse");
+      expect_scores_near(gc,
+                         ref::ref_cluster_scores_est(Qu.data(), nqv, scale, h.CC.data(), CV,
+                                                     h.CR.data(), csz.data(), kc, d),
+                         dl, "coarse");
       std::vector<uint8_t> survive((size_t)kc);
       for (auto& s : survive) s = rng() % 3 != 0;
       survive[0] = 1;

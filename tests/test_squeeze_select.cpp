@@ -474,8 +474,8 @@ TEST(SqueezeSelect, PerHeadTopKMatchesGreedyReference) {
             const int32_t* off = pk.fine_offsets(l, h);
             const ref::RefSelection r = ref::ref_select(
                 q.data(), 0, n_q, pk.n_head(), pk.n_head_kv(), h, pk.head_dim(),
-                pk.fine_centroids(l, h), pk.fine_sizes(l, h), off, pk.n_fine(), nullptr, nullptr,
-                0, 1, -std::numeric_limits<double>::infinity(), 0);
+                pk.fine_centroids(l, h), pk.fine_sizes(l, h), off, pk.n_fine(), nullptr, nullptr, 0,
+                1, -std::numeric_limits<double>::infinity(), 0);
             const int64_t target = (int64_t)std::ceil(frac * (double)pk.n_clustered());
             const std::set<int32_t> want = ref_top_up(r.fine_scores, off, pk.n_fine(), {}, target);
             const std::set<int32_t> ours = clusters_of(pk, l, h, out[(size_t)h]);

@@ -1,7 +1,5 @@
 // Implementation of include/sqz.h: translate to the C++ engine, catch everything at the
 // boundary and turn Status codes into the documented integers.
-#include "sqz.h"
-
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -11,6 +9,7 @@
 
 #include "engine/engine.h"
 #include "engine/squeeze_session.h"
+#include "sqz.h"
 
 struct sqz_engine {
   std::unique_ptr<sqz::Engine> e;
@@ -80,9 +79,15 @@ sqz::GenerateParams to_gen(const sqz_generate_params* p) {
 
 extern "C" {
 
-const char* sqz_last_error(void) { return g_last_error.c_str(); }
-const char* sqz_version(void) { return "0.1.0"; }
-void sqz_string_free(char* s) { std::free(s); }
+const char* sqz_last_error(void) {
+  return g_last_error.c_str();
+}
+const char* sqz_version(void) {
+  return "0.1.0";
+}
+void sqz_string_free(char* s) {
+  std::free(s);
+}
 
 sqz_engine_params sqz_engine_default_params(void) {
   sqz_engine_params p;
@@ -113,7 +118,9 @@ int sqz_engine_create(const sqz_engine_params* params, sqz_engine** out) {
   });
 }
 
-void sqz_engine_free(sqz_engine* e) { delete e; }
+void sqz_engine_free(sqz_engine* e) {
+  delete e;
+}
 
 int sqz_tokenize(sqz_engine* e, const char* text, int add_special, int parse_special, int32_t* out,
                  int64_t cap, int64_t* n) {
@@ -213,8 +220,12 @@ int sqz_pack_open(sqz_engine* e, const char* path, sqz_pack** out) {
   });
 }
 
-void sqz_pack_free(sqz_pack* p) { delete p; }
-int64_t sqz_pack_n_ctx(const sqz_pack* p) { return p ? p->p->n_ctx() : 0; }
+void sqz_pack_free(sqz_pack* p) {
+  delete p;
+}
+int64_t sqz_pack_n_ctx(const sqz_pack* p) {
+  return p ? p->p->n_ctx() : 0;
+}
 
 sqz_ask_params sqz_ask_default_params(void) {
   sqz_ask_params p;

@@ -35,7 +35,9 @@ struct DTypeTraits {
 // Traits for a ggml type id; returns nullptr for an unknown id (callers turn that into a
 // kUnsupported error naming the tensor).
 const DTypeTraits* dtype_traits(uint32_t ggml_type_id);
-inline const DTypeTraits* dtype_traits(DType t) { return dtype_traits((uint32_t)t); }
+inline const DTypeTraits* dtype_traits(DType t) {
+  return dtype_traits((uint32_t)t);
+}
 std::string_view dtype_name(DType t);
 
 // Bytes of a row of `n` elements; n must be a multiple of the block size (checked by callers).

@@ -49,7 +49,7 @@ inline f16_t fp32_to_fp16_portable(float f) {
   const uint32_t absx = x & 0x7fffffff;
   if (absx >= 0x7f800000u) return (f16_t)(sign | 0x7c00 | (absx > 0x7f800000u ? 0x200 : 0));
   if (absx >= 0x477ff000u) return (f16_t)(sign | 0x7c00);  // overflow
-  if (absx < 0x38800000u) {                                 // subnormal or zero in f16
+  if (absx < 0x38800000u) {                                // subnormal or zero in f16
     if (absx < 0x33000000u) return (f16_t)sign;
     const uint32_t e = absx >> 23;
     uint32_t m = (absx & 0x7fffff) | 0x800000;
@@ -93,7 +93,7 @@ inline bf16_t fp32_to_bf16(float f) {
   uint32_t x;
   std::memcpy(&x, &f, 4);
   if ((x & 0x7fffffff) > 0x7f800000u) return (bf16_t)((x >> 16) | 0x40);  // quiet NaN
-  x += 0x7fff + ((x >> 16) & 1);                                           // round to nearest even
+  x += 0x7fff + ((x >> 16) & 1);                                          // round to nearest even
   return (bf16_t)(x >> 16);
 }
 

@@ -68,17 +68,16 @@ class [[nodiscard]] Result {
 }  // namespace sqz
 
 // Propagate a failed Status out of the current function.
-#define SQZ_RETURN_IF_ERROR(expr)        \
-  do {                                   \
-    ::sqz::Status _st = (expr);          \
-    if (!_st.ok()) return _st;           \
+#define SQZ_RETURN_IF_ERROR(expr) \
+  do {                            \
+    ::sqz::Status _st = (expr);   \
+    if (!_st.ok()) return _st;    \
   } while (0)
 
 #define SQZ_CONCAT_INNER(a, b) a##b
 #define SQZ_CONCAT(a, b) SQZ_CONCAT_INNER(a, b)
 // Assign the value of a Result or return its Status.
-#define SQZ_ASSIGN_OR_RETURN(lhs, expr)                         \
-  auto SQZ_CONCAT(_res_, __LINE__) = (expr);                    \
-  if (!SQZ_CONCAT(_res_, __LINE__).ok())                        \
-    return SQZ_CONCAT(_res_, __LINE__).status();                \
+#define SQZ_ASSIGN_OR_RETURN(lhs, expr)                                               \
+  auto SQZ_CONCAT(_res_, __LINE__) = (expr);                                          \
+  if (!SQZ_CONCAT(_res_, __LINE__).ok()) return SQZ_CONCAT(_res_, __LINE__).status(); \
   lhs = std::move(SQZ_CONCAT(_res_, __LINE__)).value()

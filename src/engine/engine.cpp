@@ -51,8 +51,10 @@ std::string Engine::render_chat(const std::vector<ChatMessage>& msgs,
   const int32_t bos = tok_->bos();
   const int32_t eos = tok_->eos();
   const auto& tokens = file_->tokenizer.tokens;
-  const std::string bos_text = bos >= 0 && bos < (int32_t)tokens.size() ? tokens[(size_t)bos] : std::string();
-  const std::string eos_text = eos >= 0 && eos < (int32_t)tokens.size() ? tokens[(size_t)eos] : std::string("</s>");
+  const std::string bos_text =
+      bos >= 0 && bos < (int32_t)tokens.size() ? tokens[(size_t)bos] : std::string();
+  const std::string eos_text =
+      eos >= 0 && eos < (int32_t)tokens.size() ? tokens[(size_t)eos] : std::string("</s>");
   return chat_template_apply(chat_, msgs, add_generation_prompt, bos_text, eos_text);
 }
 
@@ -104,8 +106,8 @@ Result<GenerateResult> run_generation_fn(const ForwardFn& forward, int64_t max_b
     const int64_t nb = std::min<int64_t>(max_batch, n - i);
     for (int64_t j = 0; j < nb; j++) pos[(size_t)j] = (int32_t)(pos0 + i + j);
     const bool last = i + nb == n;
-    SQZ_RETURN_IF_ERROR(forward(prompt.data() + i, pos.data(), nb, last ? logits.data() : nullptr,
-                                last ? 1 : 0));
+    SQZ_RETURN_IF_ERROR(
+        forward(prompt.data() + i, pos.data(), nb, last ? logits.data() : nullptr, last ? 1 : 0));
     if (gp.on_prefill) gp.on_prefill(i + nb, n);
   }
   Sampler sampler(gp.sampler);
@@ -142,7 +144,8 @@ Result<GenerateResult> run_generation_fn(const ForwardFn& forward, int64_t max_b
     size_t emit = pending.size() - keep;
     // Do not split a UTF-8 sequence across callbacks.
     size_t back = 0;
-    while (back < emit && back < 4 && ((unsigned char)pending[emit - 1 - back] & 0xC0) == 0x80) back++;
+    while (back < emit && back < 4 && ((unsigned char)pending[emit - 1 - back] & 0xC0) == 0x80)
+      back++;
     if (back < emit) {
       const unsigned char lead = (unsigned char)pending[emit - 1 - back];
       const size_t len = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1;

@@ -26,8 +26,8 @@ struct EngineParams {
   std::string model_path;
   Device device = Device::kCpu;
   int n_threads = 1;
-  int64_t n_ctx = 0;        // 0 = the model's training context
-  int64_t n_batch = 256;    // prefill chunk (tokens per forward call)
+  int64_t n_ctx = 0;      // 0 = the model's training context
+  int64_t n_batch = 256;  // prefill chunk (tokens per forward call)
   DType kv_type = DType::kF16;
   bool prefill_f32 = false;  // f32 prefill GEMMs instead of AMX bf16 (slower, reference numerics)
 };
@@ -49,9 +49,9 @@ struct GenerateResult {
   std::string text;
   std::vector<int32_t> tokens;  // generated ids
   int64_t prompt_tokens = 0;
-  double prefill_ms = 0;        // time to first token (prefill + first sample)
-  double decode_ms = 0;         // time of the remaining tokens
-  std::string stop_reason;      // "eos", "stop", "length", "callback"
+  double prefill_ms = 0;    // time to first token (prefill + first sample)
+  double decode_ms = 0;     // time of the remaining tokens
+  std::string stop_reason;  // "eos", "stop", "length", "callback"
   double decode_tok_s() const {
     return tokens.size() > 1 && decode_ms > 0 ? (double)(tokens.size() - 1) / (decode_ms / 1e3) : 0;
   }
@@ -71,7 +71,8 @@ class Engine {
   std::string render_chat(const std::vector<ChatMessage>& msgs, bool add_generation_prompt) const;
 
   // Dense generation from scratch (new KV cache).
-  Result<GenerateResult> generate(const std::vector<int32_t>& prompt, const GenerateParams& gp) const;
+  Result<GenerateResult> generate(const std::vector<int32_t>& prompt,
+                                  const GenerateParams& gp) const;
 
   // The GPU copy of the model (Device::kCuda), else null. Not thread-safe: one request at a time.
   GpuBackend* gpu() const { return gpu_.get(); }

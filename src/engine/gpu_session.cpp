@@ -28,13 +28,17 @@ double now_s() {
 
 // Tokens per GPU forward call: large enough to fill the GEMMs and give the dense attention
 // kernel (one CTA per 128 query rows x KV head) a few waves; --batch raises it.
-int64_t gpu_batch(const Engine& e) { return std::max<int64_t>(e.params().n_batch, 2048); }
+int64_t gpu_batch(const Engine& e) {
+  return std::max<int64_t>(e.params().n_batch, 2048);
+}
 
 // Lloyd steps of the GPU K-means (at most CompileParams::max_iters); the CPU path stops at its
 // tolerance or max_iters.
 constexpr int kGpuKmeansIters = 10;
 
-gpu::Model& gmodel(const Engine& e) { return *e.gpu()->model; }
+gpu::Model& gmodel(const Engine& e) {
+  return *e.gpu()->model;
+}
 
 }  // namespace
 
@@ -194,7 +198,8 @@ Result<GpuAskSetup> make_gpu_setup(const Engine& e, const Pack& pack, int64_t n_
   SelectParams sp = ap.select;
   s.levels = sp.levels >= 2 && pack.n_coarse() > 0 ? 2 : 1;
   if (ap.budget > 0) {
-    if (ap.budget > 1) return Error(Code::kInvalidArgument, "budget {} must be in (0, 1]", ap.budget);
+    if (ap.budget > 1)
+      return Error(Code::kInvalidArgument, "budget {} must be in (0, 1]", ap.budget);
     sp.percentile = pack.percentile_for_budget(ap.budget, s.levels, Estimator::kMean);
   }
   s.percentile = sp.percentile;
@@ -321,8 +326,12 @@ Status no_cuda() {
 }
 }  // namespace
 
-Result<std::shared_ptr<GpuBackend>> gpu_backend_create(const LlamaModel&) { return no_cuda(); }
-std::string gpu_backend_describe(const GpuBackend&) { return "no CUDA"; }
+Result<std::shared_ptr<GpuBackend>> gpu_backend_create(const LlamaModel&) {
+  return no_cuda();
+}
+std::string gpu_backend_describe(const GpuBackend&) {
+  return "no CUDA";
+}
 Result<GenerateResult> gpu_generate(const Engine&, const std::vector<int32_t>&,
                                     const GenerateParams&) {
   return no_cuda();

@@ -23,7 +23,9 @@ class CaptureAttention : public AttentionProvider {
  public:
   CaptureAttention(KvCache& cache, const ModelConfig& c, int n_threads, int64_t obs_start,
                    ContextCapture& cap)
-      : dense_(cache, c.n_head, c.n_head_kv, c.head_dim, n_threads), c_(c), obs_start_(obs_start),
+      : dense_(cache, c.n_head, c.n_head_kv, c.head_dim, n_threads),
+        c_(c),
+        obs_start_(obs_start),
         cap_(cap) {}
   Status attend(int layer, const float* q, const float* k, const float* v, int64_t n_tok,
                 const int32_t* pos, float* out) override {
@@ -51,8 +53,15 @@ class SqueezeAttention : public AttentionProvider {
  public:
   SqueezeAttention(const Pack& pack, KvCache& user, const ModelConfig& c, int n_threads, Mode mode,
                    const SelectParams& sp, KeySelector* alt, bool measure_mass)
-      : pack_(pack), user_(user), c_(c), n_threads_(n_threads), mode_(mode), sp_(sp),
-        selector_(pack, n_threads), alt_(alt), measure_mass_(measure_mass) {
+      : pack_(pack),
+        user_(user),
+        c_(c),
+        n_threads_(n_threads),
+        mode_(mode),
+        sp_(sp),
+        selector_(pack, n_threads),
+        alt_(alt),
+        measure_mass_(measure_mass) {
     sel_.resize((size_t)c.n_head_kv);
     full_.assign(1, RowRange{0, (int32_t)pack.n_clustered()});
     obs_.assign(1, RowRange{0, (int32_t)pack.n_obs()});
@@ -180,7 +189,8 @@ class SqueezeAttention : public AttentionProvider {
       const int h = (int)(i % (size_t)c_.n_head_kv);
       HeadSelection& hs = sel_[i];
       merged_ = hs.ranges;
-      for (int32_t r : sink_rows_[(size_t)(layer * c_.n_head_kv + h)]) merged_.push_back({r, r + 1});
+      for (int32_t r : sink_rows_[(size_t)(layer * c_.n_head_kv + h)])
+        merged_.push_back({r, r + 1});
       std::sort(merged_.begin(), merged_.end(),
                 [](const RowRange& a, const RowRange& b) { return a.begin < b.begin; });
       hs.ranges.clear();
@@ -257,7 +267,8 @@ Result<AskSetup> make_setup(const Engine& e, const Pack& pack, int64_t n_user_ma
   AskSetup s;
   SelectParams sp = ap.select;
   if (ap.budget > 0) {
-    if (ap.budget > 1) return Error(Code::kInvalidArgument, "budget {} must be in (0, 1]", ap.budget);
+    if (ap.budget > 1)
+      return Error(Code::kInvalidArgument, "budget {} must be in (0, 1]", ap.budget);
     sp.percentile =
         pack.percentile_for_budget(ap.budget, pack.n_coarse() > 0 ? sp.levels : 1, sp.estimator);
     // Per-head top-k keeps the same fraction of every head's clustered keys that the
@@ -328,8 +339,9 @@ Result<std::vector<int32_t>> context_tokens(const Engine& e, const std::string& 
                  n, e.n_ctx());
   // The observation window's queries are the calibration data, so it cannot be empty.
   if (cp.obs_window < 1 || cp.obs_window >= n)
-    return Error(Code::kInvalidArgument, "obs-window {} must be in [1, {}) for a context of {} tokens",
-                 cp.obs_window, n, n);
+    return Error(Code::kInvalidArgument,
+                 "obs-window {} must be in [1, {}) for a context of {} tokens", cp.obs_window, n,
+                 n);
   return toks;
 }
 
@@ -363,7 +375,8 @@ Result<CompileReport> compile_context(const Engine& e, const std::string& contex
     for (int64_t i = 0; i < n; i += s.max_tokens) {
       const int64_t b = std::min(s.max_tokens, n - i);
       for (int64_t j = 0; j < b; j++) pos[(size_t)j] = (int32_t)(i + j);
-      SQZ_RETURN_IF_ERROR(e.model().forward(toks.data() + i, pos.data(), b, attn, s, nt, nullptr, 0));
+      SQZ_RETURN_IF_ERROR(
+          e.model().forward(toks.data() + i, pos.data(), b, attn, s, nt, nullptr, 0));
       if (progress) progress(i + b, n);
     }
     rep.prefill_s = now_s() - t0;
@@ -383,8 +396,8 @@ Result<CompileReport> compile_context(const Engine& e, const std::string& contex
 }
 
 Result<std::vector<float>> ask_first_logits(const Engine& e, const Pack& pack,
-                                            const std::vector<int32_t>& q_toks,
-                                            const AskParams& ap, AskResult* stats) {
+                                            const std::vector<int32_t>& q_toks, const AskParams& ap,
+                                            AskResult* stats) {
   if (e.gpu()) return gpu_ask_first_logits(e, pack, q_toks, ap, stats);
   SQZ_ASSIGN_OR_RETURN(AskSetup s, make_setup(e, pack, (int64_t)q_toks.size() + 1, ap));
   const int32_t nv = e.model().config().n_vocab;
@@ -411,8 +424,8 @@ std::vector<int32_t> question_tokens(const Engine& e, const std::string& questio
 
 Result<std::vector<float>> ask_score_tokens(const Engine& e, const Pack& pack,
                                             const std::vector<int32_t>& q_toks,
-                                            const std::vector<int32_t>& a_toks,
-                                            const AskParams& ap, AskResult* stats) {
+                                            const std::vector<int32_t>& a_toks, const AskParams& ap,
+                                            AskResult* stats) {
   if (q_toks.empty()) return Error(Code::kInvalidArgument, "empty question");
   if (e.gpu()) return Error(Code::kUnsupported, "teacher-forced scoring runs on the CPU only");
   const int64_t na = (int64_t)a_toks.size();
@@ -446,11 +459,12 @@ Result<AskResult> ask(const Engine& e, const Pack& pack, const std::string& ques
   if (e.gpu()) return gpu_ask(e, pack, question, ap);
   const std::vector<int32_t> q = question_tokens(e, question);
   if (q.empty()) return Error(Code::kInvalidArgument, "empty question");
-  SQZ_ASSIGN_OR_RETURN(AskSetup s, make_setup(e, pack, (int64_t)q.size() + ap.gen.max_tokens + 1, ap));
+  SQZ_ASSIGN_OR_RETURN(AskSetup s,
+                       make_setup(e, pack, (int64_t)q.size() + ap.gen.max_tokens + 1, ap));
   AskResult r;
-  SQZ_ASSIGN_OR_RETURN(r.gen, run_generation(e.model(), e.tokenizer(), *s.attn, s.scratch, q,
-                                             pack.n_ctx(), pack.n_ctx() + s.user->capacity(),
-                                             ap.gen, e.params().n_threads));
+  SQZ_ASSIGN_OR_RETURN(
+      r.gen, run_generation(e.model(), e.tokenizer(), *s.attn, s.scratch, q, pack.n_ctx(),
+                            pack.n_ctx() + s.user->capacity(), ap.gen, e.params().n_threads));
   fill_stats(s, ap, r);
   return r;
 }

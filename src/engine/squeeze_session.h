@@ -26,7 +26,7 @@ struct CompileReport {
   int64_t n_ctx = 0;
   double prefill_s = 0;
   double capture_s = 0;  // --device cuda: K/V readback to the host (0 on the CPU)
-  CompileStats stats;  // kmeans / calibration / write split
+  CompileStats stats;    // kmeans / calibration / write split
 };
 
 // Prefills the context (chunked, progress), captures post-RoPE K/V and the observation
@@ -49,8 +49,8 @@ Result<std::vector<int32_t>> context_tokens(const Engine& e, const std::string& 
 class KeySelector {
  public:
   virtual ~KeySelector() = default;
-  virtual void plan(int layer, const float* q /* [n_q, n_head, head_dim] post-RoPE */,
-                    int64_t n_q, std::vector<HeadSelection>& sel) = 0;
+  virtual void plan(int layer, const float* q /* [n_q, n_head, head_dim] post-RoPE */, int64_t n_q,
+                    std::vector<HeadSelection>& sel) = 0;
   // > 0: plan() returns one selection per block of this many query tokens, sel[b * n_head_kv
   // + h] for block b (as Selector::plan with SelectParams::block); 0: one for all of them.
   virtual int64_t block() const { return 0; }
@@ -58,10 +58,10 @@ class KeySelector {
 
 struct AskParams {
   GenerateParams gen;
-  SelectParams select;      // percentile, levels, per-block selection
-  double budget = -1;       // > 0: pick the percentile that keeps about this fraction of keys
-  bool dense = false;       // exact full attention over the pack's KV (the reference)
-  bool keep_all = false;    // threshold -inf: every cluster kept (must reproduce dense)
+  SelectParams select;    // percentile, levels, per-block selection
+  double budget = -1;     // > 0: pick the percentile that keeps about this fraction of keys
+  bool dense = false;     // exact full attention over the pack's KV (the reference)
+  bool keep_all = false;  // threshold -inf: every cluster kept (must reproduce dense)
   KeySelector* selector = nullptr;  // non-null: use this instead of centroid lookup
   // Always read the first N context positions (attention sinks: the chat template's first
   // tokens hold most of the attention mass of many deep-layer heads; docs/eval.md).

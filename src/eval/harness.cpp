@@ -178,7 +178,8 @@ Status validate(const EvalConfig& c) {
     return Error(Code::kInvalidArgument, "config: squeeze_estimator '{}' (auto, mean, mean_var)",
                  c.squeeze_estimator);
   if (c.squeeze_alloc != "global" && c.squeeze_alloc != "head")
-    return Error(Code::kInvalidArgument, "config: squeeze_alloc '{}' (global, head)", c.squeeze_alloc);
+    return Error(Code::kInvalidArgument, "config: squeeze_alloc '{}' (global, head)",
+                 c.squeeze_alloc);
   if (!(c.squeeze_head_floor >= 0 && c.squeeze_head_floor <= 1))
     return Error(Code::kInvalidArgument, "config: squeeze_head_floor must be in [0, 1]");
   for (const auto& m : c.methods)
@@ -866,8 +867,8 @@ Result<EvalRunSummary> run_eval(const EvalConfig& cfg, const EvalOptions& opt) {
             ap.select.head_floor = cfg.squeeze_head_floor;
             ap.select.block = cfg.squeeze_block;
             // What the session derives from ap.budget (recorded, and used by the mass meter).
-            r.percentile = pack->percentile_for_budget(
-                ap.budget, pack->n_coarse() > 0 ? levels : 1, ap.select.estimator);
+            r.percentile = pack->percentile_for_budget(ap.budget, pack->n_coarse() > 0 ? levels : 1,
+                                                       ap.select.estimator);
           } else {
             const auto only = cfg.method_budgets.find(m);
             if (only != cfg.method_budgets.end() &&

@@ -24,7 +24,8 @@ void KvCache::store(int layer, const float* k, const float* v, int64_t n, const 
   for (int64_t t = 0; t < n; t++) {
     const int64_t row = pos[t] - pos_offset;
     for (int h = 0; h < n_head_kv_; h++) {
-      const size_t off = (((size_t)layer * n_head_kv_ + h) * (size_t)n_max_ + (size_t)row) * head_dim_;
+      const size_t off =
+          (((size_t)layer * n_head_kv_ + h) * (size_t)n_max_ + (size_t)row) * head_dim_;
       const float* ks = k + (t * n_head_kv_ + h) * head_dim_;
       const float* vs = v + (t * n_head_kv_ + h) * head_dim_;
       if (type_ == DType::kF32) {

@@ -36,8 +36,12 @@ class DenseAttention : public AttentionProvider {
  public:
   DenseAttention(KvCache& cache, int n_head, int n_head_kv, int head_dim, int n_threads,
                  int64_t pos_offset = 0)
-      : cache_(cache), n_head_(n_head), n_head_kv_(n_head_kv), head_dim_(head_dim),
-        n_threads_(n_threads), pos_offset_(pos_offset) {}
+      : cache_(cache),
+        n_head_(n_head),
+        n_head_kv_(n_head_kv),
+        head_dim_(head_dim),
+        n_threads_(n_threads),
+        pos_offset_(pos_offset) {}
   Status attend(int layer, const float* q, const float* k, const float* v, int64_t n_tok,
                 const int32_t* pos, float* out) override;
 

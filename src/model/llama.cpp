@@ -41,8 +41,9 @@ Result<std::unique_ptr<LlamaModel>> LlamaModel::load(std::shared_ptr<ModelFile> 
   static const char* kArchs[] = {"llama", "mistral", "qwen2"};
   if (std::find_if(std::begin(kArchs), std::end(kArchs),
                    [&](const char* a) { return c.arch == a; }) == std::end(kArchs))
-    return Error(Code::kUnsupported, "{}: architecture '{}' is not supported (llama, mistral, qwen2)",
-                 file->path, c.arch);
+    return Error(Code::kUnsupported,
+                 "{}: architecture '{}' is not supported (llama, mistral, qwen2)", file->path,
+                 c.arch);
   if (c.n_layer <= 0 || c.n_embd <= 0 || c.n_head <= 0 || c.n_head_kv <= 0 || c.head_dim <= 0 ||
       c.n_ff <= 0 || c.n_vocab <= 0)
     return Error(Code::kFormat, "{}: incomplete hyper-parameters (layers={}, embd={}, heads={}/{})",
@@ -127,8 +128,8 @@ void LlamaModel::init_scratch(ForwardScratch& s, int64_t max_tokens, int n_threa
 }
 
 Status LlamaModel::forward(const int32_t* tokens, const int32_t* pos, int64_t n_tok,
-                           AttentionProvider& attn, ForwardScratch& s, int n_threads,
-                           float* logits, int64_t n_logits) const {
+                           AttentionProvider& attn, ForwardScratch& s, int n_threads, float* logits,
+                           int64_t n_logits) const {
   const ModelConfig& c = config();
   if (n_tok <= 0 || n_tok > s.max_tokens)
     return Error(Code::kInvalidArgument, "forward: batch of {} tokens (max {})", n_tok,
@@ -141,7 +142,8 @@ Status LlamaModel::forward(const int32_t* tokens, const int32_t* pos, int64_t n_
     if (tokens[t] < 0 || tokens[t] >= c.n_vocab)
       return Error(Code::kInvalidArgument, "forward: token id {} out of range [0, {})", tokens[t],
                    c.n_vocab);
-    cpu::dequantize_row(tok_embd_->type, (const uint8_t*)tok_embd_->data + (size_t)tokens[t] * embd_row,
+    cpu::dequantize_row(tok_embd_->type,
+                        (const uint8_t*)tok_embd_->data + (size_t)tokens[t] * embd_row,
                         &s.x[(size_t)(t * E)], E);
   }
   float* x = s.x.data();
@@ -168,7 +170,8 @@ Status LlamaModel::forward(const int32_t* tokens, const int32_t* pos, int64_t n_
     }
     cpu::rope(s.q.data(), n_tok, c.n_head, HD, NQ, pos, rope_freq_.data(), c.rope_neox);
     cpu::rope(s.k.data(), n_tok, c.n_head_kv, HD, NKV, pos, rope_freq_.data(), c.rope_neox);
-    SQZ_RETURN_IF_ERROR(attn.attend(il, s.q.data(), s.k.data(), s.v.data(), n_tok, pos, s.attn.data()));
+    SQZ_RETURN_IF_ERROR(
+        attn.attend(il, s.q.data(), s.k.data(), s.v.data(), n_tok, pos, s.attn.data()));
     mm(*L.wo, s.attn.data(), n_tok, xn);
     for (int64_t i = 0; i < n_tok * E; i++) x[i] += xn[i];
     cpu::rmsnorm(x, L.ffn_norm_f.data(), xn, n_tok, E, c.rms_eps);

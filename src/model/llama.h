@@ -33,10 +33,10 @@ struct LayerWeights {
   const TensorView* bq = nullptr;         // [n_head*hd] (Qwen2) or null
   const TensorView* bk = nullptr;
   const TensorView* bv = nullptr;
-  const TensorView* ffn_norm = nullptr;  // [n_embd]
-  const TensorView* w_gate = nullptr;    // [n_ff, n_embd]
-  const TensorView* w_up = nullptr;      // [n_ff, n_embd]
-  const TensorView* w_down = nullptr;    // [n_embd, n_ff]
+  const TensorView* ffn_norm = nullptr;                          // [n_embd]
+  const TensorView* w_gate = nullptr;                            // [n_ff, n_embd]
+  const TensorView* w_up = nullptr;                              // [n_ff, n_embd]
+  const TensorView* w_down = nullptr;                            // [n_embd, n_ff]
   std::vector<float> attn_norm_f, ffn_norm_f, bq_f, bk_f, bv_f;  // dequantized small vectors
 };
 
@@ -73,9 +73,8 @@ class LlamaModel {
 
   // Runs n_tok tokens (n_tok <= s.max_tokens). logits: [n_logits, n_vocab] for the last
   // n_logits tokens of the batch (0 = none, e.g. context prefill).
-  Status forward(const int32_t* tokens, const int32_t* pos, int64_t n_tok,
-                 AttentionProvider& attn, ForwardScratch& s, int n_threads, float* logits,
-                 int64_t n_logits) const;
+  Status forward(const int32_t* tokens, const int32_t* pos, int64_t n_tok, AttentionProvider& attn,
+                 ForwardScratch& s, int n_threads, float* logits, int64_t n_logits) const;
 
  private:
   std::shared_ptr<ModelFile> file_;

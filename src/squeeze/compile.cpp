@@ -30,8 +30,7 @@ const char* estimator_name(Estimator e) {
 }
 
 bool parse_estimator(const std::string& s, Estimator* out) {
-  for (Estimator e :
-       {Estimator::kAuto, Estimator::kMean, Estimator::kMeanVar, Estimator::kMeanIso})
+  for (Estimator e : {Estimator::kAuto, Estimator::kMean, Estimator::kMeanVar, Estimator::kMeanIso})
     if (s == estimator_name(e)) {
       *out = e;
       return true;
@@ -398,7 +397,8 @@ void external_objectives(const float* raw, int64_t n, int64_t d, int k_f, int k_
     std::vector<double> cs((size_t)(k_c * d), 0.0), w((size_t)k_c, 0.0);
     for (int j = 0; j < k_f; j++) {
       const int c = a.coarse_of[(size_t)j];
-      for (int64_t t = 0; t < d; t++) cs[(size_t)(c * d + t)] += cnt[(size_t)j] * dir[(size_t)(j * d + t)];
+      for (int64_t t = 0; t < d; t++)
+        cs[(size_t)(c * d + t)] += cnt[(size_t)j] * dir[(size_t)(j * d + t)];
       w[(size_t)c] += cnt[(size_t)j];
     }
     double jc = 0;
@@ -433,8 +433,7 @@ void fill_empty_clusters(std::vector<int32_t>& assign, int k) {
 
 }  // namespace
 
-Result<SqueezedContext> squeeze_context_external(const ContextCapture& cap,
-                                                 const CompileParams& p,
+Result<SqueezedContext> squeeze_context_external(const ContextCapture& cap, const CompileParams& p,
                                                  const ExternalClusterFn& cluster,
                                                  const CompileProgress& progress) {
   const double t0 = now_s();

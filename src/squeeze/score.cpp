@@ -45,7 +45,6 @@ static void iso_var_of(const float* V, int64_t k, int64_t d, std::vector<float>&
   }
 }
 
-
 void HeadCentroidsT::build(const HeadCentroidsView& v, Estimator e) {
   est = (e == Estimator::kMeanVar || e == Estimator::kMeanIso) ? e : Estimator::kMean;
   const bool var = est == Estimator::kMeanVar;
@@ -92,8 +91,7 @@ void cluster_logits(const HeadCentroidsT& t, bool coarse, const float* Q, int64_
       for (int64_t x = 0; x < hd; x++) q2 += q[x] * q[x];
       const float qn = std::sqrt(q2);
       float* l = L + i * lds;
-      for (int64_t j = 0; j < j1 - j0; j++)
-        l[j] += std::min(0.5f * q2 * hv[j], qn * r[j]);
+      for (int64_t j = 0; j < j1 - j0; j++) l[j] += std::min(0.5f * q2 * hv[j], qn * r[j]);
     }
     return;
   }

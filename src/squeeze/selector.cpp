@@ -41,8 +41,9 @@ struct SelectorImpl {
   }
 
   const std::vector<HeadCentroidsT>& transposed(Estimator est) {
-    std::vector<HeadCentroidsT>& ht =
-        heads_t[est == Estimator::kMeanVar ? 1 : est == Estimator::kMeanIso ? 2 : 0];
+    std::vector<HeadCentroidsT>& ht = heads_t[est == Estimator::kMeanVar   ? 1
+                                              : est == Estimator::kMeanIso ? 2
+                                                                           : 0];
     if (ht.empty()) {
       ht.resize((size_t)pack.n_layer() * pack.n_head_kv());
       for (int l = 0; l < pack.n_layer(); l++)
@@ -91,7 +92,9 @@ struct SelectorImpl {
     const HeadCentroidsT& t = ht[(size_t)layer * pack.n_head_kv() + h];
     const bool per_head = sp.alloc == SelectParams::Alloc::kPerHead;
     const int64_t n_rows = v.fine_offsets[v.n_fine];
-    auto fine_size = [&](int32_t j) { return (int64_t)(v.fine_offsets[j + 1] - v.fine_offsets[j]); };
+    auto fine_size = [&](int32_t j) {
+      return (int64_t)(v.fine_offsets[j + 1] - v.fine_offsets[j]);
+    };
     auto coarse_size = [&](int32_t c) {
       return (int64_t)(v.fine_offsets[v.coarse_ranges[c + 1]] - v.fine_offsets[v.coarse_ranges[c]]);
     };

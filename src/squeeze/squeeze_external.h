@@ -22,8 +22,7 @@ using ExternalClusterFn =
 
 // As squeeze_context, with the K-means replaced by `cluster` (its wall time counts as kmeans_s,
 // together with the host-side assembly). Objectives are recomputed from the assignments.
-Result<SqueezedContext> squeeze_context_external(const ContextCapture& cap,
-                                                 const CompileParams& p,
+Result<SqueezedContext> squeeze_context_external(const ContextCapture& cap, const CompileParams& p,
                                                  const ExternalClusterFn& cluster,
                                                  const CompileProgress& progress = nullptr);
 

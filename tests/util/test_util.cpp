@@ -18,7 +18,9 @@ uint64_t test_seed() {
   return seed;
 }
 
-std::string source_path(const std::string& rel) { return std::string(SQZ_SOURCE_DIR) + "/" + rel; }
+std::string source_path(const std::string& rel) {
+  return std::string(SQZ_SOURCE_DIR) + "/" + rel;
+}
 
 std::string default_model_path() {
   const std::string p = source_path("models/SmolLM2-135M-Instruct.Q4_1.gguf");

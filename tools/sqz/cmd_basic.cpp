@@ -99,11 +99,12 @@ int run_ppl(PplCmd& c) {
   SQZ_ASSIGN_OR_RETURN_CLI(EngineParams ep, engine_params(c.common));
   SQZ_ASSIGN_OR_RETURN_CLI(std::unique_ptr<Engine> e, Engine::create(ep));
   SQZ_ASSIGN_OR_RETURN_CLI(std::string text, read_text_file(c.file));
-  SQZ_ASSIGN_OR_RETURN_CLI(PerplexityResult r, perplexity(*e, text, c.ctx, progress_bar("perplexity")));
+  SQZ_ASSIGN_OR_RETURN_CLI(PerplexityResult r,
+                           perplexity(*e, text, c.ctx, progress_bar("perplexity")));
   if (c.common.json) {
-    nlohmann::json j = {{"perplexity", r.ppl},     {"perplexity_err", r.ppl_err},
-                        {"nll_mean", r.nll_mean},  {"tokens_scored", r.n_scored},
-                        {"chunks", r.n_chunks},    {"ctx", c.ctx},
+    nlohmann::json j = {{"perplexity", r.ppl},    {"perplexity_err", r.ppl_err},
+                        {"nll_mean", r.nll_mean}, {"tokens_scored", r.n_scored},
+                        {"chunks", r.n_chunks},   {"ctx", c.ctx},
                         {"seconds", r.seconds}};
     std::cout << j.dump() << "\n";
   } else {
@@ -145,7 +146,8 @@ void register_basic_commands(CLI::App& app, Runners& runners) {
   auto* sp = app.add_subcommand("perplexity", "perplexity of a text file");
   add_common_flags(sp, pp->common, /*with_ctx=*/false);
   sp->add_option("--file,-f", pp->file, "text file")->required();
-  sp->add_option("--ctx", pp->ctx, "window size in tokens (non-overlapping windows)")->check(CLI::Range((int64_t)2, (int64_t)1 << 20));
+  sp->add_option("--ctx", pp->ctx, "window size in tokens (non-overlapping windows)")
+      ->check(CLI::Range((int64_t)2, (int64_t)1 << 20));
   sp->callback([pp, &runners] { runners.push_back([pp] { return run_ppl(*pp); }); });
 }
 

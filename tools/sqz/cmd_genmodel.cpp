@@ -47,7 +47,8 @@ int run_gen_model(const GenModelCmd& c) {
     p.n_vocab = 32000, p.n_embd = 4096, p.n_layer = 32, p.n_head = 32, p.n_head_kv = 32;
     p.n_ff = 11008, p.n_ctx = 4096;
   } else {
-    return fail(Error(Code::kInvalidArgument, "--preset '{}': tiny, llama3-8b or llama2-7b", c.preset));
+    return fail(
+        Error(Code::kInvalidArgument, "--preset '{}': tiny, llama3-8b or llama2-7b", c.preset));
   }
   if (c.vocab > 0) p.n_vocab = c.vocab;
   if (c.layers > 0) p.n_layer = c.layers;
@@ -62,15 +63,16 @@ int run_gen_model(const GenModelCmd& c) {
   p.seed = c.seed;
   p.name = "random-" + c.preset;
   if (!parse_type(c.type, &p.weight_type))
-    return fail(Error(Code::kInvalidArgument, "--type '{}': f32 f16 bf16 q4_0 q4_1 q5_0 q5_1 q8_0 q4_k q5_k q6_k", c.type));
+    return fail(Error(Code::kInvalidArgument,
+                      "--type '{}': f32 f16 bf16 q4_0 q4_1 q5_0 q5_1 q8_0 q4_k q5_k q6_k", c.type));
   if (p.n_vocab < random_model_min_vocab())
     return fail(Error(Code::kInvalidArgument, "--vocab {} is below the built-in tokenizer's {}",
                       p.n_vocab, random_model_min_vocab()));
   const Status st = write_random_llama_gguf(p, c.out);
   if (!st.ok()) return fail(st);
   if (c.json) {
-    nlohmann::json j = {{"out", c.out},        {"preset", c.preset},     {"type", c.type},
-                        {"n_vocab", p.n_vocab}, {"n_embd", p.n_embd},    {"n_layer", p.n_layer},
+    nlohmann::json j = {{"out", c.out},         {"preset", c.preset},       {"type", c.type},
+                        {"n_vocab", p.n_vocab}, {"n_embd", p.n_embd},       {"n_layer", p.n_layer},
                         {"n_head", p.n_head},   {"n_head_kv", p.n_head_kv}, {"n_ff", p.n_ff},
                         {"n_ctx", p.n_ctx}};
     std::cout << j.dump() << "\n";
@@ -87,17 +89,22 @@ int run_gen_model(const GenModelCmd& c) {
 void register_genmodel_command(CLI::App& app, Runners& runners) {
   static GenModelCmd c_store;  // lives for the process
   auto* c = &c_store;
-  auto* s = app.add_subcommand("gen-model", "write a random-weight Llama-architecture GGUF (tests, benchmarks)");
+  auto* s = app.add_subcommand("gen-model",
+                               "write a random-weight Llama-architecture GGUF (tests, benchmarks)");
   s->add_option("--out,-o", c->out, "output GGUF path")->required();
-  s->add_option("--preset", c->preset, "shape: tiny, llama3-8b, llama2-7b")->check(CLI::IsMember({"tiny", "llama3-8b", "llama2-7b"}));
-  s->add_option("--arch", c->arch, "GGUF architecture key prefix")->check(CLI::IsMember({"llama", "mistral", "qwen2"}));
+  s->add_option("--preset", c->preset, "shape: tiny, llama3-8b, llama2-7b")
+      ->check(CLI::IsMember({"tiny", "llama3-8b", "llama2-7b"}));
+  s->add_option("--arch", c->arch, "GGUF architecture key prefix")
+      ->check(CLI::IsMember({"llama", "mistral", "qwen2"}));
   s->add_option("--type", c->type, "type of every 2-D weight (q8_0, q4_0, q4_k, f16, ...)");
-  s->add_option("--vocab", c->vocab, "vocabulary size (overrides the preset)")->check(CLI::Range(0, 1 << 22));
+  s->add_option("--vocab", c->vocab, "vocabulary size (overrides the preset)")
+      ->check(CLI::Range(0, 1 << 22));
   s->add_option("--layers", c->layers, "layers")->check(CLI::Range(0, 1024));
   s->add_option("--embd", c->embd, "embedding width")->check(CLI::Range(0, 1 << 16));
   s->add_option("--heads", c->heads, "query heads")->check(CLI::Range(0, 1024));
   s->add_option("--kv-heads", c->kv_heads, "KV heads")->check(CLI::Range(0, 1024));
-  s->add_option("--head-dim", c->head_dim, "head dimension (0: embd / heads)")->check(CLI::Range(0, 1024));
+  s->add_option("--head-dim", c->head_dim, "head dimension (0: embd / heads)")
+      ->check(CLI::Range(0, 1024));
   s->add_option("--ff", c->ff, "FFN width")->check(CLI::Range(0, 1 << 20));
   s->add_option("--ctx", c->ctx, "context_length metadata")->check(CLI::Range(0, 1 << 24));
   s->add_option("--rope-theta", c->rope_theta, "RoPE base")->check(CLI::Range(0.0f, 1e9f));

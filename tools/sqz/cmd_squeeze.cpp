@@ -43,17 +43,33 @@ struct SqueezeFlags {
 void add_squeeze_flags(CLI::App* app, SqueezeFlags& f, bool pack_required) {
   auto* o = app->add_option("--pack", f.pack, "context pack from `sqz compile`");
   if (pack_required) o->required();
-  app->add_option("--percentile", f.percentile, "calibrated threshold percentile (0.5-0.999)")->check(CLI::Range(0.0, 1.0));
-  app->add_option("--budget", f.budget, "fraction of context keys to read, e.g. 0.1")->check(CLI::Range(0.0, 1.0));
+  app->add_option("--percentile", f.percentile, "calibrated threshold percentile (0.5-0.999)")
+      ->check(CLI::Range(0.0, 1.0));
+  app->add_option("--budget", f.budget, "fraction of context keys to read, e.g. 0.1")
+      ->check(CLI::Range(0.0, 1.0));
   app->add_option("--levels", f.levels, "centroid levels: 1 or 2")->check(CLI::IsMember({1, 2}));
   app->add_flag("--dense", f.dense, "exact full attention over the pack (reference)");
-  app->add_option("--select-block", f.block, "per-block selection for long user turns (tokens; 0 = one selection)")->check(CLI::Range(0, 1 << 20));
-  app->add_option("--estimator", f.estimator, "cluster-score estimator: auto (the pack's), mean, mean_var, mean_iso")->check(CLI::IsMember({"auto", "mean", "mean_var", "mean_iso"}));
-  app->add_option("--sinks", f.sinks, "always read the first N context positions (attention sinks)")->check(CLI::Range(0, 1 << 20));
-  app->add_option("--alloc", f.alloc, "key budget across heads: global (one calibrated threshold) or head (top-k per head)")->check(CLI::IsMember({"global", "head"}));
-  app->add_option("--coarse-percentile", f.coarse_percentile, "levels 2: percentile of the coarse threshold (default: max(0, 2p - 1))")->check(CLI::Range(0.0, 1.0));
-  app->add_option("--head-floor", f.head_floor, "global allocation: each head keeps at least this fraction of its keys")->check(CLI::Range(0.0, 1.0));
-  app->add_flag("--measure-mass", f.mass, "also compute the true attention mass the selection read (slow; --json field mass_captured)");
+  app->add_option("--select-block", f.block,
+                  "per-block selection for long user turns (tokens; 0 = one selection)")
+      ->check(CLI::Range(0, 1 << 20));
+  app->add_option("--estimator", f.estimator,
+                  "cluster-score estimator: auto (the pack's), mean, mean_var, mean_iso")
+      ->check(CLI::IsMember({"auto", "mean", "mean_var", "mean_iso"}));
+  app->add_option("--sinks", f.sinks, "always read the first N context positions (attention sinks)")
+      ->check(CLI::Range(0, 1 << 20));
+  app->add_option(
+         "--alloc", f.alloc,
+         "key budget across heads: global (one calibrated threshold) or head (top-k per head)")
+      ->check(CLI::IsMember({"global", "head"}));
+  app->add_option("--coarse-percentile", f.coarse_percentile,
+                  "levels 2: percentile of the coarse threshold (default: max(0, 2p - 1))")
+      ->check(CLI::Range(0.0, 1.0));
+  app->add_option("--head-floor", f.head_floor,
+                  "global allocation: each head keeps at least this fraction of its keys")
+      ->check(CLI::Range(0.0, 1.0));
+  app->add_flag(
+      "--measure-mass", f.mass,
+      "also compute the true attention mass the selection read (slow; --json field mass_captured)");
 }
 
 Result<AskParams> ask_params(const SqueezeFlags& f, const GenFlags& g, const Pack& pack) {
@@ -66,12 +82,14 @@ Result<AskParams> ask_params(const SqueezeFlags& f, const GenFlags& g, const Pac
   ap.budget = f.budget;
   ap.select.levels = f.levels > 0 ? f.levels : (pack.n_coarse() > 0 ? 2 : 1);
   if (ap.select.levels == 2 && pack.n_coarse() == 0)
-    return Error(Code::kInvalidArgument, "--levels 2: the pack has no coarse centroids (compiled with --coarse 0)");
+    return Error(Code::kInvalidArgument,
+                 "--levels 2: the pack has no coarse centroids (compiled with --coarse 0)");
   ap.select.block = f.block;
   parse_estimator(f.estimator, &ap.select.estimator);  // checked by the flag
   if (f.sinks >= 0) ap.sink_tokens = f.sinks;
   ap.measure_mass = f.mass;
-  ap.select.alloc = f.alloc == "head" ? SelectParams::Alloc::kPerHead : SelectParams::Alloc::kGlobal;
+  ap.select.alloc =
+      f.alloc == "head" ? SelectParams::Alloc::kPerHead : SelectParams::Alloc::kGlobal;
   ap.select.head_floor = f.head_floor;
   ap.select.coarse_percentile = f.coarse_percentile;
   if (ap.select.alloc == SelectParams::Alloc::kPerHead && f.budget < 0)
@@ -90,11 +108,13 @@ struct CompileCmd {
 int run_compile(CompileCmd& c) {
   CompileParams cp;
   if (!parse_amount(c.clusters, cp.clusters))
-    return fail(Error(Code::kInvalidArgument, "--clusters '{}': expected a percent (5%) or a count", c.clusters));
+    return fail(Error(Code::kInvalidArgument, "--clusters '{}': expected a percent (5%) or a count",
+                      c.clusters));
   if (c.coarse == "0") {
     cp.coarse = 0;
   } else if (!parse_amount(c.coarse, cp.coarse)) {
-    return fail(Error(Code::kInvalidArgument, "--coarse '{}': expected a percent (1%), a count or 0", c.coarse));
+    return fail(Error(Code::kInvalidArgument,
+                      "--coarse '{}': expected a percent (1%), a count or 0", c.coarse));
   }
   cp.obs_window = c.obs_window;
   cp.kv_type = c.common.kv_type == "f32" ? DType::kF32 : DType::kF16;  // pack K/V storage
@@ -104,7 +124,8 @@ int run_compile(CompileCmd& c) {
   cp.n_threads = ep.n_threads;
   SQZ_ASSIGN_OR_RETURN_CLI(std::string text, read_text_file(c.context));
   SQZ_ASSIGN_OR_RETURN_CLI(std::unique_ptr<Engine> e, Engine::create(ep));
-  SQZ_ASSIGN_OR_RETURN_CLI(CompileReport r, compile_context(*e, text, cp, c.out, progress_bar("prefill")));
+  SQZ_ASSIGN_OR_RETURN_CLI(CompileReport r,
+                           compile_context(*e, text, cp, c.out, progress_bar("prefill")));
   nlohmann::json j = {{"pack", c.out},
                       {"context_tokens", r.n_ctx},
                       {"prefill_s", r.prefill_s},
@@ -116,9 +137,11 @@ int run_compile(CompileCmd& c) {
   if (c.common.json) {
     std::cout << j.dump() << "\n";
   } else {
-    std::printf("compiled %lld context tokens into %s: prefill %.2f s, k-means %.2f s, calibration %.2f s, write %.2f s\n",
-                (long long)r.n_ctx, c.out.c_str(), r.prefill_s, r.stats.kmeans_s, r.stats.calib_s,
-                r.stats.write_s);
+    std::printf(
+        "compiled %lld context tokens into %s: prefill %.2f s, k-means %.2f s, calibration %.2f s, "
+        "write %.2f s\n",
+        (long long)r.n_ctx, c.out.c_str(), r.prefill_s, r.stats.kmeans_s, r.stats.calib_s,
+        r.stats.write_s);
   }
   return 0;
 }
@@ -162,8 +185,9 @@ int run_ask(AskCmd& c) {
     std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   } else {
     std::printf("\n");
-    std::fprintf(stderr, "[kept %.1f%% of context keys, centroids %.1f%%, ttft %.1f ms, %.1f tok/s]\n",
-                 100 * r.kept_fraction, 100 * r.centroid_fraction, r.gen.prefill_ms, r.gen.decode_tok_s());
+    std::fprintf(
+        stderr, "[kept %.1f%% of context keys, centroids %.1f%%, ttft %.1f ms, %.1f tok/s]\n",
+        100 * r.kept_fraction, 100 * r.centroid_fraction, r.gen.prefill_ms, r.gen.decode_tok_s());
   }
   return 0;
 }
@@ -178,7 +202,9 @@ void register_chat_pack_option(CLI::App* chat) {
   add_squeeze_flags(chat, *g_chat_sq, false);
 }
 
-bool chat_has_pack(CLI::App* chat) { return g_chat_sq && !g_chat_sq->pack.empty(); }
+bool chat_has_pack(CLI::App* chat) {
+  return g_chat_sq && !g_chat_sq->pack.empty();
+}
 
 int run_chat_pack(const CommonFlags& common, const GenFlags& gen) {
   SQZ_ASSIGN_OR_RETURN_CLI(EngineParams ep, engine_params(common));
@@ -222,9 +248,11 @@ void register_squeeze_commands(CLI::App& app, Runners& runners) {
   sc->add_option("--out,-o", cc->out, "output pack path")->required();
   sc->add_option("--clusters", cc->clusters, "fine clusters: percent of keys (5%) or count");
   sc->add_option("--coarse", cc->coarse, "coarse clusters: percent (1%), count, or 0 for none");
-  sc->add_option("--obs-window", cc->obs_window, "observation window (tokens)")->check(CLI::Range(0, 1 << 20));
+  sc->add_option("--obs-window", cc->obs_window, "observation window (tokens)")
+      ->check(CLI::Range(0, 1 << 20));
   sc->add_option("--seed", cc->seed, "k-means seed");
-  sc->add_flag("--center-keys", cc->center_keys, "cluster key directions around the head's mean key");
+  sc->add_flag("--center-keys", cc->center_keys,
+               "cluster key directions around the head's mean key");
   sc->callback([cc, &runners] { runners.push_back([cc] { return run_compile(*cc); }); });
 
   static AskCmd ac_store;

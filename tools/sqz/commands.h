@@ -3,15 +3,14 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
-
 #include <functional>
 #include <vector>
 
 #include "common.h"
 
-#define SQZ_ASSIGN_OR_RETURN_CLI(lhs, expr)                       \
-  auto SQZ_CONCAT(_cres_, __LINE__) = (expr);                     \
-  if (!SQZ_CONCAT(_cres_, __LINE__).ok())                         \
+#define SQZ_ASSIGN_OR_RETURN_CLI(lhs, expr)                         \
+  auto SQZ_CONCAT(_cres_, __LINE__) = (expr);                       \
+  if (!SQZ_CONCAT(_cres_, __LINE__).ok())                           \
     return ::sqz::cli::fail(SQZ_CONCAT(_cres_, __LINE__).status()); \
   lhs = std::move(SQZ_CONCAT(_cres_, __LINE__)).value()
 

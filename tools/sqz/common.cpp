@@ -14,18 +14,25 @@ namespace sqz::cli {
 namespace fs = std::filesystem;
 
 void add_common_flags(CLI::App* app, CommonFlags& f, bool with_ctx) {
-  app->add_option("--model,-m", f.model, "GGUF file or Hugging Face directory (default: SmolLM2-135M)");
-  app->add_option("--threads,-t", f.threads, "CPU threads (default: all cores)")->check(CLI::Range(0, 1024));
+  app->add_option("--model,-m", f.model,
+                  "GGUF file or Hugging Face directory (default: SmolLM2-135M)");
+  app->add_option("--threads,-t", f.threads, "CPU threads (default: all cores)")
+      ->check(CLI::Range(0, 1024));
   if (with_ctx)
-    app->add_option("--ctx", f.ctx, "context window in tokens (default: the model's)")->check(CLI::Range((int64_t)0, (int64_t)1 << 24));
-  app->add_option("--batch", f.batch, "prefill chunk in tokens")->check(CLI::Range((int64_t)1, (int64_t)65536));
+    app->add_option("--ctx", f.ctx, "context window in tokens (default: the model's)")
+        ->check(CLI::Range((int64_t)0, (int64_t)1 << 24));
+  app->add_option("--batch", f.batch, "prefill chunk in tokens")
+      ->check(CLI::Range((int64_t)1, (int64_t)65536));
   app->add_option("--kv-type", f.kv_type, "KV cache type")->check(CLI::IsMember({"f16", "f32"}));
-  app->add_option("--device", f.device, "where the forward pass runs: cpu or cuda (f16 weights on the GPU)")->check(CLI::IsMember({"cpu", "cuda"}));
+  app->add_option("--device", f.device,
+                  "where the forward pass runs: cpu or cuda (f16 weights on the GPU)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   app->add_flag("--json", f.json, "print one JSON line");
 }
 
 void add_gen_flags(CLI::App* app, GenFlags& g) {
-  app->add_option("--max-tokens,-n", g.max_tokens, "tokens to generate")->check(CLI::Range(0, 1 << 20));
+  app->add_option("--max-tokens,-n", g.max_tokens, "tokens to generate")
+      ->check(CLI::Range(0, 1 << 20));
   app->add_option("--temperature", g.temperature, "0 = greedy")->check(CLI::Range(0.0f, 100.0f));
   app->add_option("--top-k", g.top_k, "0 = off")->check(CLI::Range(0, 1 << 24));
   app->add_option("--top-p", g.top_p, "1 = off")->check(CLI::Range(0.0f, 1.0f));
@@ -72,9 +79,11 @@ GenerateParams gen_params(const GenFlags& g) {
 
 ProgressFn progress_bar(const std::string& label) {
   if (!isatty(STDERR_FILENO)) return nullptr;
-  auto start = std::make_shared<std::chrono::steady_clock::time_point>(std::chrono::steady_clock::now());
+  auto start =
+      std::make_shared<std::chrono::steady_clock::time_point>(std::chrono::steady_clock::now());
   return [label, start](int64_t done, int64_t total) {
-    const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - *start).count();
+    const double el =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - *start).count();
     const double frac = total > 0 ? (double)done / (double)total : 1.0;
     const double eta = frac > 0 ? el / frac - el : 0;
     const int w = 30, filled = (int)(frac * w);
@@ -89,13 +98,20 @@ ProgressFn progress_bar(const std::string& label) {
 int fail(const Status& st) {
   std::fprintf(stderr, "error: %s\n", st.message().c_str());
   switch (st.code()) {
-    case Code::kInvalidArgument: return 2;
-    case Code::kIo: return 3;
-    case Code::kFormat: return 4;
-    case Code::kUnsupported: return 5;
-    case Code::kMismatch: return 6;
-    case Code::kOutOfRange: return 7;
-    default: return 1;
+    case Code::kInvalidArgument:
+      return 2;
+    case Code::kIo:
+      return 3;
+    case Code::kFormat:
+      return 4;
+    case Code::kUnsupported:
+      return 5;
+    case Code::kMismatch:
+      return 6;
+    case Code::kOutOfRange:
+      return 7;
+    default:
+      return 1;
   }
 }
 

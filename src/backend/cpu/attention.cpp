@@ -7,13 +7,13 @@
 // memory bandwidth. Prefill re-reads tiles once per query chunk, amortised over kQRows rows.
 #include "attention/attention.h"
 
+#include <cblas.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <vector>
-
-#include <cblas.h>
 
 #include "backend/cpu/matmul.h"
 #include "backend/cpu/simd_math.h"
@@ -92,10 +92,8 @@ inline void scale_accumulate(float* acc, float alpha, const float* p, const floa
 
 namespace {
 
-
-
-constexpr int kGemmRows = 64;    // query rows per chunk in the GEMM kernel
-constexpr int kGemmKeys = 128;   // keys per tile in the GEMM kernel
+constexpr int kGemmRows = 64;   // query rows per chunk in the GEMM kernel
+constexpr int kGemmKeys = 128;  // keys per tile in the GEMM kernel
 
 // Many query rows (prefill): S = Q·Kᵀ and O += P·V as small GEMMs (OpenBLAS sgemm, single
 // threaded inside our parallel region) over tiles, with the online softmax in between.
@@ -117,7 +115,8 @@ void attn_partial_gemm(const AttnArgs& a) {
     const int nr = (int)std::min<int64_t>(kGemmRows, n_rows - r0);
     for (int r = 0; r < nr; r++) {
       const int64_t gr = r0 + r, tok = gr / a.group, gh = gr % a.group;
-      std::memcpy(&qb[(size_t)r * d], a.q + tok * a.q_tok_stride + gh * d, sizeof(float) * (size_t)d);
+      std::memcpy(&qb[(size_t)r * d], a.q + tok * a.q_tok_stride + gh * d,
+                  sizeof(float) * (size_t)d);
       m[r] = kNegInf;
       l[r] = 0.0f;
     }

@@ -17,8 +17,8 @@ void rope(float* x, int64_t n_tok, int64_t n_heads, int64_t head_dim, int64_t to
 
 // Per-pair inverse frequencies theta^(-2i/d), with optional Llama-3 frequency scaling
 // (factor 0 disables it). out: [head_dim/2].
-void rope_freqs(float* out, int64_t head_dim, float theta, float scale_factor, float low_freq_factor,
-                float high_freq_factor, int orig_ctx);
+void rope_freqs(float* out, int64_t head_dim, float theta, float scale_factor,
+                float low_freq_factor, float high_freq_factor, int orig_ctx);
 
 // In-place numerically stable softmax over each row: x: [n_rows, n].
 void softmax(float* x, int64_t n_rows, int64_t n);

@@ -8,8 +8,17 @@ namespace sqz::fwd {
 namespace {
 
 enum : uint32_t {
-  kF32 = 0, kF16 = 1, kQ4_0 = 2, kQ4_1 = 3, kQ5_0 = 6, kQ5_1 = 7, kQ8_0 = 8,
-  kQ4_K = 12, kQ5_K = 13, kQ6_K = 14, kBF16 = 30,
+  kF32 = 0,
+  kF16 = 1,
+  kQ4_0 = 2,
+  kQ4_1 = 3,
+  kQ5_0 = 6,
+  kQ5_1 = 7,
+  kQ8_0 = 8,
+  kQ4_K = 12,
+  kQ5_K = 13,
+  kQ6_K = 14,
+  kBF16 = 30,
 };
 
 // 6-bit scale / min of sub-block j of a Q4_K / Q5_K block (cpu::unpack_k_scale).
@@ -45,16 +54,16 @@ __device__ __forceinline__ float deq(const uint8_t* src, int64_t i) {
   } else if constexpr (T == kQ5_0) {  // {f16 d; u8 qh[4]; u8 qs[16]}
     const uint8_t* b = src + (i >> 5) * 22;
     const int j = (int)(i & 31);
-    const uint32_t qh = (uint32_t)b[2] | ((uint32_t)b[3] << 8) | ((uint32_t)b[4] << 16) |
-                        ((uint32_t)b[5] << 24);
+    const uint32_t qh =
+        (uint32_t)b[2] | ((uint32_t)b[3] << 8) | ((uint32_t)b[4] << 16) | ((uint32_t)b[5] << 24);
     const uint8_t q = b[6 + (j & 15)];
     const int lo = j < 16 ? (q & 15) : (q >> 4);
     return ld_f16(b) * (float)((lo | (int)(((qh >> j) & 1) << 4)) - 16);
   } else if constexpr (T == kQ5_1) {  // {f16 d, m; u8 qh[4]; u8 qs[16]}
     const uint8_t* b = src + (i >> 5) * 24;
     const int j = (int)(i & 31);
-    const uint32_t qh = (uint32_t)b[4] | ((uint32_t)b[5] << 8) | ((uint32_t)b[6] << 16) |
-                        ((uint32_t)b[7] << 24);
+    const uint32_t qh =
+        (uint32_t)b[4] | ((uint32_t)b[5] << 8) | ((uint32_t)b[6] << 16) | ((uint32_t)b[7] << 24);
     const uint8_t q = b[8 + (j & 15)];
     const int lo = j < 16 ? (q & 15) : (q >> 4);
     return ld_f16(b) * (float)(lo | (int)(((qh >> j) & 1) << 4)) + ld_f16(b + 2);
@@ -88,10 +97,18 @@ __device__ __forceinline__ float deq(const uint8_t* src, int64_t i) {
     const int8_t* S = reinterpret_cast<const int8_t*>(b + 192) + 8 * h;
     int q;
     switch (quarter) {
-      case 0: q = (L[l] & 15) | (((H >> 0) & 3) << 4); break;
-      case 1: q = (L[l + 32] & 15) | (((H >> 2) & 3) << 4); break;
-      case 2: q = (L[l] >> 4) | (((H >> 4) & 3) << 4); break;
-      default: q = (L[l + 32] >> 4) | (((H >> 6) & 3) << 4); break;
+      case 0:
+        q = (L[l] & 15) | (((H >> 0) & 3) << 4);
+        break;
+      case 1:
+        q = (L[l + 32] & 15) | (((H >> 2) & 3) << 4);
+        break;
+      case 2:
+        q = (L[l] >> 4) | (((H >> 4) & 3) << 4);
+        break;
+      default:
+        q = (L[l + 32] >> 4) | (((H >> 6) & 3) << 4);
+        break;
     }
     return ld_f16(b + 208) * (float)S[l / 16 + 2 * quarter] * (float)(q - 32);
   }
@@ -113,10 +130,22 @@ __global__ void dequant_kernel(const uint8_t* __restrict__ src, Out* __restrict_
 
 int64_t block_elems(uint32_t t) {
   switch (t) {
-    case kF32: case kF16: case kBF16: return 1;
-    case kQ4_0: case kQ4_1: case kQ5_0: case kQ5_1: case kQ8_0: return 32;
-    case kQ4_K: case kQ5_K: case kQ6_K: return 256;
-    default: return 0;
+    case kF32:
+    case kF16:
+    case kBF16:
+      return 1;
+    case kQ4_0:
+    case kQ4_1:
+    case kQ5_0:
+    case kQ5_1:
+    case kQ8_0:
+      return 32;
+    case kQ4_K:
+    case kQ5_K:
+    case kQ6_K:
+      return 256;
+    default:
+      return 0;
   }
 }
 
@@ -129,25 +158,50 @@ int launch(uint32_t t, const void* src, Out* dst, int64_t n, cudaStream_t s) {
   const auto* b = static_cast<const uint8_t*>(src);
   const unsigned g = grid_for(n, 256);
   switch (t) {
-    case kF32: dequant_kernel<kF32, Out><<<g, 256, 0, s>>>(b, dst, n); break;
-    case kF16: dequant_kernel<kF16, Out><<<g, 256, 0, s>>>(b, dst, n); break;
-    case kBF16: dequant_kernel<kBF16, Out><<<g, 256, 0, s>>>(b, dst, n); break;
-    case kQ4_0: dequant_kernel<kQ4_0, Out><<<g, 256, 0, s>>>(b, dst, n); break;
-    case kQ4_1: dequant_kernel<kQ4_1, Out><<<g, 256, 0, s>>>(b, dst, n); break;
-    case kQ5_0: dequant_kernel<kQ5_0, Out><<<g, 256, 0, s>>>(b, dst, n); break;
-    case kQ5_1: dequant_kernel<kQ5_1, Out><<<g, 256, 0, s>>>(b, dst, n); break;
-    case kQ8_0: dequant_kernel<kQ8_0, Out><<<g, 256, 0, s>>>(b, dst, n); break;
-    case kQ4_K: dequant_kernel<kQ4_K, Out><<<g, 256, 0, s>>>(b, dst, n); break;
-    case kQ5_K: dequant_kernel<kQ5_K, Out><<<g, 256, 0, s>>>(b, dst, n); break;
-    case kQ6_K: dequant_kernel<kQ6_K, Out><<<g, 256, 0, s>>>(b, dst, n); break;
-    default: return SQZ_CUDA_EUNSUPPORTED;
+    case kF32:
+      dequant_kernel<kF32, Out><<<g, 256, 0, s>>>(b, dst, n);
+      break;
+    case kF16:
+      dequant_kernel<kF16, Out><<<g, 256, 0, s>>>(b, dst, n);
+      break;
+    case kBF16:
+      dequant_kernel<kBF16, Out><<<g, 256, 0, s>>>(b, dst, n);
+      break;
+    case kQ4_0:
+      dequant_kernel<kQ4_0, Out><<<g, 256, 0, s>>>(b, dst, n);
+      break;
+    case kQ4_1:
+      dequant_kernel<kQ4_1, Out><<<g, 256, 0, s>>>(b, dst, n);
+      break;
+    case kQ5_0:
+      dequant_kernel<kQ5_0, Out><<<g, 256, 0, s>>>(b, dst, n);
+      break;
+    case kQ5_1:
+      dequant_kernel<kQ5_1, Out><<<g, 256, 0, s>>>(b, dst, n);
+      break;
+    case kQ8_0:
+      dequant_kernel<kQ8_0, Out><<<g, 256, 0, s>>>(b, dst, n);
+      break;
+    case kQ4_K:
+      dequant_kernel<kQ4_K, Out><<<g, 256, 0, s>>>(b, dst, n);
+      break;
+    case kQ5_K:
+      dequant_kernel<kQ5_K, Out><<<g, 256, 0, s>>>(b, dst, n);
+      break;
+    case kQ6_K:
+      dequant_kernel<kQ6_K, Out><<<g, 256, 0, s>>>(b, dst, n);
+      break;
+    default:
+      return SQZ_CUDA_EUNSUPPORTED;
   }
   return launch_status();
 }
 
 }  // namespace
 
-bool dequant_supported(uint32_t t) { return block_elems(t) != 0; }
+bool dequant_supported(uint32_t t) {
+  return block_elems(t) != 0;
+}
 
 int dequant_f16(uint32_t t, const void* src, void* dst, int64_t n, cudaStream_t s) {
   return launch<__half>(t, src, static_cast<__half*>(dst), n, s);

@@ -31,10 +31,10 @@ int Gemm::run(const void* x, const void* w, float* y, int64_t n_tok, int64_t N, 
   // Column-major view: Y^T [N, n_tok] = W [N, K] (stored as W^T col-major, lda = K) x X^T
   // [K, n_tok] (X row-major = X^T col-major, ldb = K).
   const float alpha = 1.0f;
-  const cublasStatus_t st = cublasGemmEx(
-      static_cast<cublasHandle_t>(handle_), CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)n_tok, (int)K,
-      &alpha, w, CUDA_R_16F, (int)K, x, CUDA_R_16F, (int)K, &beta, y, CUDA_R_32F, (int)N,
-      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  const cublasStatus_t st =
+      cublasGemmEx(static_cast<cublasHandle_t>(handle_), CUBLAS_OP_T, CUBLAS_OP_N, (int)N,
+                   (int)n_tok, (int)K, &alpha, w, CUDA_R_16F, (int)K, x, CUDA_R_16F, (int)K, &beta,
+                   y, CUDA_R_32F, (int)N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
   return st == CUBLAS_STATUS_SUCCESS ? SQZ_CUDA_OK : SQZ_CUDA_ECUDA;
 }
 

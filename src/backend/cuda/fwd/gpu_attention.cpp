@@ -21,7 +21,9 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
+cudaStream_t as_stream(void* s) {
+  return static_cast<cudaStream_t>(s);
+}
 
 // Attention state buffers for up to n query tokens.
 struct StateBufs {
@@ -96,8 +98,12 @@ Status KvCacheGpu::init(int n_layer, int n_kv, int head_dim, int64_t capacity) {
   return Status::Ok();
 }
 
-void* KvCacheGpu::k(int layer) const { return impl_->k[(size_t)layer].get(); }
-void* KvCacheGpu::v(int layer) const { return impl_->v[(size_t)layer].get(); }
+void* KvCacheGpu::k(int layer) const {
+  return impl_->k[(size_t)layer].get();
+}
+void* KvCacheGpu::v(int layer) const {
+  return impl_->v[(size_t)layer].get();
+}
 
 Status KvCacheGpu::read_f32(int layer, int64_t rows, float* k_out, float* v_out,
                             void* stream) const {
@@ -109,13 +115,14 @@ Status KvCacheGpu::read_f32(int layer, int64_t rows, float* k_out, float* v_out,
   for (int which = 0; which < 2; which++) {
     const void* src = which == 0 ? k(layer) : v(layer);
     float* dst = which == 0 ? k_out : v_out;
-    SQZ_RETURN_IF_ERROR(sqz_status(fwd::f16_to_f32(src, impl_->tmp.as<float>(), per_layer, s),
-                                   "KV readback"));
+    SQZ_RETURN_IF_ERROR(
+        sqz_status(fwd::f16_to_f32(src, impl_->tmp.as<float>(), per_layer, s), "KV readback"));
     for (int h = 0; h < n_kv_; h++)
-      SQZ_RETURN_IF_ERROR(cuda_status(
-          cudaMemcpyAsync(dst + (int64_t)h * rows * hd_, impl_->tmp.as<float>() + (int64_t)h * cap_ * hd_,
-                          (size_t)rows * hd_ * 4, cudaMemcpyDeviceToHost, s),
-          "KV readback"));
+      SQZ_RETURN_IF_ERROR(
+          cuda_status(cudaMemcpyAsync(dst + (int64_t)h * rows * hd_,
+                                      impl_->tmp.as<float>() + (int64_t)h * cap_ * hd_,
+                                      (size_t)rows * hd_ * 4, cudaMemcpyDeviceToHost, s),
+                      "KV readback"));
     SQZ_RETURN_IF_ERROR(cuda_status(cudaStreamSynchronize(s), "KV readback"));
   }
   return Status::Ok();
@@ -155,23 +162,24 @@ Status DenseAttentionGpu::attend(int layer, const AttnStep& s) {
   if (first < 0 || last >= I.cache->capacity())
     return Error(Code::kOutOfRange, "attention: position {} exceeds the KV cache ({} tokens)",
                  s.pos[n - 1], I.cache->capacity() + I.pos_offset);
-  SQZ_RETURN_IF_ERROR(sqz_status(
-      fwd::store_kv(s.k16, s.v16, s.pos_dev, I.pos_offset, I.cache->k(layer), I.cache->v(layer),
-                    (int)n, I.n_kv, I.hd, I.cache->capacity(), st),
-      "KV store"));
+  SQZ_RETURN_IF_ERROR(
+      sqz_status(fwd::store_kv(s.k16, s.v16, s.pos_dev, I.pos_offset, I.cache->k(layer),
+                               I.cache->v(layer), (int)n, I.n_kv, I.hd, I.cache->capacity(), st),
+                 "KV store"));
   SQZ_RETURN_IF_ERROR(I.st.ensure(n, I.n_head, I.hd));
   const sqz_cuda_state out = I.st.state();
   SQZ_RETURN_IF_ERROR(dense_causal(s, I.n_head, I.n_kv, I.hd, I.cache->k(layer), I.cache->v(layer),
                                    I.cache->capacity(), last + 1, I.pos_offset, out));
-  SQZ_RETURN_IF_ERROR(sqz_status(
-      fwd::f32_to_f16(out.out, s.out16, n * I.n_head * I.hd, st), "attention output"));
+  SQZ_RETURN_IF_ERROR(
+      sqz_status(fwd::f32_to_f16(out.out, s.out16, n * I.n_head * I.hd, st), "attention output"));
   if (I.q_obs && s.pos[n - 1] >= I.obs_start) {
     const int64_t t0 = std::max<int64_t>(0, I.obs_start - s.pos[0]);
     const int64_t row = (int64_t)I.n_head * I.hd;
     float* dst = (*I.q_obs)[(size_t)layer].data() + (s.pos[t0] - I.obs_start) * row;
-    SQZ_RETURN_IF_ERROR(cuda_status(cudaMemcpyAsync(dst, s.q32 + t0 * row, (size_t)((n - t0) * row) * 4,
-                                                    cudaMemcpyDeviceToHost, st),
-                                    "query capture"));
+    SQZ_RETURN_IF_ERROR(
+        cuda_status(cudaMemcpyAsync(dst, s.q32 + t0 * row, (size_t)((n - t0) * row) * 4,
+                                    cudaMemcpyDeviceToHost, st),
+                    "query capture"));
     SQZ_RETURN_IF_ERROR(cuda_status(cudaStreamSynchronize(st), "query capture"));
   }
   return Status::Ok();
@@ -184,14 +192,14 @@ struct SqueezeAttentionGpu::Impl {
   SqueezeOptions o;
   cudaStream_t stream = nullptr;
   struct LayerBufs {
-    DevBuf k, v;          // [n_kv, n_clustered, hd] f16
-    DevBuf fine_c;        // [n_kv, n_fine, hd] f16
-    DevBuf fine_off;      // [n_kv, n_fine + 1] int32
-    DevBuf coarse_c;      // [n_kv, n_coarse, hd] f16
-    DevBuf coarse_off;    // [n_kv, n_coarse + 1] int32
+    DevBuf k, v;        // [n_kv, n_clustered, hd] f16
+    DevBuf fine_c;      // [n_kv, n_fine, hd] f16
+    DevBuf fine_off;    // [n_kv, n_fine + 1] int32
+    DevBuf coarse_c;    // [n_kv, n_coarse, hd] f16
+    DevBuf coarse_off;  // [n_kv, n_coarse + 1] int32
   };
   std::vector<LayerBufs> layers;
-  KvCacheGpu user;      // rows: observation window, then the user's tokens
+  KvCacheGpu user;  // rows: observation window, then the user's tokens
   sqz_cuda_shape shape{};
   DevBuf ws;
   DevBuf ranges, n_ranges;  // dense mode: one full range per KV head
@@ -213,7 +221,8 @@ struct SqueezeAttentionGpu::Impl {
     std::vector<f16_t> h((size_t)n);
     const float* f = static_cast<const float*>(src);
     for (int64_t i = 0; i < n; i++) h[(size_t)i] = fp32_to_fp16(f[i]);
-    return cuda_status(cudaMemcpy(dst.get(), h.data(), (size_t)n * 2, cudaMemcpyHostToDevice), what);
+    return cuda_status(cudaMemcpy(dst.get(), h.data(), (size_t)n * 2, cudaMemcpyHostToDevice),
+                       what);
   }
   Status upload_i32(DevBuf& dst, const int32_t* src, int64_t n, const char* what) {
     SQZ_RETURN_IF_ERROR(dst.alloc((size_t)n * 4, what));
@@ -224,8 +233,12 @@ struct SqueezeAttentionGpu::Impl {
 
 SqueezeAttentionGpu::SqueezeAttentionGpu() : impl_(std::make_unique<Impl>()) {}
 SqueezeAttentionGpu::~SqueezeAttentionGpu() = default;
-double SqueezeAttentionGpu::upload_seconds() const { return impl_->upload_s; }
-size_t SqueezeAttentionGpu::device_bytes() const { return impl_->bytes; }
+double SqueezeAttentionGpu::upload_seconds() const {
+  return impl_->upload_s;
+}
+size_t SqueezeAttentionGpu::device_bytes() const {
+  return impl_->bytes;
+}
 
 Result<std::unique_ptr<SqueezeAttentionGpu>> SqueezeAttentionGpu::create(const PackHost& p,
                                                                          const SqueezeOptions& o,
@@ -251,7 +264,8 @@ Result<std::unique_ptr<SqueezeAttentionGpu>> SqueezeAttentionGpu::create(const P
   const int64_t nc = p.n_clustered;
   const int n_sink_req = o.dense ? 0 : std::max(0, o.sink_tokens);
   if (n_sink_req > 0) {
-    if (!p.layers[0].perm) return Error(Code::kInvalidArgument, "--device cuda: sinks need the pack's perm");
+    if (!p.layers[0].perm)
+      return Error(Code::kInvalidArgument, "--device cuda: sinks need the pack's perm");
     I.n_sink = std::min<int64_t>(n_sink_req, nc);
     if (I.n_sink >= nc)
       return Error(Code::kInvalidArgument, "--sinks {} covers every clustered key", n_sink_req);
@@ -309,12 +323,13 @@ Result<std::unique_ptr<SqueezeAttentionGpu>> SqueezeAttentionGpu::create(const P
         I.upload_half(L.k, direct ? h.k : kc.data(), nkv * I.n_rows * hd, false, "pack K"));
     SQZ_RETURN_IF_ERROR(
         I.upload_half(L.v, direct ? h.v : vc.data(), nkv * I.n_rows * hd, false, "pack V"));
-    SQZ_RETURN_IF_ERROR(I.upload_half(L.fine_c, h.fine_centroids, nkv * p.n_fine * hd, true,
-                                      "fine centroids"));
-    SQZ_RETURN_IF_ERROR(I.upload_i32(L.fine_off, fine_off.data(), nkv * (p.n_fine + 1), "fine offsets"));
+    SQZ_RETURN_IF_ERROR(
+        I.upload_half(L.fine_c, h.fine_centroids, nkv * p.n_fine * hd, true, "fine centroids"));
+    SQZ_RETURN_IF_ERROR(
+        I.upload_i32(L.fine_off, fine_off.data(), nkv * (p.n_fine + 1), "fine offsets"));
     if (two) {
-      SQZ_RETURN_IF_ERROR(I.upload_half(L.coarse_c, h.coarse_centroids, nkv * p.n_coarse * hd,
-                                        true, "coarse centroids"));
+      SQZ_RETURN_IF_ERROR(I.upload_half(L.coarse_c, h.coarse_centroids, nkv * p.n_coarse * hd, true,
+                                        "coarse centroids"));
       SQZ_RETURN_IF_ERROR(
           I.upload_i32(L.coarse_off, h.coarse_ranges, nkv * (p.n_coarse + 1), "coarse ranges"));
     }
@@ -331,10 +346,10 @@ Result<std::unique_ptr<SqueezeAttentionGpu>> SqueezeAttentionGpu::create(const P
         for (int64_t r = 0; r < p.n_obs; r++)
           row16(obs, kh * p.n_obs + r, tmp.data() + (I.n_sink + r) * hd);
         if (tmp.empty()) continue;
-        SQZ_RETURN_IF_ERROR(cuda_status(
-            cudaMemcpy(static_cast<f16_t*>(dst) + kh * I.user.capacity() * hd, tmp.data(),
-                       tmp.size() * 2, cudaMemcpyHostToDevice),
-            "observation window"));
+        SQZ_RETURN_IF_ERROR(
+            cuda_status(cudaMemcpy(static_cast<f16_t*>(dst) + kh * I.user.capacity() * hd,
+                                   tmp.data(), tmp.size() * 2, cudaMemcpyHostToDevice),
+                        "observation window"));
       }
     }
   }
@@ -349,10 +364,12 @@ Result<std::unique_ptr<SqueezeAttentionGpu>> SqueezeAttentionGpu::create(const P
   sh.dtype = SQZ_CUDA_F16;
   sh.num_sms = 0;
   const size_t wsb = sqz_cuda_workspace_size(&sh);
-  if (wsb == 0) return Error(Code::kInvalidArgument, "--device cuda: pack shape rejected by the kernels");
+  if (wsb == 0)
+    return Error(Code::kInvalidArgument, "--device cuda: pack shape rejected by the kernels");
   SQZ_RETURN_IF_ERROR(I.ws.alloc(wsb, "squeeze workspace"));
   I.bytes += wsb;
-  SQZ_RETURN_IF_ERROR(sqz_status(sqz_cuda_workspace_init(&sh, I.ws.get(), I.stream), "workspace init"));
+  SQZ_RETURN_IF_ERROR(
+      sqz_status(sqz_cuda_workspace_init(&sh, I.ws.get(), I.stream), "workspace init"));
   SQZ_RETURN_IF_ERROR(sqz_status(sqz_cuda_get_plan_view(&sh, I.ws.get(), &I.view), "plan view"));
   if (o.dense) {
     std::vector<int32_t> r((size_t)(nkv * p.n_fine * 2), 0), nr((size_t)nkv, 1);
@@ -382,10 +399,10 @@ Status SqueezeAttentionGpu::attend(int layer, const AttnStep& s) {
                  off + I.user.capacity());
   if (n > I.o.max_q)
     return Error(Code::kInvalidArgument, "squeezed step of {} tokens (max {})", n, I.o.max_q);
-  SQZ_RETURN_IF_ERROR(sqz_status(fwd::store_kv(s.k16, s.v16, s.pos_dev, off, I.user.k(layer),
-                                               I.user.v(layer), (int)n, p.n_kv, p.head_dim,
-                                               I.user.capacity(), I.stream),
-                                 "KV store"));
+  SQZ_RETURN_IF_ERROR(
+      sqz_status(fwd::store_kv(s.k16, s.v16, s.pos_dev, off, I.user.k(layer), I.user.v(layer),
+                               (int)n, p.n_kv, p.head_dim, I.user.capacity(), I.stream),
+                 "KV store"));
   const Impl::LayerBufs& L = I.layers[(size_t)layer];
   const bool two = I.shape.n_coarse > 0;
   sqz_cuda_context ctx{};
@@ -402,10 +419,10 @@ Status SqueezeAttentionGpu::attend(int layer, const AttnStep& s) {
   q.threshold_fine = I.o.threshold_fine;
   q.threshold_coarse = I.o.threshold_coarse;
   if (I.o.dense) {
-    SQZ_RETURN_IF_ERROR(sqz_status(sqz_cuda_plan_ranges(&I.shape, I.ranges.as<int32_t>(),
-                                                        I.n_ranges.as<int32_t>(), (int32_t)n,
-                                                        I.ws.get(), I.stream),
-                                   "plan (dense)"));
+    SQZ_RETURN_IF_ERROR(
+        sqz_status(sqz_cuda_plan_ranges(&I.shape, I.ranges.as<int32_t>(), I.n_ranges.as<int32_t>(),
+                                        (int32_t)n, I.ws.get(), I.stream),
+                   "plan (dense)"));
   } else {
     SQZ_RETURN_IF_ERROR(
         sqz_status(sqz_cuda_plan(&I.shape, &ctx, &q, I.ws.get(), I.stream), "plan (lookup)"));
@@ -460,8 +477,8 @@ Status KmeansGpu::init(int64_t n_max, int dim, int k_max, void* stream) {
   Impl& I = *impl_;
   if (n_max > INT32_MAX) return Error(Code::kInvalidArgument, "k-means: {} points", n_max);
   I.stream = as_stream(stream);
-  SQZ_RETURN_IF_ERROR(sqz_status(sqz_cuda_kmeans_create((int32_t)n_max, dim, k_max, &I.km),
-                                 "k-means create"));
+  SQZ_RETURN_IF_ERROR(
+      sqz_status(sqz_cuda_kmeans_create((int32_t)n_max, dim, k_max, &I.km), "k-means create"));
   SQZ_RETURN_IF_ERROR(I.fine_c.alloc((size_t)k_max * dim * 4, "k-means"));
   SQZ_RETURN_IF_ERROR(I.coarse_c.alloc((size_t)k_max * dim * 4, "k-means"));
   SQZ_RETURN_IF_ERROR(I.fine_a.alloc((size_t)n_max * 4, "k-means"));
@@ -472,14 +489,14 @@ Status KmeansGpu::run(const void* points, int64_t n, int k_f, int k_c, int iters
                       uint64_t seed_fine, uint64_t seed_coarse, std::vector<int32_t>& fine_assign,
                       std::vector<int32_t>& coarse_of) {
   Impl& I = *impl_;
-  SQZ_RETURN_IF_ERROR(sqz_status(
-      sqz_cuda_kmeans_run(I.km, points, SQZ_CUDA_F16, (int32_t)n, k_f, iters, seed_fine,
-                          I.fine_c.as<float>(), I.fine_a.as<int32_t>(), nullptr, nullptr, nullptr,
-                          I.stream),
-      "k-means (fine)"));
+  SQZ_RETURN_IF_ERROR(
+      sqz_status(sqz_cuda_kmeans_run(I.km, points, SQZ_CUDA_F16, (int32_t)n, k_f, iters, seed_fine,
+                                     I.fine_c.as<float>(), I.fine_a.as<int32_t>(), nullptr, nullptr,
+                                     nullptr, I.stream),
+                 "k-means (fine)"));
   fine_assign.resize((size_t)n);
-  SQZ_RETURN_IF_ERROR(cuda_status(cudaMemcpyAsync(fine_assign.data(), I.fine_a.get(),
-                                                  (size_t)n * 4, cudaMemcpyDeviceToHost, I.stream),
+  SQZ_RETURN_IF_ERROR(cuda_status(cudaMemcpyAsync(fine_assign.data(), I.fine_a.get(), (size_t)n * 4,
+                                                  cudaMemcpyDeviceToHost, I.stream),
                                   "k-means"));
   coarse_of.clear();
   if (k_c > 0) {
@@ -491,10 +508,10 @@ Status KmeansGpu::run(const void* points, int64_t n, int k_f, int k_c, int iters
                             nullptr, I.stream),
         "k-means (coarse)"));
     coarse_of.resize((size_t)k_f);
-    SQZ_RETURN_IF_ERROR(cuda_status(cudaMemcpyAsync(coarse_of.data(), I.coarse_a.get(),
-                                                    (size_t)k_f * 4, cudaMemcpyDeviceToHost,
-                                                    I.stream),
-                                    "k-means"));
+    SQZ_RETURN_IF_ERROR(
+        cuda_status(cudaMemcpyAsync(coarse_of.data(), I.coarse_a.get(), (size_t)k_f * 4,
+                                    cudaMemcpyDeviceToHost, I.stream),
+                    "k-means"));
   }
   return cuda_status(cudaStreamSynchronize(I.stream), "k-means");
 }

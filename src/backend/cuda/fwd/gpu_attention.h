@@ -52,15 +52,15 @@ class DenseAttentionGpu : public Attention {
 // A pack's arrays on the host (mmap), per layer; sections are [n_layer, n_kv, ...] so layer l's
 // pointers address all of its KV heads.
 struct PackLayerHost {
-  const void* k = nullptr;                 // [n_kv, n_clustered, hd] f16 or f32, cluster order
-  const void* v = nullptr;                 // same
-  const void* k_obs = nullptr;             // [n_kv, n_obs, hd] f16 or f32
-  const void* v_obs = nullptr;             // same
-  const float* fine_centroids = nullptr;   // [n_kv, n_fine, hd]
-  const int32_t* fine_offsets = nullptr;   // [n_kv, n_fine + 1]
-  const float* coarse_centroids = nullptr; // [n_kv, n_coarse, hd] or null
-  const int32_t* coarse_ranges = nullptr;  // [n_kv, n_coarse + 1] or null
-  const int32_t* perm = nullptr;           // [n_kv, n_clustered] row -> context position
+  const void* k = nullptr;                  // [n_kv, n_clustered, hd] f16 or f32, cluster order
+  const void* v = nullptr;                  // same
+  const void* k_obs = nullptr;              // [n_kv, n_obs, hd] f16 or f32
+  const void* v_obs = nullptr;              // same
+  const float* fine_centroids = nullptr;    // [n_kv, n_fine, hd]
+  const int32_t* fine_offsets = nullptr;    // [n_kv, n_fine + 1]
+  const float* coarse_centroids = nullptr;  // [n_kv, n_coarse, hd] or null
+  const int32_t* coarse_ranges = nullptr;   // [n_kv, n_coarse + 1] or null
+  const int32_t* perm = nullptr;            // [n_kv, n_clustered] row -> context position
 };
 struct PackHost {
   int n_layer = 0, n_head = 0, n_kv = 0, head_dim = 0;
@@ -71,11 +71,11 @@ struct PackHost {
 };
 
 struct SqueezeOptions {
-  bool dense = false;      // every clustered row (exact reference), no lookup
-  int levels = 2;          // 1: fine centroids only; 2: coarse first (needs n_coarse > 0)
+  bool dense = false;  // every clustered row (exact reference), no lookup
+  int levels = 2;      // 1: fine centroids only; 2: coarse first (needs n_coarse > 0)
   float threshold_fine = 0, threshold_coarse = 0;  // mean-estimator score thresholds
-  int max_q = 256;         // most tokens per forward call
-  int64_t user_capacity = 0;  // question + answer tokens
+  int max_q = 256;                                 // most tokens per forward call
+  int64_t user_capacity = 0;                       // question + answer tokens
   // Attention sinks (squeezed mode): clustered rows of context positions < sink_tokens are
   // taken out of their clusters at upload and always attended with the observation window, so
   // the keys read are the selection's union with the sinks, as on the CPU.

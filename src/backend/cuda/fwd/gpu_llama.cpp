@@ -36,8 +36,9 @@ Result<DeviceInfo> device_query() {
   cudaDriverGetVersion(&d.driver_version);
   cudaRuntimeGetVersion(&d.runtime_version);
   if (p.major < 8)
-    return Error(Code::kUnsupported, "--device cuda: {} has compute capability {}.{}; sqz needs 8.0+",
-                 d.name, p.major, p.minor);
+    return Error(Code::kUnsupported,
+                 "--device cuda: {} has compute capability {}.{}; sqz needs 8.0+", d.name, p.major,
+                 p.minor);
   return d;
 }
 
@@ -75,19 +76,19 @@ struct Model::Impl {
   double load_s = 0;
   // Activations for up to max_tok tokens.
   int64_t max_tok = 0, max_logits = 0;
-  DevBuf x;      // [T, E] f32 residual stream
-  DevBuf xn;     // [T, max(E, NQ)] f16 GEMM input (norm output / attention output)
-  DevBuf qkv;    // [T, NQ + 2 NKV] f32
-  DevBuf q16;    // [T, NQ] f16
-  DevBuf q32;    // [T, NQ] f32
-  DevBuf k16;    // [T, NKV] f16
-  DevBuf v16;    // [T, NKV] f16
-  DevBuf att;    // [T, NQ] f16 attention output
-  DevBuf gu;     // [T, 2 FF] f32
-  DevBuf act;    // [T, FF] f16
-  DevBuf tok;    // [T] int32
-  DevBuf pos;    // [T] int32
-  DevBuf logits; // [max_logits, V] f32
+  DevBuf x;       // [T, E] f32 residual stream
+  DevBuf xn;      // [T, max(E, NQ)] f16 GEMM input (norm output / attention output)
+  DevBuf qkv;     // [T, NQ + 2 NKV] f32
+  DevBuf q16;     // [T, NQ] f16
+  DevBuf q32;     // [T, NQ] f32
+  DevBuf k16;     // [T, NKV] f16
+  DevBuf v16;     // [T, NKV] f16
+  DevBuf att;     // [T, NQ] f16 attention output
+  DevBuf gu;      // [T, 2 FF] f32
+  DevBuf act;     // [T, FF] f16
+  DevBuf tok;     // [T] int32
+  DevBuf pos;     // [T] int32
+  DevBuf logits;  // [max_logits, V] f32
 
   ~Impl() {
     layers.clear();
@@ -105,16 +106,15 @@ struct Model::Impl {
     SQZ_RETURN_IF_ERROR(cuda_status(
         cudaMemcpyAsync(staging.get(), t.data, t.nbytes, cudaMemcpyHostToDevice, stream),
         "weight upload"));
-    SQZ_RETURN_IF_ERROR(sqz_status(
-        fwd::dequant_f16((uint32_t)t.type, staging.get(), dst, t.nelements(), stream),
-        "dequantize"));
+    SQZ_RETURN_IF_ERROR(
+        sqz_status(fwd::dequant_f16((uint32_t)t.type, staging.get(), dst, t.nelements(), stream),
+                   "dequantize"));
     return cuda_status(cudaStreamSynchronize(stream), "dequantize");
   }
   Status upload_f32(const std::vector<float>& v, DevBuf& dst, const char* what) {
     SQZ_RETURN_IF_ERROR(dst.alloc(v.size() * sizeof(float), what));
-    return cuda_status(cudaMemcpy(dst.get(), v.data(), v.size() * sizeof(float),
-                                  cudaMemcpyHostToDevice),
-                       what);
+    return cuda_status(
+        cudaMemcpy(dst.get(), v.data(), v.size() * sizeof(float), cudaMemcpyHostToDevice), what);
   }
 
   Status ensure_scratch(int64_t T, int64_t n_logits) {
@@ -147,28 +147,41 @@ struct Model::Impl {
 
 Model::Model() : impl_(std::make_unique<Impl>()) {}
 Model::~Model() = default;
-const ModelConfig& Model::config() const { return impl_->c; }
-const DeviceInfo& Model::device() const { return impl_->dev; }
-void* Model::stream() const { return impl_->stream; }
-size_t Model::weight_bytes() const { return impl_->weight_bytes; }
-double Model::load_seconds() const { return impl_->load_s; }
+const ModelConfig& Model::config() const {
+  return impl_->c;
+}
+const DeviceInfo& Model::device() const {
+  return impl_->dev;
+}
+void* Model::stream() const {
+  return impl_->stream;
+}
+size_t Model::weight_bytes() const {
+  return impl_->weight_bytes;
+}
+double Model::load_seconds() const {
+  return impl_->load_s;
+}
 
-Status Model::sync() { return cuda_status(cudaStreamSynchronize(impl_->stream), "forward"); }
+Status Model::sync() {
+  return cuda_status(cudaStreamSynchronize(impl_->stream), "forward");
+}
 
 Result<std::unique_ptr<Model>> Model::load(const LlamaModel& m) {
   const double t0 = now_s();
   SQZ_ASSIGN_OR_RETURN(DeviceInfo dev, device_query());
   const ModelConfig& c = m.config();
   if (c.head_dim != 64 && c.head_dim != 128)
-    return Error(Code::kUnsupported, "--device cuda: head_dim {} (the CUDA attention kernels take 64 or 128)",
+    return Error(Code::kUnsupported,
+                 "--device cuda: head_dim {} (the CUDA attention kernels take 64 or 128)",
                  c.head_dim);
   auto model = std::unique_ptr<Model>(new Model());
   Impl& I = *model->impl_;
   I.cpu = &m;
   I.c = c;
   I.dev = dev;
-  SQZ_RETURN_IF_ERROR(cuda_status(cudaStreamCreateWithFlags(&I.stream, cudaStreamNonBlocking),
-                                  "cudaStreamCreate"));
+  SQZ_RETURN_IF_ERROR(
+      cuda_status(cudaStreamCreateWithFlags(&I.stream, cudaStreamNonBlocking), "cudaStreamCreate"));
   const std::string ge = I.gemm.init(I.stream);
   if (!ge.empty()) return Error(Code::kInternal, "--device cuda: {}", ge);
 
@@ -227,7 +240,8 @@ Status Model::forward(const int32_t* tokens, const int32_t* pos, int64_t n_tok, 
   const ModelConfig& c = I.c;
   if (n_tok <= 0 || n_tok > INT32_MAX)
     return Error(Code::kInvalidArgument, "forward: batch of {} tokens", n_tok);
-  if (n_logits < 0 || n_logits > n_tok) return Error(Code::kInvalidArgument, "forward: n_logits > n_tok");
+  if (n_logits < 0 || n_logits > n_tok)
+    return Error(Code::kInvalidArgument, "forward: n_logits > n_tok");
   for (int64_t t = 0; t < n_tok; t++) {
     if (tokens[t] < 0 || tokens[t] >= c.n_vocab)
       return Error(Code::kInvalidArgument, "forward: token id {} out of range [0, {})", tokens[t],
@@ -240,9 +254,11 @@ Status Model::forward(const int32_t* tokens, const int32_t* pos, int64_t n_tok, 
   const int64_t E = c.n_embd, HD = c.head_dim, NQ = (int64_t)c.n_head * HD;
   const int64_t NKV = (int64_t)c.n_head_kv * HD, FF = c.n_ff;
   SQZ_RETURN_IF_ERROR(cuda_status(
-      cudaMemcpyAsync(I.tok.get(), tokens, (size_t)n_tok * 4, cudaMemcpyHostToDevice, s), "tokens"));
-  SQZ_RETURN_IF_ERROR(cuda_status(
-      cudaMemcpyAsync(I.pos.get(), pos, (size_t)n_tok * 4, cudaMemcpyHostToDevice, s), "positions"));
+      cudaMemcpyAsync(I.tok.get(), tokens, (size_t)n_tok * 4, cudaMemcpyHostToDevice, s),
+      "tokens"));
+  SQZ_RETURN_IF_ERROR(
+      cuda_status(cudaMemcpyAsync(I.pos.get(), pos, (size_t)n_tok * 4, cudaMemcpyHostToDevice, s),
+                  "positions"));
   float* x = I.x.as<float>();
   SQZ_RETURN_IF_ERROR(sqz_status(
       fwd::embed_f32(I.tok.as<int32_t>(), I.tok_embd.get(), x, n_tok, (int)E, s), "embedding"));
@@ -281,18 +297,18 @@ Status Model::forward(const int32_t* tokens, const int32_t* pos, int64_t n_tok, 
     SQZ_RETURN_IF_ERROR(sqz_status(fwd::qkv_post(qa, s), "rope"));
     SQZ_RETURN_IF_ERROR(attn.attend(il, st));
     // x += attn W_o^T (beta = 1 fuses the residual add).
-    SQZ_RETURN_IF_ERROR(sqz_status(
-        I.gemm.run(I.att.get(), L.wo.get(), x, n_tok, E, NQ, 1.0f), "attention output gemm"));
+    SQZ_RETURN_IF_ERROR(sqz_status(I.gemm.run(I.att.get(), L.wo.get(), x, n_tok, E, NQ, 1.0f),
+                                   "attention output gemm"));
     SQZ_RETURN_IF_ERROR(sqz_status(
         fwd::rmsnorm_f16(x, L.ffn_norm.as<float>(), I.xn.get(), n_tok, (int)E, c.rms_eps, s),
         "rmsnorm"));
-    SQZ_RETURN_IF_ERROR(sqz_status(
-        I.gemm.run(I.xn.get(), L.wgu.get(), I.gu.as<float>(), n_tok, 2 * FF, E, 0.0f),
-        "gate/up gemm"));
+    SQZ_RETURN_IF_ERROR(
+        sqz_status(I.gemm.run(I.xn.get(), L.wgu.get(), I.gu.as<float>(), n_tok, 2 * FF, E, 0.0f),
+                   "gate/up gemm"));
     SQZ_RETURN_IF_ERROR(
         sqz_status(fwd::swiglu_f16(I.gu.as<float>(), I.act.get(), n_tok, (int)FF, s), "swiglu"));
-    SQZ_RETURN_IF_ERROR(sqz_status(I.gemm.run(I.act.get(), L.wdown.get(), x, n_tok, E, FF, 1.0f),
-                                   "down gemm"));
+    SQZ_RETURN_IF_ERROR(
+        sqz_status(I.gemm.run(I.act.get(), L.wdown.get(), x, n_tok, E, FF, 1.0f), "down gemm"));
   }
   if (n_logits == 0) return cuda_status(cudaGetLastError(), "forward");
   const int64_t t0 = n_tok - n_logits;
@@ -302,10 +318,10 @@ Status Model::forward(const int32_t* tokens, const int32_t* pos, int64_t n_tok, 
   SQZ_RETURN_IF_ERROR(sqz_status(
       I.gemm.run(I.xn.get(), I.out_w(), I.logits.as<float>(), n_logits, c.n_vocab, E, 0.0f),
       "logits gemm"));
-  SQZ_RETURN_IF_ERROR(cuda_status(
-      cudaMemcpyAsync(logits, I.logits.get(), (size_t)n_logits * c.n_vocab * 4,
-                      cudaMemcpyDeviceToHost, s),
-      "logits copy"));
+  SQZ_RETURN_IF_ERROR(
+      cuda_status(cudaMemcpyAsync(logits, I.logits.get(), (size_t)n_logits * c.n_vocab * 4,
+                                  cudaMemcpyDeviceToHost, s),
+                  "logits copy"));
   return sync();
 }
 

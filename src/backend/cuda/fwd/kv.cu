@@ -7,8 +7,8 @@ namespace {
 // One thread per 8 halves (16-byte vectors; head_dim is a multiple of 8).
 __global__ void store_kv_kernel(const uint4* __restrict__ k, const uint4* __restrict__ v,
                                 const int32_t* __restrict__ pos, int64_t pos_offset,
-                                uint4* __restrict__ ck, uint4* __restrict__ cv, int n_tok,
-                                int n_kv, int hd8, int64_t cap) {
+                                uint4* __restrict__ ck, uint4* __restrict__ cv, int n_tok, int n_kv,
+                                int hd8, int64_t cap) {
   const int64_t n = (int64_t)n_tok * n_kv * hd8;
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
        i += (int64_t)gridDim.x * blockDim.x) {
