@@ -13,7 +13,8 @@
 //       when the build has CUDA)
 //   python3 eval/probes/planted_context.py > /tmp/ctx.txt
 //   build/sqz compile --context /tmp/ctx.txt --out /tmp/ctx.pack -t 2
-//   /tmp/estimator_probe /tmp/ctx.pack METHOD BUDGET [EST LEVELS COARSE_FACTOR ALLOC BLOCK]
+//   /tmp/estimator_probe /tmp/ctx.pack METHOD BUDGET [EST LEVELS COARSE_FACTOR ALLOC BLOCK
+//       COARSE_PERCENTILE]
 //     e.g. /tmp/estimator_probe /tmp/ctx.pack squeeze 0.1 mean_iso 1 2 global 0
 #include <algorithm>
 #include <cmath>
@@ -282,6 +283,7 @@ int main(int argc, char** argv) {
                                                                      : SelectParams::Alloc::kGlobal;
       if (argc > 6) ap.select.coarse_factor = atof(argv[6]);
       if (argc > 8) ap.select.block = atoi(argv[8]);
+      if (argc > 9) ap.select.coarse_percentile = atof(argv[9]);
       parse_estimator(argv[4], &ap.select.estimator);
     }
     AskResult st;
