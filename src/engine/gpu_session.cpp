@@ -99,20 +99,12 @@ Result<CompileReport> gpu_compile_context(const Engine& e, const std::string& co
                                           const CompileParams& cp, const std::string& out_path,
                                           ProgressFn progress) {
   const ModelConfig& c = e.model().config();
-  SQZ_ASSIGN_OR_RETURN(const std::vector<int32_t> toks, context_tokens(e, context_text, cp));
-  const int64_t n = (int64_t)toks.size();
+  SQZ_ASSIGN_OR_RETURN(ContextCapture cap, context_capture(e, context_text, cp));
+  const int64_t n = cap.n_ctx;
+  const std::vector<int32_t>& toks = cap.tokens;
   gpu::Model& m = gmodel(e);
   CompileReport rep;
   rep.n_ctx = n;
-  ContextCapture cap;
-  cap.n_layer = c.n_layer;
-  cap.n_head = c.n_head;
-  cap.n_head_kv = c.n_head_kv;
-  cap.head_dim = c.head_dim;
-  cap.n_ctx = n;
-  cap.tokens = toks;
-  cap.q_obs.assign((size_t)c.n_layer,
-                   std::vector<float>((size_t)(cp.obs_window * c.n_head * c.head_dim)));
   gpu::KvCacheGpu cache;
   SQZ_RETURN_IF_ERROR(cache.init(c.n_layer, c.n_head_kv, c.head_dim, n));
   {

@@ -328,8 +328,8 @@ PackFingerprint engine_fingerprint(const Engine& e) {
   return fp;
 }
 
-Result<std::vector<int32_t>> context_tokens(const Engine& e, const std::string& context_text,
-                                            const CompileParams& cp) {
+Result<ContextCapture> context_capture(const Engine& e, const std::string& context_text,
+                                       const CompileParams& cp) {
   const PromptLayout lay = make_prompt_layout(e, context_text);
   std::vector<int32_t> toks = e.tokenizer().encode(lay.prefix, false, true);
   const int64_t n = (int64_t)toks.size();
@@ -342,7 +342,17 @@ Result<std::vector<int32_t>> context_tokens(const Engine& e, const std::string& 
     return Error(Code::kInvalidArgument,
                  "obs-window {} must be in [1, {}) for a context of {} tokens", cp.obs_window, n,
                  n);
-  return toks;
+  const ModelConfig& c = e.model().config();
+  ContextCapture cap;
+  cap.n_layer = c.n_layer;
+  cap.n_head = c.n_head;
+  cap.n_head_kv = c.n_head_kv;
+  cap.head_dim = c.head_dim;
+  cap.n_ctx = n;
+  cap.tokens = std::move(toks);
+  cap.q_obs.assign((size_t)c.n_layer,
+                   std::vector<float>((size_t)(cp.obs_window * c.n_head * c.head_dim)));
+  return cap;
 }
 
 Result<CompileReport> compile_context(const Engine& e, const std::string& context_text,
@@ -350,20 +360,12 @@ Result<CompileReport> compile_context(const Engine& e, const std::string& contex
                                       ProgressFn progress) {
   if (e.gpu()) return gpu_compile_context(e, context_text, cp, out_path, progress);
   const ModelConfig& c = e.model().config();
-  SQZ_ASSIGN_OR_RETURN(const std::vector<int32_t> toks, context_tokens(e, context_text, cp));
-  const int64_t n = (int64_t)toks.size();
+  SQZ_ASSIGN_OR_RETURN(ContextCapture cap, context_capture(e, context_text, cp));
+  const int64_t n = cap.n_ctx;
+  const std::vector<int32_t>& toks = cap.tokens;
   const int nt = e.params().n_threads;
   CompileReport rep;
   rep.n_ctx = n;
-  ContextCapture cap;
-  cap.n_layer = c.n_layer;
-  cap.n_head = c.n_head;
-  cap.n_head_kv = c.n_head_kv;
-  cap.head_dim = c.head_dim;
-  cap.n_ctx = n;
-  cap.tokens = toks;
-  cap.q_obs.assign((size_t)c.n_layer,
-                   std::vector<float>((size_t)(cp.obs_window * c.n_head * c.head_dim)));
   {
     KvCache cache;
     cache.init(c.n_layer, c.n_head_kv, c.head_dim, n, DType::kF32);

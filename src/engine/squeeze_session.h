@@ -37,10 +37,11 @@ Result<CompileReport> compile_context(const Engine& e, const std::string& contex
 
 PackFingerprint engine_fingerprint(const Engine& e);
 
-// Token ids of the pack's prefix (template + context) for compile_context on any device; an
-// error when they leave no room for a question or cannot hold the observation window.
-Result<std::vector<int32_t>> context_tokens(const Engine& e, const std::string& context_text,
-                                            const CompileParams& cp);
+// The capture compile_context fills on any device: shapes, the token ids of the pack's prefix
+// (template + context) and room for the observation window's queries (K/V left empty). An error
+// when the tokens leave no room for a question or cannot hold the observation window.
+Result<ContextCapture> context_capture(const Engine& e, const std::string& context_text,
+                                       const CompileParams& cp);
 
 // Alternative key selection, used for evaluation baselines (StreamingLLM, Quest-style pages,
 // oracle top-k, random). plan() fills sel[h].ranges (rows of the pack's clustered,

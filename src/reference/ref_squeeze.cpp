@@ -100,107 +100,24 @@ RefKmeansResult ref_kmeans(const float* X, const float* w, int64_t n, int64_t d,
 
 std::vector<double> ref_cluster_scores(const float* Q, int64_t nqv, double scale, const float* C,
                                        const float* sizes, int k, int64_t d) {
-  std::vector<double> s((size_t)k, 0.0);
-  for (int64_t v = 0; v < nqv; v++) {
-    std::vector<double> l((size_t)k);
-    double m = -std::numeric_limits<double>::infinity();
-    for (int j = 0; j < k; j++) {
-      double x = 0.0;
-      for (int64_t t = 0; t < d; t++) x += (double)Q[v * d + t] * scale * C[j * d + t];
-      l[(size_t)j] = x;
-      m = std::max(m, x);
-    }
-    double D = 0.0;
-    for (int j = 0; j < k; j++) D += sizes[j] * std::exp(l[(size_t)j] - m);
-    for (int j = 0; j < k; j++) s[(size_t)j] += std::exp(l[(size_t)j] - m) / D;
-  }
-  for (double& x : s) x /= (double)nqv;
-  return s;
+  // The mean estimator is the general reference without variances and radii.
+  return ref_cluster_scores_est(Q, nqv, scale, C, nullptr, nullptr, sizes, k, d);
 }
 
 std::vector<double> ref_cluster_scores_hier(const float* Q, int64_t nqv, double scale,
                                             const float* C, const float* sizes, int k,
                                             const float* CC, const int32_t* coarse_ranges,
                                             int n_coarse, const uint8_t* survive, int64_t d) {
-  std::vector<double> s((size_t)k, std::numeric_limits<double>::quiet_NaN());
-  std::vector<uint8_t> cmp((size_t)k, 0);
-  for (int c = 0; c < n_coarse; c++)
-    if (survive[c])
-      for (int32_t j = coarse_ranges[c]; j < coarse_ranges[c + 1]; j++) {
-        cmp[(size_t)j] = 1;
-        s[(size_t)j] = 0.0;
-      }
-  for (int64_t v = 0; v < nqv; v++) {
-    auto logit = [&](const float* c) {
-      double x = 0.0;
-      for (int64_t t = 0; t < d; t++) x += (double)Q[v * d + t] * scale * c[t];
-      return x;
-    };
-    double m = -std::numeric_limits<double>::infinity();
-    std::vector<double> l((size_t)k), L((size_t)n_coarse);
-    for (int j = 0; j < k; j++)
-      if (cmp[(size_t)j]) m = std::max(m, l[(size_t)j] = logit(C + j * d));
-    for (int c = 0; c < n_coarse; c++)
-      if (!survive[c]) m = std::max(m, L[(size_t)c] = logit(CC + c * d));
-    double D = 0.0;
-    for (int j = 0; j < k; j++)
-      if (cmp[(size_t)j]) D += sizes[j] * std::exp(l[(size_t)j] - m);
-    for (int c = 0; c < n_coarse; c++)
-      if (!survive[c]) {
-        double N = 0.0;
-        for (int32_t j = coarse_ranges[c]; j < coarse_ranges[c + 1]; j++) N += sizes[j];
-        D += N * std::exp(L[(size_t)c] - m);
-      }
-    for (int j = 0; j < k; j++)
-      if (cmp[(size_t)j]) s[(size_t)j] += std::exp(l[(size_t)j] - m) / D;
-  }
-  for (int j = 0; j < k; j++)
-    if (cmp[(size_t)j]) s[(size_t)j] /= (double)nqv;
-  return s;
+  return ref_cluster_scores_hier_est(Q, nqv, scale, C, nullptr, nullptr, sizes, k, CC, nullptr,
+                                     nullptr, coarse_ranges, n_coarse, survive, d);
 }
 
 RefSelection ref_select(const float* q, int64_t t0, int64_t t1, int n_head, int n_head_kv, int h,
                         int64_t d, const float* C, const float* sizes, const int32_t* offsets,
                         int k, const float* CC, const int32_t* coarse_ranges, int n_coarse,
                         int levels, double tf, double tc) {
-  const int group = n_head / n_head_kv;
-  std::vector<float> Q;
-  for (int64_t t = t0; t < t1; t++)
-    for (int g = 0; g < group; g++)
-      for (int64_t x = 0; x < d; x++) Q.push_back(q[(t * n_head + h * group + g) * d + x]);
-  const int64_t nqv = (t1 - t0) * group;
-  const double scale = 1.0 / std::sqrt((double)d);
-  RefSelection r;
-  if (levels < 2 || n_coarse == 0) {
-    r.fine_scores = ref_cluster_scores(Q.data(), nqv, scale, C, sizes, k, d);
-    r.centroids_compared = k;
-  } else {
-    std::vector<float> csz((size_t)n_coarse, 0.0f);
-    for (int c = 0; c < n_coarse; c++)
-      for (int32_t j = coarse_ranges[c]; j < coarse_ranges[c + 1]; j++) csz[(size_t)c] += sizes[j];
-    r.coarse_scores = ref_cluster_scores(Q.data(), nqv, scale, CC, csz.data(), n_coarse, d);
-    std::vector<uint8_t> surv((size_t)n_coarse);
-    r.centroids_compared = n_coarse;
-    for (int c = 0; c < n_coarse; c++) {
-      surv[(size_t)c] = r.coarse_scores[(size_t)c] >= tc;
-      if (surv[(size_t)c]) r.centroids_compared += coarse_ranges[c + 1] - coarse_ranges[c];
-    }
-    r.fine_scores = ref_cluster_scores_hier(Q.data(), nqv, scale, C, sizes, k, CC, coarse_ranges,
-                                            n_coarse, surv.data(), d);
-  }
-  for (int j = 0; j < k; j++) {
-    const double s = r.fine_scores[(size_t)j];
-    if (std::isnan(s) || !(s >= tf)) continue;
-    r.clusters.push_back(j);
-    r.kept_keys += offsets[j + 1] - offsets[j];
-    if (!r.ranges.empty() && r.ranges.back() == offsets[j])
-      r.ranges.back() = offsets[j + 1];
-    else {
-      r.ranges.push_back(offsets[j]);
-      r.ranges.push_back(offsets[j + 1]);
-    }
-  }
-  return r;
+  return ref_select_est(q, t0, t1, n_head, n_head_kv, h, d, C, nullptr, nullptr, sizes, offsets, k,
+                        CC, nullptr, nullptr, coarse_ranges, n_coarse, levels, tf, tc);
 }
 
 RefClusterStats ref_cluster_stats(const float* X, const int32_t* perm, const int32_t* offsets,

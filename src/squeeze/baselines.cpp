@@ -384,52 +384,50 @@ void MassMeter::measure_block(int layer, int h, const float* q, int64_t n_q, Hea
   const Pack& pk = idx_.pack();
   const int64_t n = pk.n_clustered(), no = pk.n_obs(), d = pk.head_dim();
   const int64_t nqv = n_q * group;
-  {
-    s.mask.assign((size_t)n, 0);
-    for (const RowRange& r : hs.ranges)
-      std::fill(s.mask.begin() + r.begin, s.mask.begin() + r.end, (uint8_t)1);
-    if (sinks_ > 0) {
-      // Union with the sink rows, as the session's sink_tokens does; ranges re-merged.
-      const int32_t* inv = idx_.inv_perm(layer, h);
-      for (int64_t p = 0; p < std::min<int64_t>(sinks_, n); p++) s.mask[(size_t)inv[p]] = 1;
-      hs.kept_keys = mask_to_ranges(s.mask.data(), n, hs.ranges);
+  s.mask.assign((size_t)n, 0);
+  for (const RowRange& r : hs.ranges)
+    std::fill(s.mask.begin() + r.begin, s.mask.begin() + r.end, (uint8_t)1);
+  if (sinks_ > 0) {
+    // Union with the sink rows, as the session's sink_tokens does; ranges re-merged.
+    const int32_t* inv = idx_.inv_perm(layer, h);
+    for (int64_t p = 0; p < std::min<int64_t>(sinks_, n); p++) s.mask[(size_t)inv[p]] = 1;
+    hs.kept_keys = mask_to_ranges(s.mask.data(), n, hs.ranges);
+  }
+  if (nqv == 0) return;
+  s.Q.resize((size_t)(nqv * d));
+  for (int64_t t = 0; t < n_q; t++)
+    for (int64_t g = 0; g < group; g++) {
+      const float* qr = q + (t * pk.n_head() + h * group + g) * d;
+      float* dst = s.Q.data() + (t * group + g) * d;
+      for (int64_t i = 0; i < d; i++) dst[i] = qr[i] * scale;
     }
-    if (nqv == 0) return;
-    s.Q.resize((size_t)(nqv * d));
-    for (int64_t t = 0; t < n_q; t++)
-      for (int64_t g = 0; g < group; g++) {
-        const float* qr = q + (t * pk.n_head() + h * group + g) * d;
-        float* dst = s.Q.data() + (t * group + g) * d;
-        for (int64_t i = 0; i < d; i++) dst[i] = qr[i] * scale;
-      }
-    s.S.resize((size_t)(nqv * std::max<int64_t>(n, 1)));
-    s.So.resize((size_t)(nqv * std::max<int64_t>(no, 1)));
-    if (n > 0)
-      cpu::centroid_dots(s.Q.data(), nqv, d, d, idx_.clustered_keys_t(layer, h).data(), n, 0, n,
-                         s.S.data(), n);
-    if (no > 0)
-      cpu::centroid_dots(s.Q.data(), nqv, d, d, idx_.obs_keys_t(layer, h).data(), no, 0, no,
-                         s.So.data(), no);
-    for (int64_t r = 0; r < nqv; r++) {
-      const float* l = s.S.data() + r * n;
-      const float* lo = s.So.data() + r * no;
-      float m = -std::numeric_limits<float>::infinity();
-      for (int64_t j = 0; j < n; j++) m = std::max(m, l[j]);
-      for (int64_t j = 0; j < no; j++) m = std::max(m, lo[j]);
-      double tot = 0, kept = 0;
-      for (int64_t j = 0; j < n; j++) {
-        const double p = std::exp((double)(l[j] - m));
-        tot += p;
-        if (s.mask[(size_t)j]) kept += p;
-      }
-      for (int64_t j = 0; j < no; j++) {
-        const double p = std::exp((double)(lo[j] - m));
-        tot += p;
-        kept += p;
-      }
-      s.sum += kept / tot;
-      s.n++;
+  s.S.resize((size_t)(nqv * std::max<int64_t>(n, 1)));
+  s.So.resize((size_t)(nqv * std::max<int64_t>(no, 1)));
+  if (n > 0)
+    cpu::centroid_dots(s.Q.data(), nqv, d, d, idx_.clustered_keys_t(layer, h).data(), n, 0, n,
+                       s.S.data(), n);
+  if (no > 0)
+    cpu::centroid_dots(s.Q.data(), nqv, d, d, idx_.obs_keys_t(layer, h).data(), no, 0, no,
+                       s.So.data(), no);
+  for (int64_t r = 0; r < nqv; r++) {
+    const float* l = s.S.data() + r * n;
+    const float* lo = s.So.data() + r * no;
+    float m = -std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j < n; j++) m = std::max(m, l[j]);
+    for (int64_t j = 0; j < no; j++) m = std::max(m, lo[j]);
+    double tot = 0, kept = 0;
+    for (int64_t j = 0; j < n; j++) {
+      const double p = std::exp((double)(l[j] - m));
+      tot += p;
+      if (s.mask[(size_t)j]) kept += p;
     }
+    for (int64_t j = 0; j < no; j++) {
+      const double p = std::exp((double)(lo[j] - m));
+      tot += p;
+      kept += p;
+    }
+    s.sum += kept / tot;
+    s.n++;
   }
 }
 

@@ -3,23 +3,23 @@
 // below are those structs').
 #include "backend/cuda/fwd/dequant.h"
 #include "backend/cuda/fwd/fwd_common.cuh"
+#include "core/dtype.h"
 
 namespace sqz::fwd {
 namespace {
 
-enum : uint32_t {
-  kF32 = 0,
-  kF16 = 1,
-  kQ4_0 = 2,
-  kQ4_1 = 3,
-  kQ5_0 = 6,
-  kQ5_1 = 7,
-  kQ8_0 = 8,
-  kQ4_K = 12,
-  kQ5_K = 13,
-  kQ6_K = 14,
-  kBF16 = 30,
-};
+// ggml type ids as plain integers (template arguments), from the project's one DType table.
+constexpr uint32_t kF32 = (uint32_t)DType::kF32;
+constexpr uint32_t kF16 = (uint32_t)DType::kF16;
+constexpr uint32_t kQ4_0 = (uint32_t)DType::kQ4_0;
+constexpr uint32_t kQ4_1 = (uint32_t)DType::kQ4_1;
+constexpr uint32_t kQ5_0 = (uint32_t)DType::kQ5_0;
+constexpr uint32_t kQ5_1 = (uint32_t)DType::kQ5_1;
+constexpr uint32_t kQ8_0 = (uint32_t)DType::kQ8_0;
+constexpr uint32_t kQ4_K = (uint32_t)DType::kQ4_K;
+constexpr uint32_t kQ5_K = (uint32_t)DType::kQ5_K;
+constexpr uint32_t kQ6_K = (uint32_t)DType::kQ6_K;
+constexpr uint32_t kBF16 = (uint32_t)DType::kBF16;
 
 // 6-bit scale / min of sub-block j of a Q4_K / Q5_K block (cpu::unpack_k_scale).
 __device__ __forceinline__ void k_scale(const uint8_t* s, int j, int* sc, int* mn) {
