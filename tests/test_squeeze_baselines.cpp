@@ -539,7 +539,7 @@ TEST(BaselinesModel, MassMeterMatchesSession) {
         SelectParams sp;
         sp.levels = levels;
         sp.block = block;
-        sp.percentile = p.percentile_for_budget(0.2, p.n_coarse() > 0 ? levels : 1);
+        sp.percentile = p.percentile_for_budget(0.2, budget_table_levels(sp, p.n_coarse() > 0));
         look.set_params(sp);
         MassMeter meter(*f->idx, &look, sinks, 2);
         AskParams wrapped;

@@ -160,6 +160,8 @@ TEST(SqueezeCalib, MeasuredKeptMatchesSelectorOnWindow) {
       SelectParams sp;
       sp.percentile = p;
       sp.levels = levels;
+      // kept_hier is measured with the calibrated coarse rule.
+      sp.coarse_rule = SelectParams::CoarseRule::kCalibrated;
       double kept = 0;
       for (int l = 0; l < pack.n_layer(); l++) {
         sel.plan(l, f.synth.cap.q_obs[(size_t)l].data(), pack.n_obs(), sp, out);

@@ -437,12 +437,16 @@ TEST(SqueezeEstimator, SelectorMatchesReference) {
     int64_t checked = 0, ambiguous = 0;
     for (int l = 0; l < pk.n_layer(); l++)
       for (int64_t n_q : {1, 9})
-        for (int levels : {1, 2})
+        for (int rule : {1, 2, 3})  // levels 1; levels 2 calibrated; levels 2 child bound
           for (double p : {0.6, 0.9}) {
             const std::vector<float> q = test::make_user_queries(f->synth, f->spec, l, n_q, rng);
+            const int levels = rule == 1 ? 1 : 2;
+            const bool child = rule == 3;
             SelectParams sp;
             sp.percentile = p;
             sp.levels = levels;
+            sp.coarse_rule = child ? SelectParams::CoarseRule::kChildBound
+                                   : SelectParams::CoarseRule::kCalibrated;
             sp.estimator = Estimator::kMeanVar;
             sel.plan(l, q.data(), n_q, sp, out);
             const double tf = pk.threshold_for(p, CentroidLevel::kFine, Estimator::kMeanVar);
@@ -454,9 +458,13 @@ TEST(SqueezeEstimator, SelectorMatchesReference) {
                   pk.fine_centroids(l, h), pk.fine_var(l, h), pk.fine_radius(l, h),
                   pk.fine_sizes(l, h), pk.fine_offsets(l, h), pk.n_fine(),
                   pk.coarse_centroids(l, h), pk.coarse_var(l, h), pk.coarse_radius(l, h),
-                  pk.coarse_ranges(l, h), pk.n_coarse(), levels, tf, tc);
+                  pk.coarse_ranges(l, h), pk.n_coarse(), levels, tf, tc,
+                  child ? sp.child_bound_scale : std::numeric_limits<double>::quiet_NaN());
               bool coarse_flip = false;
-              for (double s : r.coarse_scores) coarse_flip |= std::fabs(s - tc) <= kRelTol * tc;
+              if (child)
+                for (double s : r.child_scores) coarse_flip |= std::fabs(s - tf) <= kRelTol * tf;
+              else
+                for (double s : r.coarse_scores) coarse_flip |= std::fabs(s - tc) <= kRelTol * tc;
               if (coarse_flip) {
                 ambiguous += pk.n_fine();
                 continue;

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <limits>
 #include <set>
 
 #include "reference/ref_squeeze.h"
@@ -99,17 +100,23 @@ void compare_with_ref(const Pack& pk, int l, int h, const float* q, int64_t t0, 
   const double tf = pk.threshold_for(sp.percentile, CentroidLevel::kFine);
   const double tc = pk.threshold_for(pc, CentroidLevel::kCoarse);
   const int levels = sp.levels >= 2 && pk.n_coarse() > 0 ? 2 : 1;
-  const ref::RefSelection r = ref::ref_select(
-      q, t0, t1, pk.n_head(), pk.n_head_kv(), h, pk.head_dim(), pk.fine_centroids(l, h),
-      pk.fine_sizes(l, h), pk.fine_offsets(l, h), pk.n_fine(), pk.coarse_centroids(l, h),
-      pk.coarse_ranges(l, h), pk.n_coarse(), levels, tf, tc);
-  EXPECT_EQ(got.centroids_compared, r.centroids_compared);
-  if (levels == 2)
-    for (double s : r.coarse_scores)
-      if (std::fabs(s - tc) <= eps * tc) {  // a coarse flip changes the fine candidates
+  const bool child = sp.coarse_rule == SelectParams::CoarseRule::kChildBound;
+  const ref::RefSelection r = ref::ref_select_est(
+      q, t0, t1, pk.n_head(), pk.n_head_kv(), h, pk.head_dim(), pk.fine_centroids(l, h), nullptr,
+      nullptr, pk.fine_sizes(l, h), pk.fine_offsets(l, h), pk.n_fine(), pk.coarse_centroids(l, h),
+      nullptr, nullptr, pk.coarse_ranges(l, h), pk.n_coarse(), levels, tf, tc,
+      child ? sp.child_bound_scale : std::numeric_limits<double>::quiet_NaN());
+  if (levels == 2) {
+    // A coarse decision within float error of its threshold changes the fine candidates.
+    const std::vector<double>& cs = child ? r.child_scores : r.coarse_scores;
+    const double t = child ? tf : tc;
+    for (double s : cs)
+      if (std::fabs(s - t) <= eps * t) {
         cmp.skipped++;
         return;
       }
+  }
+  EXPECT_EQ(got.centroids_compared, r.centroids_compared);
   const std::set<int32_t> ours = clusters_of(pk, l, h, got);
   const std::set<int32_t> want(r.clusters.begin(), r.clusters.end());
   for (int j = 0; j < pk.n_fine(); j++) {
@@ -135,11 +142,12 @@ TEST(SqueezeSelect, MatchesReferenceAsSets) {
     for (int l = 0; l < pk.n_layer(); l++)
       for (int64_t n_q : {1, 7, 33}) {
         const std::vector<float> q = test::make_user_queries(f->synth, f->spec, l, n_q, rng);
-        for (int levels : {1, 2})
+        for (int levels : {1, 2, 3})  // 3: two levels with the calibrated coarse rule
           for (double p : {0.6, 0.9, 0.97}) {
             SelectParams sp;
             sp.percentile = p;
-            sp.levels = levels;
+            sp.levels = std::min(levels, 2);
+            if (levels == 3) sp.coarse_rule = SelectParams::CoarseRule::kCalibrated;
             sel.plan(l, q.data(), n_q, sp, out);
             ASSERT_EQ((int)out.size(), pk.n_head_kv());
             for (int h = 0; h < pk.n_head_kv(); h++)
@@ -166,6 +174,7 @@ TEST(SqueezeSelect, AllCoarseSurvivingEqualsSingleLevel) {
       one.percentile = two.percentile = p;
       one.levels = 1;
       two.levels = 2;
+      two.coarse_rule = SelectParams::CoarseRule::kCalibrated;
       two.coarse_percentile = 0.0;  // percentile 0 keeps every coarse cluster
       sel.plan(l, q.data(), 13, one, a);
       sel.plan(l, q.data(), 13, two, b);

@@ -49,6 +49,10 @@ struct EvalConfig {
   std::string squeeze_estimator = "auto";  // SelectParams::estimator: auto, mean, mean_var
   std::string squeeze_alloc = "global";    // SelectParams::alloc: global or head
   double squeeze_head_floor = 0;           // SelectParams::head_floor (global allocation)
+  // SelectParams::coarse_rule for squeeze_h: "child" (best-child bound vs the fine
+  // threshold, the product default) or "calibrated" (the coarse level's own threshold).
+  std::string squeeze_coarse_rule = "child";
+  double squeeze_child_scale = 1.5;  // SelectParams::child_bound_scale
   // Compile.
   double clusters = 0.05;
   double coarse = 0.01;
@@ -105,9 +109,10 @@ Result<EvalRunSummary> run_eval(const EvalConfig& cfg, const EvalOptions& opt);
 // The squeezed `budget` argument (fraction of clustered keys to keep) aimed at a total budget
 // `target` for a pack with these sizes: target minus the observation window minus the expected
 // centroid comparisons (levels 1: every fine centroid; levels 2: every coarse centroid plus
-// the fine centroids of the surviving coarse clusters, about 2x the kept fraction of them),
-// converted to a fraction of the clustered keys and clamped to [0.002, 1].
+// the fine centroids of the surviving coarse clusters: about 60% of them with the child rule,
+// about 2x the kept fraction of them with the calibrated rule), converted to a fraction of
+// the clustered keys and clamped to [0.002, 1].
 double squeeze_kept_target(double target, int64_t n_ctx, int64_t n_obs, int n_fine, int n_coarse,
-                           int levels);
+                           int levels, bool child_rule = true);
 
 }  // namespace sqz::eval

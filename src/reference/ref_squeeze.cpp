@@ -228,11 +228,69 @@ std::vector<double> ref_cluster_scores_hier_est(const float* Q, int64_t nqv, dou
   return s;
 }
 
+std::vector<double> ref_child_bound_scores(const float* Q, int64_t nqv, double scale,
+                                           const float* C, const float* V, const float* R, int k,
+                                           const float* CC, const float* CV, const float* CR,
+                                           const int32_t* coarse_ranges, const float* coarse_sizes,
+                                           int n_coarse, int64_t d, double child_scale) {
+  (void)k;
+  // Per coarse cluster: the children's offsets from the coarse centroid, and the largest
+  // isotropic variance and radius among them.
+  std::vector<double> spread((size_t)n_coarse), viso((size_t)n_coarse, 0.0),
+      rmax((size_t)n_coarse, 0.0);
+  for (int c = 0; c < n_coarse; c++) {
+    double sum2 = 0.0, max2 = 0.0;
+    const int32_t j0 = coarse_ranges[c], j1 = coarse_ranges[c + 1];
+    for (int32_t j = j0; j < j1; j++) {
+      double e2 = 0.0;
+      for (int64_t t = 0; t < d; t++) {
+        const double e = (double)C[j * d + t] - (double)CC[c * d + t];
+        e2 += e * e;
+      }
+      sum2 += e2;
+      max2 = std::max(max2, e2);
+      if (V) {
+        double vs = 0.0;
+        for (int64_t t = 0; t < d; t++) vs += V[j * d + t];
+        viso[(size_t)c] = std::max(viso[(size_t)c], vs / (double)d);
+        rmax[(size_t)c] = std::max(rmax[(size_t)c], (double)R[j]);
+      }
+    }
+    const int64_t m = j1 - j0;
+    spread[(size_t)c] =
+        m > 1 ? std::min(std::sqrt(2.0 * std::log((double)m) * sum2 / (double)m / (double)d),
+                         std::sqrt(max2))
+              : std::sqrt(max2);
+  }
+  std::vector<double> s((size_t)n_coarse, 0.0);
+  for (int64_t i = 0; i < nqv; i++) {
+    const float* q = Q + i * d;
+    double qn2 = 0.0;
+    for (int64_t t = 0; t < d; t++) qn2 += (scale * q[t]) * (scale * q[t]);
+    const double qn = std::sqrt(qn2);
+    std::vector<double> L((size_t)n_coarse);
+    double m = -std::numeric_limits<double>::infinity();
+    for (int c = 0; c < n_coarse; c++)
+      m = std::max(m, L[(size_t)c] = ref_cluster_logit(
+                          q, scale, CC + c * d, CV ? CV + c * d : nullptr, CR ? CR[c] : 0, d));
+    double D = 0.0;
+    for (int c = 0; c < n_coarse; c++) D += coarse_sizes[c] * std::exp(L[(size_t)c] - m);
+    for (int c = 0; c < n_coarse; c++) {
+      const double dot = ref_cluster_logit(q, scale, CC + c * d, nullptr, 0, d);
+      const double b = dot + child_scale * qn * spread[(size_t)c] +
+                       std::min(0.5 * qn2 * viso[(size_t)c], qn * rmax[(size_t)c]);
+      s[(size_t)c] += std::exp(b - m) / D;
+    }
+  }
+  for (double& x : s) x /= (double)nqv;
+  return s;
+}
+
 RefSelection ref_select_est(const float* q, int64_t t0, int64_t t1, int n_head, int n_head_kv,
                             int h, int64_t d, const float* C, const float* V, const float* R,
                             const float* sizes, const int32_t* offsets, int k, const float* CC,
                             const float* CV, const float* CR, const int32_t* coarse_ranges,
-                            int n_coarse, int levels, double tf, double tc) {
+                            int n_coarse, int levels, double tf, double tc, double child_scale) {
   const int group = n_head / n_head_kv;
   std::vector<float> Q;
   for (int64_t t = t0; t < t1; t++)
@@ -252,9 +310,13 @@ RefSelection ref_select_est(const float* q, int64_t t0, int64_t t1, int n_head, 
     r.coarse_scores =
         ref_cluster_scores_est(Q.data(), nqv, scale, CC, CV, CR, csz.data(), n_coarse, d);
     std::vector<uint8_t> surv((size_t)n_coarse);
+    const bool child = !std::isnan(child_scale);
+    if (child)
+      r.child_scores = ref_child_bound_scores(Q.data(), nqv, scale, C, V, R, k, CC, CV, CR,
+                                              coarse_ranges, csz.data(), n_coarse, d, child_scale);
     int64_t compared = n_coarse;
     for (int c = 0; c < n_coarse; c++) {
-      surv[(size_t)c] = r.coarse_scores[(size_t)c] >= tc;
+      surv[(size_t)c] = child ? r.child_scores[(size_t)c] >= tf : r.coarse_scores[(size_t)c] >= tc;
       if (surv[(size_t)c]) compared += coarse_ranges[c + 1] - coarse_ranges[c];
     }
     r.centroids_compared = vecs * compared;

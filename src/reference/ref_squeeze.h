@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 namespace sqz::ref {
@@ -49,6 +50,7 @@ struct RefSelection {
   int64_t centroids_compared = 0;
   std::vector<double> fine_scores;    // [k] (NaN where not compared)
   std::vector<double> coarse_scores;  // [n_coarse] (levels 2 only)
+  std::vector<double> child_scores;   // [n_coarse] best-child bound scores (child rule only)
 };
 
 // The whole lookup for one KV head h and query tokens [t0, t1) of q ([n_q, n_head, d], unscaled):
@@ -95,7 +97,21 @@ RefSelection ref_select_est(const float* q, int64_t t0, int64_t t1, int n_head, 
                             int h, int64_t d, const float* C, const float* V, const float* R,
                             const float* sizes, const int32_t* offsets, int k, const float* CC,
                             const float* CV, const float* CR, const int32_t* coarse_ranges,
-                            int n_coarse, int levels, double tf, double tc);
+                            int n_coarse, int levels, double tf, double tc,
+                            double child_scale = std::numeric_limits<double>::quiet_NaN());
+
+// SelectParams::CoarseRule::kChildBound (docs/squeeze.md): for each coarse cluster C, the
+// estimated score of its best child, exp(B_C) / sum_C' N_C' exp(L_C') averaged over the query
+// vectors, with L_C the coarse logit (V/R as for the coarse level) and
+//   B_C = scale q·C + child_scale |scale q| spread_C + min(½ |scale q|² max_j v̄_j,
+//         |scale q| max_j r_j),
+//   spread_C = min(sqrt(2 ln m · mean_j |c_j - C|² / d), max_j |c_j - C|) over its m children
+// (v̄_j: mean over dimensions of V's row j; the correction is 0 without V).
+std::vector<double> ref_child_bound_scores(const float* Q, int64_t nqv, double scale,
+                                           const float* C, const float* V, const float* R, int k,
+                                           const float* CC, const float* CV, const float* CR,
+                                           const int32_t* coarse_ranges, const float* coarse_sizes,
+                                           int n_coarse, int64_t d, double child_scale);
 
 // Quantile of a weighted sample: the smallest value v (ascending) whose cumulative weight
 // including it exceeds p * total weight (the definition in docs/squeeze.md).

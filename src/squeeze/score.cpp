@@ -72,6 +72,45 @@ void HeadCentroidsT::build(const HeadCentroidsView& v, Estimator e) {
       for (int32_t j = v.coarse_ranges[c]; j < v.coarse_ranges[c + 1]; j++) s += v.fine_sizes[j];
       coarse_sizes[(size_t)c] = (float)s;
     }
+    build_child_bounds(v, (var || iso) && v.fine_var && v.fine_radius);
+  }
+}
+
+void HeadCentroidsT::build_child_bounds(const HeadCentroidsView& v, bool corr) {
+  const int64_t d = v.head_dim;
+  child_spread.assign((size_t)v.n_coarse, 0.0f);
+  child_iso.assign((size_t)v.n_coarse, 0.0f);
+  child_r.assign((size_t)v.n_coarse, 0.0f);
+  for (int c = 0; c < v.n_coarse; c++) {
+    const float* C = v.coarse_centroids + (int64_t)c * d;
+    const int32_t j0 = v.coarse_ranges[c], j1 = v.coarse_ranges[c + 1];
+    double sum2 = 0.0, max2 = 0.0;
+    float vmax = 0.0f, rmax = 0.0f;
+    for (int32_t j = j0; j < j1; j++) {
+      const float* cj = v.fine_centroids + (int64_t)j * d;
+      double e2 = 0.0;
+      for (int64_t t = 0; t < d; t++) {
+        const double e = (double)cj[t] - (double)C[t];
+        e2 += e * e;
+      }
+      sum2 += e2;
+      max2 = std::max(max2, e2);
+      if (corr) {
+        double vs = 0.0;
+        for (int64_t t = 0; t < d; t++) vs += v.fine_var[(int64_t)j * d + t];
+        vmax = std::max(vmax, (float)(vs / (double)d));
+        rmax = std::max(rmax, v.fine_radius[j]);
+      }
+    }
+    const int64_t m = j1 - j0;
+    if (m > 1) {
+      const double gauss = std::sqrt(2.0 * std::log((double)m) * sum2 / (double)m / (double)d);
+      child_spread[(size_t)c] = (float)std::min(gauss, std::sqrt(max2));
+    } else {
+      child_spread[(size_t)c] = (float)std::sqrt(max2);
+    }
+    child_iso[(size_t)c] = vmax;
+    child_r[(size_t)c] = rmax;
   }
 }
 
@@ -138,13 +177,21 @@ void ClusterScorer::score_fine_all(const HeadCentroidsView& v, const HeadCentroi
 }
 
 void ClusterScorer::score_coarse(const HeadCentroidsView& v, const HeadCentroidsT& t,
-                                 const float* Q, int64_t nqv, double* scores) {
+                                 const float* Q, int64_t nqv, double* scores, double* bound,
+                                 double spread_scale) {
   const int64_t k = v.n_coarse;
   std::fill(scores, scores + k, 0.0);
+  if (bound) std::fill(bound, bound + k, 0.0);
   if (nqv <= 0 || k <= 0) return;
   lc_.resize((size_t)(nqv * k));
   ec_.resize((size_t)k);
   cluster_logits(t, true, Q, nqv, 0, k, lc_.data(), k, tmp_);
+  const int64_t hd = t.head_dim;
+  if (bound) {
+    // The bound needs the plain q·C; one more pass over the coarse means (1% of the keys).
+    lb_.resize((size_t)(nqv * k));
+    cpu::centroid_dots(Q, nqv, hd, t.dim, t.coarse_t.data(), k, 0, k, lb_.data(), k);
+  }
   for (int64_t q = 0; q < nqv; q++) {
     const float* l = lc_.data() + q * k;
     float m = -std::numeric_limits<float>::infinity();
@@ -156,9 +203,24 @@ void ClusterScorer::score_coarse(const HeadCentroidsView& v, const HeadCentroids
     }
     const double inv = 1.0 / D;
     for (int64_t c = 0; c < k; c++) scores[c] += ec_[(size_t)c] * inv;
+    if (!bound) continue;
+    const float* qv = Q + q * t.dim;
+    float q2 = 0.0f;
+    for (int64_t x = 0; x < hd; x++) q2 += qv[x] * qv[x];
+    const float qn = std::sqrt(q2);
+    const float* dots = lb_.data() + q * k;
+    for (int64_t c = 0; c < k; c++) {
+      const double b =
+          (double)dots[c] + spread_scale * (double)qn * t.child_spread[(size_t)c] +
+          std::min(0.5 * q2 * t.child_iso[(size_t)c], (double)qn * t.child_r[(size_t)c]);
+      // exp of (b - m) can exceed exp(0) since b bounds a child above its parent's mean.
+      bound[c] += std::exp(b - (double)m) * inv;
+    }
   }
   const double invq = 1.0 / (double)nqv;
   for (int64_t c = 0; c < k; c++) scores[c] *= invq;
+  if (bound)
+    for (int64_t c = 0; c < k; c++) bound[c] *= invq;
 }
 
 int64_t ClusterScorer::score_fine_hier(const HeadCentroidsView& v, const HeadCentroidsT& t,

@@ -70,8 +70,19 @@ struct HeadCentroidsT {
   std::vector<float> fine_iso;      // [n_fine] mean over dimensions of the variance (kMeanIso)
   std::vector<float> coarse_iso;    // [n_coarse] the same for the coarse level (kMeanIso)
   std::vector<float> coarse_sizes;  // [n_coarse] keys per coarse cluster
+  // Child bound of a coarse cluster C (CoarseRule::kChildBound): its best child's logit is
+  // estimated as q·C + |q| child_spread_C + min(½|q|² child_iso_C, |q| child_r_C), i.e. the
+  // expected maximum of q·(c_j - C) over its m children under an isotropic Gaussian model,
+  // min(sqrt(2 ln m · mean_j |c_j - C|² / d), max_j |c_j - C|), plus the largest kMeanIso
+  // correction among the children (0 for kMean; the isotropic form for kMeanVar too).
+  std::vector<float> child_spread;  // [n_coarse]
+  std::vector<float> child_iso;     // [n_coarse] max over children of the mean variance
+  std::vector<float> child_r;       // [n_coarse] max over children of the radius
   // est: kMean or kMeanVar (kMeanVar requires the view's variances and radii).
   void build(const HeadCentroidsView& v, Estimator est = Estimator::kMean);
+
+ private:
+  void build_child_bounds(const HeadCentroidsView& v, bool corr);
 };
 
 // Logits of clusters [j0, j1) of one level (fine, or coarse when `coarse`) for nqv query rows
@@ -96,9 +107,13 @@ class ClusterScorer {
   void score_fine_all(const HeadCentroidsView& v, const HeadCentroidsT& t, const float* Q,
                       int64_t nqv, double* scores);
   // Coarse level: scores[C] for every coarse cluster (coarse denominator). Keeps the coarse
-  // logits for a following score_fine_hier with the same Q.
+  // logits for a following score_fine_hier with the same Q. bound (optional, [n_coarse]): the
+  // estimated score of each coarse cluster's best child against the same denominator, with
+  // the child spread term multiplied by spread_scale (HeadCentroidsT::child_spread), for
+  // comparison with the fine threshold.
   void score_coarse(const HeadCentroidsView& v, const HeadCentroidsT& t, const float* Q,
-                    int64_t nqv, double* scores);
+                    int64_t nqv, double* scores, double* bound = nullptr,
+                    double spread_scale = 1.0);
   // Fine scores inside surviving coarse clusters (survive: [n_coarse] 0/1), two-level
   // denominator. scores[j] is written for compared clusters only. Returns the number of fine
   // centroids compared.
@@ -109,6 +124,7 @@ class ClusterScorer {
   std::vector<float> lf_;      // [nqv, n_fine] fine logits, then exp(l - m) in place
   std::vector<float> lc_;      // [nqv, n_coarse] coarse logits (kept raw)
   std::vector<float> ec_;      // [n_coarse] exp(L - m) for one query vector
+  std::vector<float> lb_;      // [nqv, n_coarse] coarse dot products q·C (child bound)
   std::vector<double> acc_;    // [max(n_fine, n_coarse)] score accumulators
   std::vector<int32_t> cols_;  // compared fine column ranges as [begin, end) pairs
   std::vector<float> tmp_;     // cluster_logits scratch

@@ -16,6 +16,7 @@ struct SelectorImpl {
     ClusterScorer scorer;
     std::vector<float> Q;          // [block tokens * group, head_dim] scaled queries
     std::vector<double> sf, sc;    // [n_fine], [n_coarse] scores
+    std::vector<double> sb;        // [n_coarse] best-child scores (CoarseRule::kChildBound)
     std::vector<uint8_t> survive;  // [n_coarse]
     std::vector<uint8_t> keepf;    // [n_fine] 1 = fine cluster kept
     std::vector<int32_t> order;    // cluster indices sorted by score (top-k / floor)
@@ -33,6 +34,7 @@ struct SelectorImpl {
     for (Scratch& s : scratch) {
       s.sf.resize((size_t)p.n_fine());
       s.sc.resize((size_t)p.n_coarse());
+      s.sb.resize((size_t)p.n_coarse());
       s.survive.resize((size_t)p.n_coarse());
       s.keepf.resize((size_t)p.n_fine());
       s.added.resize((size_t)p.n_coarse());
@@ -118,9 +120,14 @@ struct SelectorImpl {
         covered = top_up(s.order, s.sf.data(), s.keepf.data(), covered, target, fine_size);
       }
     } else {
-      s.scorer.score_coarse(v, t, s.Q.data(), nqv, s.sc.data());
-      for (int c = 0; c < v.n_coarse; c++)
-        s.survive[(size_t)c] = !per_head && s.sc[(size_t)c] >= tc;
+      const bool child = !per_head && sp.coarse_rule == SelectParams::CoarseRule::kChildBound;
+      s.scorer.score_coarse(v, t, s.Q.data(), nqv, s.sc.data(), child ? s.sb.data() : nullptr,
+                            sp.child_bound_scale);
+      // Coarse ranking: the best-child bound against the fine threshold, or the coarse score
+      // against the coarse threshold.
+      const double* rank = child ? s.sb.data() : s.sc.data();
+      const double tr = child ? tf : tc;
+      for (int c = 0; c < v.n_coarse; c++) s.survive[(size_t)c] = !per_head && rank[c] >= tr;
       if (per_head) {
         // The coarse level keeps coarse_factor times the fine target, so the fine top-k has
         // room to choose.
@@ -151,7 +158,7 @@ struct SelectorImpl {
         std::copy(s.survive.begin(), s.survive.begin() + v.n_coarse, s.added.begin());
         s.order.resize((size_t)v.n_coarse);
         for (int32_t c = 0; c < v.n_coarse; c++) s.order[(size_t)c] = c;
-        top_up(s.order, s.sc.data(), s.added.data(), covered, target, coarse_size);
+        top_up(s.order, rank, s.added.data(), covered, target, coarse_size);
         for (int c = 0; c < v.n_coarse; c++)
           if (s.added[(size_t)c] && !s.survive[(size_t)c])
             for (int32_t j = v.coarse_ranges[c]; j < v.coarse_ranges[c + 1]; j++)

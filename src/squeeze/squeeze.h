@@ -182,7 +182,20 @@ struct SelectParams {
   double percentile = 0.9;  // keep clusters scoring >= the calibrated quantile at this percentile
   int levels = 2;           // 1: all fine centroids; 2: coarse first (1 if the pack has none)
   double coarse_percentile = -1;  // < 0: auto_coarse_percentile(percentile)
-  int64_t block = 0;              // > 0: one selection per block of this many query tokens
+  // Which coarse clusters survive with levels = 2 (kGlobal):
+  //  kCalibrated: coarse score >= the coarse level's own calibrated threshold (at
+  //    coarse_percentile): the paper's rule.
+  //  kChildBound: the estimated score of the coarse cluster's best child (HeadCentroidsT::
+  //    child_spread) >= the fine threshold, i.e. "could a child pass the fine test?"; no coarse
+  //    threshold is used. docs/squeeze.md compares the two.
+  enum class CoarseRule : int { kCalibrated = 0, kChildBound = 1 };
+  CoarseRule coarse_rule = CoarseRule::kChildBound;
+  // kChildBound: multiplier of the child-spread term. The Gaussian maximum (1.0) assumes the
+  // children's offsets look isotropic from the query; they do not (the projections are
+  // heavier-tailed), and 1.5 was the smallest value at which the two-level lookup matched the
+  // single level's KL on the estimator probe (docs/squeeze.md, "Coarse rule").
+  double child_bound_scale = 1.5;
+  int64_t block = 0;  // > 0: one selection per block of this many query tokens
   // Not NaN: use this score threshold at both levels instead of the calibrated ones
   // (-inf keeps every cluster: squeezed attention then equals dense attention).
   double threshold_override = std::numeric_limits<double>::quiet_NaN();
@@ -206,6 +219,17 @@ struct SelectParams {
   // starved by the global threshold.
   double head_floor = 0;
 };
+
+// Which kept-fraction column of the calibration table maps a budget to a percentile for these
+// params: the two-level column (kept_hier, measured with the calibrated coarse rule) only when
+// that rule is used; the child rule keeps about what the single level keeps, so it maps
+// through the single-level column (measured on the estimator probe, docs/squeeze.md).
+inline int budget_table_levels(const SelectParams& sp, bool pack_has_coarse) {
+  return pack_has_coarse && sp.levels >= 2 &&
+                 sp.coarse_rule == SelectParams::CoarseRule::kCalibrated
+             ? 2
+             : 1;
+}
 
 struct HeadSelection {
   std::vector<RowRange> ranges;  // rows of clustered_kv(layer, h), ascending, disjoint, merged

@@ -36,6 +36,8 @@ struct SqueezeFlags {
   int sinks = -1;  // < 0: the default (AskParams::sink_tokens)
   std::string alloc = "global";
   double coarse_percentile = -1;
+  std::string coarse_rule = "child";
+  double child_scale = 1.5;
   double head_floor = 0;
   bool mass = false;
 };
@@ -61,8 +63,16 @@ void add_squeeze_flags(CLI::App* app, SqueezeFlags& f, bool pack_required) {
          "--alloc", f.alloc,
          "key budget across heads: global (one calibrated threshold) or head (top-k per head)")
       ->check(CLI::IsMember({"global", "head"}));
+  app->add_option("--coarse-rule", f.coarse_rule,
+                  "levels 2: which coarse clusters survive: child (best-child estimate passes "
+                  "the fine threshold) or calibrated (the coarse level's own threshold)")
+      ->check(CLI::IsMember({"child", "calibrated"}));
+  app->add_option("--child-scale", f.child_scale,
+                  "--coarse-rule child: multiplier of the child-spread term (default 1.5)")
+      ->check(CLI::Range(0.0, 100.0));
   app->add_option("--coarse-percentile", f.coarse_percentile,
-                  "levels 2: percentile of the coarse threshold (default: max(0, 2p - 1))")
+                  "--coarse-rule calibrated: percentile of the coarse threshold (default: "
+                  "max(0, 2p - 1))")
       ->check(CLI::Range(0.0, 1.0));
   app->add_option("--head-floor", f.head_floor,
                   "global allocation: each head keeps at least this fraction of its keys")
@@ -92,6 +102,11 @@ Result<AskParams> ask_params(const SqueezeFlags& f, const GenFlags& g, const Pac
       f.alloc == "head" ? SelectParams::Alloc::kPerHead : SelectParams::Alloc::kGlobal;
   ap.select.head_floor = f.head_floor;
   ap.select.coarse_percentile = f.coarse_percentile;
+  ap.select.coarse_rule = f.coarse_rule == "calibrated" ? SelectParams::CoarseRule::kCalibrated
+                                                        : SelectParams::CoarseRule::kChildBound;
+  ap.select.child_bound_scale = f.child_scale;
+  if (f.coarse_percentile >= 0 && ap.select.coarse_rule != SelectParams::CoarseRule::kCalibrated)
+    return Error(Code::kInvalidArgument, "--coarse-percentile needs --coarse-rule calibrated");
   if (ap.select.alloc == SelectParams::Alloc::kPerHead && f.budget < 0)
     return Error(Code::kInvalidArgument, "--alloc head needs --budget");
   return ap;
