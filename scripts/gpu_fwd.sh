@@ -134,7 +134,9 @@ random.seed(7); L='bcdfjkmpqvxyz'; n=${CTX_BYTES:-131060}; s=[]
 while sum(map(len, s)) < n: s.append(' ' + ''.join(random.choice(L) for _ in range(5)))
 print(''.join(s)[:n], end='')" > "$W/ctx.txt"
   local cj
-  cj=$("$SQZ" compile --device cuda -m "$M" --context "$W/ctx.txt" --out "$P" --json --threads 16) || return 1
+  # The JSON's stage_trace: the GPU compile's stage breakdown (docs/cuda.md, "Compile").
+  cj=$("$SQZ" compile --device cuda -m "$M" --context "$W/ctx.txt" --out "$P" \
+    --json --threads 16) || return 1
   echo "$cj"
   jl "{\"bench\": \"compile_cuda\", \"model\": \"random llama3-8b shape q4_0 vocab 4096\", \"result\": $cj}"
   ls -la "$P"

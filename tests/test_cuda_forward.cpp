@@ -21,7 +21,17 @@
 #include "core/fp16.h"
 #include "engine/gpu_session.h"
 #include "formats/random_model.h"
+#include "squeeze/squeeze_external.h"
+#include "test_squeeze_synth.h"
 #include "util/test_util.h"
+
+#if SQZ_HAVE_CUDA
+#include <cuda_runtime_api.h>
+
+#include "backend/cuda/fwd/dev_buffer.h"
+#include "backend/cuda/fwd/gpu_attention.h"
+#include "engine/gpu_compile.h"
+#endif
 
 namespace sqz {
 namespace {
@@ -275,6 +285,8 @@ TEST(CudaForward, TinyCompileAndAsk) {
   AskParams sq;
   sq.select.percentile = 0.8;
   sq.select.estimator = Estimator::kMean;  // the CUDA lookup's estimator, for the CPU too
+  // ... and its coarse rule (the CPU's default is the child bound, which the CUDA lookup lacks).
+  sq.select.coarse_rule = SelectParams::CoarseRule::kCalibrated;
   AskResult ss, sc;
   auto ls = ask_first_logits(*gpu, P, q, sq, &ss);
   ASSERT_TRUE(ls.ok()) << ls.status().message();
@@ -292,6 +304,164 @@ TEST(CudaForward, TinyCompileAndAsk) {
   // score sits within the f16 / f32 rounding of the threshold (and by the sink rows' sizes).
   EXPECT_NEAR(ss.kept_fraction, sc.kept_fraction, 0.03);
   fs::remove_all(dir);
+}
+
+// The device half of the GPU compile against the CPU code it replaces, on the same inputs:
+// cluster statistics from the same assignments (squeeze_context_external on the CPU,
+// HeadAssemblerGpu on the GPU), then the three calibration tables from the same clusters
+// (calibrate on the CPU, gpu_calibrate on the GPU). Keys are f16 values, as in the GPU cache.
+// Tolerances: layouts exactly equal; statistics to 1e-6 relative (f64 sums in the same order,
+// so in practice equal); thresholds to 1e-5 relative (logit dot products in another order, ~1e-7);
+// kept fractions to one cluster's weight (a cluster whose score ties the threshold to float
+// rounding may flip).
+TEST(CudaCompile, AssemblyAndCalibrationMatchCpu) {
+#if !SQZ_HAVE_CUDA
+  GTEST_SKIP() << "built without CUDA";
+#else
+  int n_dev = 0;
+  if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) GTEST_SKIP() << "no NVIDIA GPU";
+  for (int hd : {64, 128}) {
+    test::SynthSpec spec;
+    spec.n_layer = 2;
+    spec.n_head = 8;
+    spec.n_head_kv = 2;
+    spec.head_dim = hd;
+    spec.n_ctx = 3000;
+    spec.n_obs = 40;
+    test::SynthContext synth = test::make_synth(spec, test::test_seed() + (uint64_t)hd);
+    ContextCapture& cap = synth.cap;
+    for (auto* arr : {&cap.k, &cap.v})
+      for (auto& layer : *arr)
+        for (float& x : layer) x = fp16_to_fp32(fp32_to_fp16(x));
+    CompileParams cp;
+    cp.obs_window = spec.n_obs;
+    cp.clusters = 0.05;
+    cp.coarse = 0.01;
+    cp.n_threads = 4;
+    const int H = spec.n_head_kv, d = hd;
+    const int64_t n_ctx = spec.n_ctx, n = n_ctx - spec.n_obs, J = (int64_t)spec.n_layer * H;
+    // Assignments: the GPU K-means of each head (one cluster emptied in head 0 to exercise the
+    // fill step).
+    gpu::DevBuf keys;
+    ASSERT_TRUE(keys.alloc((size_t)J * n_ctx * d * 2, "test").ok());
+    std::vector<uint16_t> k16((size_t)n_ctx * d);
+    for (int64_t job = 0; job < J; job++) {
+      const float* src = cap.k[(size_t)(job / H)].data() + (job % H) * n_ctx * d;
+      for (size_t i = 0; i < k16.size(); i++) k16[i] = fp32_to_fp16(src[i]);
+      ASSERT_EQ(cudaMemcpy(keys.as<uint16_t>() + job * n_ctx * d, k16.data(), k16.size() * 2,
+                           cudaMemcpyHostToDevice),
+                cudaSuccess);
+    }
+    auto shape = squeeze_context_shape(cap, cp);
+    ASSERT_TRUE(shape.ok()) << shape.status().message();
+    const int kf = shape->n_fine, kc = shape->n_coarse;
+    ASSERT_GT(kc, 1);
+    std::vector<ExternalAssign> assign((size_t)J);
+    {
+      gpu::KmeansGpu km;
+      ASSERT_TRUE(km.init(n, d, kf, nullptr).ok());
+      for (int64_t job = 0; job < J; job++) {
+        ExternalAssign& a = assign[(size_t)job];
+        ASSERT_TRUE(km.run(keys.as<uint16_t>() + job * n_ctx * d, n, kf, kc, 10, 11 + job, 23 + job,
+                           a.fine_assign, a.coarse_of)
+                        .ok());
+        a.fine_iters = a.coarse_iters = 10;
+      }
+      for (int32_t& x : assign[0].fine_assign)
+        if (x == 0) x = 1;
+    }
+    auto cpu = squeeze_context_external(cap, cp,
+                                        [&](int l, int h, int, int, ExternalAssign& out) -> Status {
+                                          out = assign[(size_t)(l * H + h)];
+                                          return Status::Ok();
+                                        });
+    ASSERT_TRUE(cpu.ok()) << cpu.status().message();
+    const SqueezedContext& C = *cpu;
+
+    // Assembly.
+    gpu::HeadAssemblerGpu as;
+    ASSERT_TRUE(as.init(n, d, kf, kc, DType::kF16, nullptr).ok());
+    double worst_stat = 0, worst_obj = 0;
+    int64_t rows_differ = 0;
+    for (int64_t job = 0; job < J; job++) {
+      ExternalAssign a = assign[(size_t)job];
+      HeadClusters hc;
+      ASSERT_TRUE(as.enqueue(0, keys.as<uint16_t>() + job * n_ctx * d, a, hc).ok());
+      auto rows = as.collect(0, hc);
+      ASSERT_TRUE(rows.ok()) << rows.status().message();
+      const HeadClusters& ref = C.heads[(size_t)job];
+      ASSERT_EQ(hc.perm, ref.perm) << "head " << job;
+      ASSERT_EQ(hc.fine_offsets, ref.fine_offsets);
+      ASSERT_EQ(hc.fine_sizes, ref.fine_sizes);
+      ASSERT_EQ(hc.coarse_ranges, ref.coarse_ranges);
+      auto cmp = [&](const std::vector<float>& g, const std::vector<float>& c) {
+        ASSERT_EQ(g.size(), c.size());
+        for (size_t i = 0; i < g.size(); i++)
+          worst_stat = std::max(
+              worst_stat, std::fabs((double)g[i] - c[i]) / std::max(1.0, std::fabs((double)c[i])));
+      };
+      cmp(hc.fine_centroids, ref.fine_centroids);
+      cmp(hc.fine_var, ref.fine_var);
+      cmp(hc.fine_radius, ref.fine_radius);
+      cmp(hc.coarse_centroids, ref.coarse_centroids);
+      cmp(hc.coarse_var, ref.coarse_var);
+      cmp(hc.coarse_radius, ref.coarse_radius);
+      worst_obj = std::max(worst_obj, std::fabs(hc.fine_objective - ref.fine_objective) /
+                                          std::max(1.0, std::fabs(ref.fine_objective)));
+      worst_obj = std::max(worst_obj, std::fabs(hc.coarse_objective - ref.coarse_objective) /
+                                          std::max(1.0, std::fabs(ref.coarse_objective)));
+      const uint16_t* g = static_cast<const uint16_t*>(*rows);
+      const float* src = cap.k[(size_t)(job / H)].data() + (job % H) * n_ctx * d;
+      for (int64_t r = 0; r < n; r++)
+        for (int t = 0; t < d; t++)
+          rows_differ += g[r * d + t] != fp32_to_fp16(src[(int64_t)ref.perm[(size_t)r] * d + t]);
+    }
+    std::printf(
+        "[cuda-compile] hd %d: assembly vs CPU: worst statistic %.3e, objective %.3e, K rows "
+        "differing %lld\n",
+        hd, worst_stat, worst_obj, (long long)rows_differ);
+    EXPECT_LE(worst_stat, 1e-6);
+    EXPECT_LE(worst_obj, 1e-9);
+    EXPECT_EQ(rows_differ, 0);
+
+    // Calibration, on the CPU's clusters.
+    SqueezedContext G = C;
+    G.calib = G.calib_var = G.calib_iso = CalibTable{};
+    const Status gs = gpu::gpu_calibrate(cap.q_obs, G, nullptr);
+    ASSERT_TRUE(gs.ok()) << gs.message();
+    double wmax = 0;
+    for (const HeadClusters& hc : C.heads)
+      for (float x : hc.fine_sizes) wmax = std::max(wmax, (double)x);
+    const double one_cluster = wmax / ((double)J * (double)n) + 1e-12;
+    const char* names[3] = {"mean", "mean_var", "mean_iso"};
+    const CalibTable* ct[3] = {&C.calib, &C.calib_var, &C.calib_iso};
+    const CalibTable* gt[3] = {&G.calib, &G.calib_var, &G.calib_iso};
+    for (int e = 0; e < 3; e++) {
+      const CalibTable &a = *gt[e], &b = *ct[e];
+      ASSERT_EQ(a.percentiles, b.percentiles);
+      ASSERT_EQ(a.fine_threshold.size(), b.fine_threshold.size());
+      ASSERT_EQ(a.coarse_threshold.size(), b.coarse_threshold.size());
+      ASSERT_EQ(a.kept_fine.size(), b.kept_fine.size());
+      ASSERT_EQ(a.kept_hier.size(), b.kept_hier.size());
+      double thr = 0, kf_ = 0, kh = 0;
+      for (size_t g = 0; g < b.percentiles.size(); g++) {
+        thr = std::max(thr, std::fabs(a.fine_threshold[g] - b.fine_threshold[g]) /
+                                std::max(1e-300, std::fabs(b.fine_threshold[g])));
+        thr = std::max(thr, std::fabs(a.coarse_threshold[g] - b.coarse_threshold[g]) /
+                                std::max(1e-300, std::fabs(b.coarse_threshold[g])));
+        kf_ = std::max(kf_, std::fabs(a.kept_fine[g] - b.kept_fine[g]));
+        kh = std::max(kh, std::fabs(a.kept_hier[g] - b.kept_hier[g]));
+      }
+      std::printf(
+          "[cuda-compile] hd %d %s: GPU vs CPU calibration: thresholds %.3e relative, kept_fine "
+          "%.3e, kept_hier %.3e (one cluster %.3e)\n",
+          hd, names[e], thr, kf_, kh, one_cluster);
+      EXPECT_LE(thr, 1e-5) << names[e];
+      EXPECT_LE(kf_, one_cluster) << names[e];
+      EXPECT_LE(kh, one_cluster) << names[e];
+    }
+  }
+#endif
 }
 
 // The planted-fact context (as tests/test_squeeze_e2e.cpp builds it, from the repository's own

@@ -7,9 +7,12 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include "core/fp16.h"
 #include "squeeze/pack.h"
+#include "squeeze/pack_stream.h"
+#include "squeeze/squeeze_external.h"
 #include "squeeze/xxh64.h"
 #include "test_squeeze_synth.h"
 #include "util/test_util.h"
@@ -374,6 +377,136 @@ TEST(SqueezePack, FingerprintMismatchNamesField) {
     EXPECT_NE(s.message().find(field), std::string::npos) << s.message();
   }
   fs::remove(c.path);
+}
+
+// Section table of a pack file: id -> (offset, size).
+std::map<uint32_t, std::pair<uint64_t, uint64_t>> section_map(const std::vector<uint8_t>& b) {
+  std::map<uint32_t, std::pair<uint64_t, uint64_t>> m;
+  uint32_t n;
+  std::memcpy(&n, b.data() + 12, 4);
+  for (uint32_t i = 0; i < n; i++) {
+    const uint8_t* e = b.data() + 64 + 32 * i;
+    uint32_t id;
+    uint64_t off, size;
+    std::memcpy(&id, e, 4);
+    std::memcpy(&off, e + 8, 8);
+    std::memcpy(&size, e + 16, 8);
+    m[id] = {off, size};
+  }
+  return m;
+}
+
+// K/V rows of every head in the pack's storage type: the clustered rows in perm order
+// (clustered = true) or the observation window's.
+std::vector<uint8_t> kv_rows(const SqueezedContext& sc, const std::vector<std::vector<float>>& src,
+                             bool clustered, int64_t job) {
+  const int64_t d = sc.head_dim, n = clustered ? sc.n_clustered : sc.n_obs;
+  const size_t esz = sc.params.kv_type == DType::kF32 ? 4 : 2;
+  const int l = (int)(job / sc.n_head_kv), h = (int)(job % sc.n_head_kv);
+  const float* base = src[(size_t)l].data() + (int64_t)h * sc.n_ctx * d;
+  std::vector<uint8_t> out((size_t)(n * d) * esz);
+  for (int64_t r = 0; r < n; r++) {
+    const float* x =
+        base + (clustered ? sc.heads[(size_t)job].perm[(size_t)r] : sc.n_clustered + r) * d;
+    for (int64_t t = 0; t < d; t++) {
+      if (esz == 4)
+        std::memcpy(out.data() + (size_t)(r * d + t) * 4, x + t, 4);
+      else
+        ((f16_t*)out.data())[r * d + t] = fp32_to_fp16(x[t]);
+    }
+  }
+  return out;
+}
+
+// The streaming writer (GPU compile) writes the same sections as pack_write: same sizes, same
+// bytes; only the file order differs (meta last). One case spans several 64 MiB staging blocks.
+TEST(SqueezePack, StreamWriterMatchesPackWrite) {
+  struct Case {
+    DType kv;
+    double coarse;
+    int64_t n_ctx;
+    int n_obs;
+    double clusters;
+  };
+  for (const Case& cs :
+       {Case{DType::kF16, 0.03, 501, 37, 0.1}, Case{DType::kF32, 0.0, 333, 20, 0.1},
+        Case{DType::kF16, 16, 140000, 64, 128}}) {
+    test::SynthSpec spec;
+    spec.n_layer = 2;
+    spec.n_head = 4;
+    spec.n_head_kv = 2;
+    spec.n_ctx = cs.n_ctx;
+    spec.n_obs = cs.n_obs;
+    const test::SynthContext synth = test::make_synth(spec, test::test_seed() + 7);
+    CompileParams p;
+    p.obs_window = cs.n_obs;
+    p.clusters = cs.clusters;
+    p.coarse = cs.coarse;
+    p.kv_type = cs.kv;
+    p.n_threads = 2;
+    // Fixed assignments (the large case would spend seconds in K-means): row i -> i mod k_f.
+    auto fixed = [&](int, int, int k_f, int k_c, ExternalAssign& a) -> Status {
+      a.fine_assign.resize((size_t)(cs.n_ctx - cs.n_obs));
+      for (size_t i = 0; i < a.fine_assign.size(); i++) a.fine_assign[i] = (int32_t)(i % k_f);
+      a.coarse_of.assign(k_c > 0 ? (size_t)k_f : 0, 0);
+      for (int j = 0; j < k_f && k_c > 0; j++) a.coarse_of[(size_t)j] = j % k_c;
+      return Status::Ok();
+    };
+    auto r = squeeze_context_external(synth.cap, p, fixed);
+    ASSERT_TRUE(r.ok()) << r.status().message();
+    const SqueezedContext& sc = *r;
+    const PackFingerprint fp = test::synth_fingerprint(spec);
+    const std::string a = test::temp_pack_path("ref"), b = test::temp_pack_path("stream");
+    ASSERT_TRUE(pack_write(sc, synth.cap, fp, a).ok());
+
+    auto w = PackStreamWriter::create(b);
+    ASSERT_TRUE(w.ok()) << w.status().message();
+    const int64_t jobs = (int64_t)sc.n_layer * sc.n_head_kv;
+    ASSERT_TRUE((*w)->begin(PackSection::kTokens).ok());
+    ASSERT_TRUE((*w)->append(synth.cap.tokens.data(), synth.cap.tokens.size() * 4).ok());
+    ASSERT_TRUE((*w)->end().ok());
+    std::vector<uint8_t> k_obs, v_obs;
+    for (int which = 0; which < 2; which++) {
+      const auto& src = which ? synth.cap.v : synth.cap.k;
+      ASSERT_TRUE((*w)->begin(which ? PackSection::kVClustered : PackSection::kKClustered).ok());
+      for (int64_t job = 0; job < jobs; job++) {
+        const std::vector<uint8_t> rows = kv_rows(sc, src, true, job);
+        // Uneven pieces, so appends straddle the staging blocks at odd offsets.
+        for (size_t o = 0; o < rows.size();) {
+          const size_t take = std::min<size_t>(rows.size() - o, 3 * 1000 * 1000 + 7);
+          ASSERT_TRUE((*w)->append(rows.data() + o, take).ok());
+          o += take;
+        }
+        const std::vector<uint8_t> obs = kv_rows(sc, src, false, job);
+        (which ? v_obs : k_obs).insert((which ? v_obs : k_obs).end(), obs.begin(), obs.end());
+      }
+      ASSERT_TRUE((*w)->end().ok());
+    }
+    const Status fs_ = (*w)->finish(sc, fp, k_obs.data(), v_obs.data());
+    ASSERT_TRUE(fs_.ok()) << fs_.message();
+    std::printf("[pack] stream writer: %llu bytes, O_DIRECT %s\n",
+                (unsigned long long)(*w)->bytes(), (*w)->direct_io() ? "yes" : "no");
+    EXPECT_EQ((*w)->bytes(), fs::file_size(b));
+    EXPECT_FALSE(fs::exists(b + ".tmp." + std::to_string(::getpid())));
+
+    auto pb = Pack::open(b);
+    ASSERT_TRUE(pb.ok()) << pb.status().message();
+    const std::vector<uint8_t> fa = read_all(a), fb = read_all(b);
+    const auto ta = section_map(fa), tb = section_map(fb);
+    ASSERT_EQ(ta.size(), (size_t)kPackSectionCount);
+    ASSERT_EQ(tb.size(), (size_t)kPackSectionCount);
+    uint64_t last = 0;
+    for (const auto& [id, e] : ta) {
+      const auto& f = tb.at(id);
+      ASSERT_EQ(e.second, f.second) << pack_section_name(id);
+      EXPECT_EQ(0, std::memcmp(fa.data() + e.first, fb.data() + f.first, e.second))
+          << pack_section_name(id);
+      last = std::max(last, f.first);
+    }
+    EXPECT_EQ(tb.at((uint32_t)PackSection::kMeta).first, last) << "meta is the last section";
+    fs::remove(a);
+    fs::remove(b);
+  }
 }
 
 TEST(SqueezePack, AtomicWriteAndCaptureValidation) {

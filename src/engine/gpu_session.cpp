@@ -8,8 +8,8 @@
 
 #include "backend/cuda/fwd/gpu_attention.h"
 #include "backend/cuda/fwd/gpu_llama.h"
-#include "squeeze/kmeans.h"
-#include "squeeze/squeeze_external.h"
+#include "core/clock.h"
+#include "engine/gpu_compile.h"
 #endif
 
 namespace sqz {
@@ -21,10 +21,6 @@ struct GpuBackend {
 };
 
 namespace {
-
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
 // Tokens per GPU forward call: large enough to fill the GEMMs and give the dense attention
 // kernel (one CTA per 128 query rows x KV head) a few waves; --batch raises it.
@@ -126,41 +122,10 @@ Result<CompileReport> gpu_compile_context(const Engine& e, const std::string& co
     SQZ_RETURN_IF_ERROR(m.sync());
     rep.prefill_s = now_s() - t0;
   }
-  const double t1 = now_s();
-  cap.k.resize((size_t)c.n_layer);
-  cap.v.resize((size_t)c.n_layer);
-  for (int l = 0; l < c.n_layer; l++) {
-    cap.k[(size_t)l].resize((size_t)(n * c.n_head_kv * c.head_dim));
-    cap.v[(size_t)l].resize((size_t)(n * c.n_head_kv * c.head_dim));
-    SQZ_RETURN_IF_ERROR(
-        cache.read_f32(l, n, cap.k[(size_t)l].data(), cap.v[(size_t)l].data(), m.stream()));
-  }
-  rep.capture_s = now_s() - t1;
-  // GPU K-means straight from the device KV cache (rows [0, n_clustered) of each head). A fixed
-  // number of Lloyd steps: testing the tolerance would cost a host sync per step.
-  const int iters = std::min(cp.max_iters, kGpuKmeansIters);
-  gpu::KmeansGpu km;
-  bool km_ready = false;
-  const int64_t n_clustered = n - cp.obs_window;
-  auto cluster = [&](int l, int h, int k_f, int k_c, ExternalAssign& out) -> Status {
-    if (!km_ready) {
-      SQZ_RETURN_IF_ERROR(km.init(n_clustered, c.head_dim, k_f, m.stream()));
-      km_ready = true;
-    }
-    const auto* base = static_cast<const uint16_t*>(cache.k(l)) + (int64_t)h * n * c.head_dim;
-    SQZ_RETURN_IF_ERROR(km.run(base, n_clustered, k_f, k_c, iters,
-                               kmeans_job_seed(cp.seed, l, h, 0), kmeans_job_seed(cp.seed, l, h, 1),
-                               out.fine_assign, out.coarse_of));
-    out.fine_iters = iters;
-    out.coarse_iters = k_c > 0 ? iters : 0;
-    return Status::Ok();
-  };
-  const double t2 = now_s();
-  SQZ_ASSIGN_OR_RETURN(SqueezedContext sc, squeeze_context_external(cap, cp, cluster));
-  CompileStats st = sc.stats;
-  SQZ_RETURN_IF_ERROR(pack_write(sc, cap, engine_fingerprint(e), out_path, &st));
-  st.total_s = now_s() - t2;
-  rep.stats = st;
+  // K/V stay on the device: K-means, cluster statistics, the gathers into the pack's row order
+  // and the calibration run there, and the pack is streamed as heads finish (gpu_compile.cpp).
+  SQZ_RETURN_IF_ERROR(gpu::gpu_squeeze_and_write(cache, cap, cp, engine_fingerprint(e), out_path,
+                                                 m.stream(), kGpuKmeansIters, rep));
   return rep;
 }
 

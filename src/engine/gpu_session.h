@@ -28,8 +28,10 @@ Result<GenerateResult> gpu_generate(const Engine& e, const std::vector<int32_t>&
 Result<std::vector<float>> gpu_prompt_logits(const Engine& e, const std::vector<int32_t>& tokens,
                                              int64_t n_logits);
 
-// compile_context on the GPU: prefill, capture, GPU K-means, then the shared calibration and
-// pack writer. CompileReport::capture_s is the K/V readback to the host.
+// compile_context on the GPU: prefill, then gpu_squeeze_and_write (engine/gpu_compile.h): K/V
+// stay on the device for the K-means, cluster statistics and calibration, and the pack is
+// streamed from there. CompileReport::capture_s is the K/V check and the observation window's
+// copy to the host.
 Result<CompileReport> gpu_compile_context(const Engine& e, const std::string& context_text,
                                           const CompileParams& cp, const std::string& out_path,
                                           ProgressFn progress);

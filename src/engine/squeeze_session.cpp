@@ -5,6 +5,7 @@
 #include <cmath>
 #include <limits>
 
+#include "core/clock.h"
 #include "core/fp16.h"
 #include "engine/gpu_session.h"
 #include "model/kv_cache.h"
@@ -12,10 +13,6 @@
 namespace sqz {
 
 namespace {
-
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
 // Dense attention over the context being compiled, keeping the queries of the observation
 // window (post-RoPE) for calibration.

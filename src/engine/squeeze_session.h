@@ -27,6 +27,10 @@ struct CompileReport {
   double prefill_s = 0;
   double capture_s = 0;  // --device cuda: K/V readback to the host (0 on the CPU)
   CompileStats stats;    // kmeans / calibration / write split
+  // --device cuda: one line with the GPU compile's overlapped stages (the K/V check, K-means +
+  // assembly + K rows, V rows beside the calibration, finish, disk busy time); `sqz compile
+  // --json` prints it as "stage_trace". Empty on the CPU.
+  std::string stage_trace;
 };
 
 // Prefills the context (chunked, progress), captures post-RoPE K/V and the observation

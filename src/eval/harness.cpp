@@ -13,6 +13,7 @@
 #include <sstream>
 #include <thread>
 
+#include "core/clock.h"
 #include "core/mmap_file.h"
 #include "engine/squeeze_session.h"
 #include "eval/rng.h"
@@ -33,10 +34,6 @@ double cpu_s() {
   getrusage(RUSAGE_SELF, &u);
   return (double)u.ru_utime.tv_sec + 1e-6 * (double)u.ru_utime.tv_usec + (double)u.ru_stime.tv_sec +
          1e-6 * (double)u.ru_stime.tv_usec;
-}
-
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 // FNV-1a: a portable string hash for seeding (std::hash differs between libraries).

@@ -88,6 +88,58 @@ double calib_percentile_for_budget(const CalibTable& t, double fraction, int lev
   return best_p;
 }
 
+void calib_thresholds(const SqueezedContext& sc, const std::vector<std::vector<double>>& sf,
+                      const std::vector<std::vector<double>>& scs,
+                      const std::vector<const float*>& coarse_sizes, CalibTable& T) {
+  const int64_t jobs = (int64_t)sc.n_layer * sc.n_head_kv;
+  const int kf = sc.n_fine, kc = sc.n_coarse;
+  const size_t G = T.percentiles.size();
+  // Global size-weighted distributions and their quantiles.
+  const double W = (double)jobs * (double)sc.n_clustered;
+  std::vector<WeightedScore> fi, ci;
+  fi.reserve((size_t)(jobs * kf));
+  for (int64_t job = 0; job < jobs; job++)
+    for (int j = 0; j < kf; j++)
+      fi.push_back({sf[(size_t)job][(size_t)j], sc.heads[(size_t)job].fine_sizes[(size_t)j]});
+  auto by_score = [](const WeightedScore& a, const WeightedScore& b) { return a.score < b.score; };
+  std::stable_sort(fi.begin(), fi.end(), by_score);
+  T.fine_threshold.resize(G);
+  T.coarse_threshold.assign(G, 0.0);
+  T.kept_fine.resize(G);
+  for (size_t g = 0; g < G; g++)
+    T.fine_threshold[g] = weighted_quantile_sorted(fi, W, T.percentiles[g]);
+  if (kc > 0) {
+    for (int64_t job = 0; job < jobs; job++)
+      for (int c = 0; c < kc; c++)
+        ci.push_back({scs[(size_t)job][(size_t)c], coarse_sizes[(size_t)job][c]});
+    std::stable_sort(ci.begin(), ci.end(), by_score);
+    for (size_t g = 0; g < G; g++)
+      T.coarse_threshold[g] = weighted_quantile_sorted(ci, W, T.percentiles[g]);
+  }
+  // Kept fraction at each fine threshold: suffix weight of items scoring >= it.
+  std::vector<double> suffix(fi.size() + 1, 0.0);
+  for (size_t i = fi.size(); i-- > 0;) suffix[i] = suffix[i + 1] + fi[i].weight;
+  for (size_t g = 0; g < G; g++) {
+    const size_t at = (size_t)(std::lower_bound(fi.begin(), fi.end(),
+                                                WeightedScore{T.fine_threshold[g], 0.0}, by_score) -
+                               fi.begin());
+    T.kept_fine[g] = suffix[at] / W;
+  }
+  T.kept_hier = T.kept_fine;
+}
+
+void calib_kept_hier(const SqueezedContext& sc, const std::vector<std::vector<double>>& kept_job,
+                     CalibTable& T) {
+  const int64_t jobs = (int64_t)sc.n_layer * sc.n_head_kv;
+  const double W = (double)jobs * (double)sc.n_clustered;
+  for (size_t g = 0; g < T.percentiles.size(); g++) {
+    if (kept_job.empty() || kept_job[0][g] < 0) continue;
+    double k = 0.0;
+    for (int64_t job = 0; job < jobs; job++) k += kept_job[(size_t)job][g];
+    T.kept_hier[g] = k / W;
+  }
+}
+
 namespace {
 
 // One estimator's table (T) from the window's queries.
@@ -127,43 +179,14 @@ void calibrate_estimator(const ContextCapture& cap, const SqueezedContext& sc, E
     }
   }
 
-  // Global size-weighted distributions and their quantiles.
-  const double W = (double)jobs * (double)sc.n_clustered;
-  std::vector<WeightedScore> fi, ci;
-  fi.reserve((size_t)(jobs * kf));
-  for (int64_t job = 0; job < jobs; job++)
-    for (int j = 0; j < kf; j++)
-      fi.push_back({sf[(size_t)job][(size_t)j], sc.heads[(size_t)job].fine_sizes[(size_t)j]});
-  auto by_score = [](const WeightedScore& a, const WeightedScore& b) { return a.score < b.score; };
-  std::stable_sort(fi.begin(), fi.end(), by_score);
-  T.fine_threshold.resize(G);
-  T.coarse_threshold.assign(G, 0.0);
-  T.kept_fine.resize(G);
-  for (size_t g = 0; g < G; g++)
-    T.fine_threshold[g] = weighted_quantile_sorted(fi, W, T.percentiles[g]);
-  if (kc > 0) {
-    for (int64_t job = 0; job < jobs; job++)
-      for (int c = 0; c < kc; c++)
-        ci.push_back({scs[(size_t)job][(size_t)c], ht[(size_t)job].coarse_sizes[(size_t)c]});
-    std::stable_sort(ci.begin(), ci.end(), by_score);
-    for (size_t g = 0; g < G; g++)
-      T.coarse_threshold[g] = weighted_quantile_sorted(ci, W, T.percentiles[g]);
-  }
-  // Kept fraction at each fine threshold: suffix weight of items scoring >= it.
-  std::vector<double> suffix(fi.size() + 1, 0.0);
-  for (size_t i = fi.size(); i-- > 0;) suffix[i] = suffix[i + 1] + fi[i].weight;
-  for (size_t g = 0; g < G; g++) {
-    const size_t at = (size_t)(std::lower_bound(fi.begin(), fi.end(),
-                                                WeightedScore{T.fine_threshold[g], 0.0}, by_score) -
-                               fi.begin());
-    T.kept_fine[g] = suffix[at] / W;
-  }
+  std::vector<const float*> csz((size_t)jobs, nullptr);
+  for (int64_t job = 0; job < jobs; job++) csz[(size_t)job] = ht[(size_t)job].coarse_sizes.data();
+  calib_thresholds(sc, sf, scs, csz, T);
 
   // Pass 2: kept fraction of the two-level lookup at each grid point (automatic coarse
   // percentile). The logits do not depend on the thresholds, so exponentials and per-coarse
   // partial sums are computed once per head with one max per query vector (a different but
   // equivalent normalisation than plan()'s: results agree up to float rounding).
-  T.kept_hier = T.kept_fine;
   if (kc > 0) {
     std::vector<std::vector<double>> kept_job((size_t)jobs, std::vector<double>(G, 0.0));
 #pragma omp parallel num_threads(nt)
@@ -231,12 +254,7 @@ void calibrate_estimator(const ContextCapture& cap, const SqueezedContext& sc, E
         }
       }
     }
-    for (size_t g = 0; g < G; g++) {
-      if (kept_job.empty() || kept_job[0][g] < 0) continue;
-      double k = 0.0;
-      for (int64_t job = 0; job < jobs; job++) k += kept_job[(size_t)job][g];
-      T.kept_hier[g] = k / W;
-    }
+    calib_kept_hier(sc, kept_job, T);
   }
 }
 

@@ -9,6 +9,7 @@
 #include <limits>
 #include <mutex>
 
+#include "core/clock.h"
 #include "squeeze/calib_internal.h"
 #include "squeeze/kmeans.h"
 #include "squeeze/squeeze.h"
@@ -40,17 +41,14 @@ bool parse_estimator(const std::string& s, Estimator* out) {
 
 namespace {
 
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
 // "< 1: fraction of n; >= 1: absolute count", clamped to [1, n].
 int resolve_count(double x, int64_t n) {
   const double c = x < 1.0 ? std::round(x * (double)n) : std::round(x);
   return (int)std::clamp<double>(c, 1.0, (double)n);
 }
 
-Status validate(const ContextCapture& cap, const CompileParams& p) {
+// check_kv = false: the K/V arrays may be empty (they live elsewhere, e.g. on a GPU).
+Status validate(const ContextCapture& cap, const CompileParams& p, bool check_kv = true) {
   if (cap.n_layer <= 0 || cap.n_head <= 0 || cap.n_head_kv <= 0 || cap.head_dim <= 0)
     return Error(Code::kInvalidArgument,
                  "capture: bad shape n_layer={} n_head={} n_head_kv={} head_dim={}", cap.n_layer,
@@ -81,13 +79,24 @@ Status validate(const ContextCapture& cap, const CompileParams& p) {
     return Error(Code::kInvalidArgument, "max_iters {} / tol {} / n_threads {} out of range",
                  p.max_iters, p.tol, p.n_threads);
   const size_t L = (size_t)cap.n_layer;
-  if (cap.k.size() != L || cap.v.size() != L || cap.q_obs.size() != L)
+  if ((check_kv && (cap.k.size() != L || cap.v.size() != L)) || cap.q_obs.size() != L)
     return Error(Code::kInvalidArgument, "capture: k/v/q_obs must have n_layer = {} entries", L);
   const size_t kv_n = (size_t)cap.n_head_kv * (size_t)cap.n_ctx * (size_t)cap.head_dim;
   const size_t q_n = (size_t)p.obs_window * (size_t)cap.n_head * (size_t)cap.head_dim;
   // f16 storage saturates beyond 65504; a larger K/V element would silently become inf.
   const float lim = p.kv_type == DType::kF16 ? 65504.0f : std::numeric_limits<float>::max();
   for (size_t l = 0; l < L; l++) {
+    if (!check_kv) {
+      if (cap.q_obs[l].size() != q_n)
+        return Error(Code::kInvalidArgument,
+                     "capture: layer {} q_obs has {} floats, expected [obs_window, n_head, "
+                     "head_dim] = {}",
+                     l, cap.q_obs[l].size(), q_n);
+      for (float x : cap.q_obs[l])
+        if (!std::isfinite(x))
+          return Error(Code::kInvalidArgument, "capture: layer {} q_obs has a non-finite value", l);
+      continue;
+    }
     if (cap.k[l].size() != kv_n || cap.v[l].size() != kv_n)
       return Error(Code::kInvalidArgument,
                    "capture: layer {} k/v have {}/{} floats, expected [n_head_kv, n_ctx, "
@@ -153,6 +162,44 @@ float rows_radius(const float* raw, const int32_t* perm, int32_t r0, int32_t r1,
   return f;
 }
 
+}  // namespace
+
+void head_layout(int64_t n, int k_f, int k_c, const std::vector<int32_t>& fine_assign,
+                 const std::vector<int32_t>& coarse_of, HeadClusters& out) {
+  std::vector<int64_t> cnt((size_t)k_f, 0);
+  for (int32_t a : fine_assign) cnt[(size_t)a]++;
+  // New fine order: by coarse cluster, then old index, so each coarse cluster's children (and
+  // hence its keys) are contiguous.
+  std::vector<int32_t> order((size_t)k_f), new_of((size_t)k_f);
+  for (int j = 0; j < k_f; j++) order[(size_t)j] = j;
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+    return coarse_of[(size_t)a] < coarse_of[(size_t)b];
+  });
+  for (int j = 0; j < k_f; j++) new_of[(size_t)order[(size_t)j]] = j;
+
+  out.fine_offsets.assign((size_t)k_f + 1, 0);
+  out.fine_sizes.resize((size_t)k_f);
+  for (int j = 0; j < k_f; j++) {
+    const int64_t c = cnt[(size_t)order[(size_t)j]];
+    out.fine_sizes[(size_t)j] = (float)c;
+    out.fine_offsets[(size_t)j + 1] = out.fine_offsets[(size_t)j] + (int32_t)c;
+  }
+  // Rows: counting sort by new cluster id, stable in original position.
+  out.perm.assign((size_t)n, 0);
+  std::vector<int32_t> fill(out.fine_offsets.begin(), out.fine_offsets.end() - 1);
+  for (int64_t i = 0; i < n; i++)
+    out.perm[(size_t)fill[(size_t)new_of[(size_t)fine_assign[(size_t)i]]]++] = (int32_t)i;
+  out.coarse_ranges.assign(1, 0);
+  if (k_c > 0) {
+    out.coarse_ranges.assign((size_t)k_c + 1, 0);
+    for (int j = 0; j < k_f; j++)
+      out.coarse_ranges[(size_t)coarse_of[(size_t)order[(size_t)j]] + 1]++;
+    for (int c = 0; c < k_c; c++) out.coarse_ranges[(size_t)c + 1] += out.coarse_ranges[(size_t)c];
+  }
+}
+
+namespace {
+
 // Rows, centroids, variances and radii of one head from its cluster assignments (raw: [n, d]
 // keys in original order; fine_assign: [n]; coarse_of: [k_f], all zero when k_c == 0).
 void assemble_head(const float* raw, int64_t n, int64_t d, int k_f, int k_c,
@@ -202,29 +249,7 @@ void cluster_head(const float* raw, int64_t n, int64_t d, int k_f, int k_c, int 
 void assemble_head(const float* raw, int64_t n, int64_t d, int k_f, int k_c,
                    const std::vector<int32_t>& fine_assign, const std::vector<int32_t>& coarse_of,
                    ClusterScratch& s, HeadClusters& out) {
-  std::vector<int64_t> cnt((size_t)k_f, 0);
-  for (int32_t a : fine_assign) cnt[(size_t)a]++;
-  // New fine order: by coarse cluster, then old index, so each coarse cluster's children (and
-  // hence its keys) are contiguous.
-  std::vector<int32_t> order((size_t)k_f), new_of((size_t)k_f);
-  for (int j = 0; j < k_f; j++) order[(size_t)j] = j;
-  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
-    return coarse_of[(size_t)a] < coarse_of[(size_t)b];
-  });
-  for (int j = 0; j < k_f; j++) new_of[(size_t)order[(size_t)j]] = j;
-
-  out.fine_offsets.assign((size_t)k_f + 1, 0);
-  out.fine_sizes.resize((size_t)k_f);
-  for (int j = 0; j < k_f; j++) {
-    const int64_t c = cnt[(size_t)order[(size_t)j]];
-    out.fine_sizes[(size_t)j] = (float)c;
-    out.fine_offsets[(size_t)j + 1] = out.fine_offsets[(size_t)j] + (int32_t)c;
-  }
-  // Rows: counting sort by new cluster id, stable in original position.
-  out.perm.assign((size_t)n, 0);
-  std::vector<int32_t> fill(out.fine_offsets.begin(), out.fine_offsets.end() - 1);
-  for (int64_t i = 0; i < n; i++)
-    out.perm[(size_t)fill[(size_t)new_of[(size_t)fine_assign[(size_t)i]]]++] = (int32_t)i;
+  head_layout(n, k_f, k_c, fine_assign, coarse_of, out);
 
   // Representative centroids: means of the RAW keys (they score q·c like real keys do).
   s.acc.assign((size_t)(k_f * d), 0.0);
@@ -256,15 +281,10 @@ void assemble_head(const float* raw, int64_t n, int64_t d, int k_f, int k_c,
         rows_radius(raw, out.perm.data(), out.fine_offsets[(size_t)j],
                     out.fine_offsets[(size_t)j + 1], d, out.fine_centroids.data() + (int64_t)j * d);
 
-  out.coarse_ranges.assign(1, 0);
   out.coarse_centroids.clear();
   out.coarse_var.clear();
   out.coarse_radius.clear();
   if (k_c > 0) {
-    out.coarse_ranges.assign((size_t)k_c + 1, 0);
-    for (int j = 0; j < k_f; j++)
-      out.coarse_ranges[(size_t)coarse_of[(size_t)order[(size_t)j]] + 1]++;
-    for (int c = 0; c < k_c; c++) out.coarse_ranges[(size_t)c + 1] += out.coarse_ranges[(size_t)c];
     out.coarse_centroids.assign((size_t)(k_c * d), 0.0f);
     out.coarse_var.assign((size_t)(k_c * d), 0.0f);
     out.coarse_radius.assign((size_t)k_c, 0.0f);
@@ -342,21 +362,7 @@ Result<SqueezedContext> squeeze_context(const ContextCapture& cap, const Compile
   st.kmeans_s = t1 - t0;
   st.n_fine = sc.n_fine;
   st.n_coarse = sc.n_coarse;
-  double fi = 0, ci = 0, fo = 0, co = 0, fr = 0, steps = 0;
-  for (const HeadClusters& hc : sc.heads) {
-    fi += hc.fine_iters;
-    ci += hc.coarse_iters;
-    fo += hc.fine_objective;
-    co += hc.coarse_objective;
-    fr += (double)hc.full_rows;
-    steps += (double)hc.fine_iters * (double)sc.n_clustered;
-    st.fine_iters_max = std::max(st.fine_iters_max, hc.fine_iters);
-  }
-  st.fine_iters_mean = fi / (double)jobs;
-  st.coarse_iters_mean = ci / (double)jobs;
-  st.fine_objective = fo / ((double)jobs * (double)sc.n_clustered);
-  st.coarse_objective = co / ((double)jobs * (double)sc.n_clustered);
-  st.full_row_fraction = steps > 0 ? fr / steps : 0.0;
+  summarize_kmeans(sc.heads, sc.n_clustered, st);
 
   SQZ_RETURN_IF_ERROR(calibrate(cap, sc, progress));
   st.calib_s = now_s() - t1;
@@ -411,9 +417,8 @@ void external_objectives(const float* raw, int64_t n, int64_t d, int k_f, int k_
   }
 }
 
-// Gives every cluster in [0, k) at least one member by moving single members out of the
-// largest clusters (n >= k): an external K-means may end with empty clusters, whose mean,
-// variance and radius would be 0/0.
+}  // namespace
+
 void fill_empty_clusters(std::vector<int32_t>& assign, int k) {
   std::vector<int64_t> cnt((size_t)k, 0);
   for (int32_t a : assign) cnt[(size_t)a]++;
@@ -431,7 +436,31 @@ void fill_empty_clusters(std::vector<int32_t>& assign, int k) {
   }
 }
 
-}  // namespace
+void summarize_kmeans(const std::vector<HeadClusters>& heads, int64_t n_clustered,
+                      CompileStats& st) {
+  const double jobs = (double)std::max<size_t>(heads.size(), 1);
+  double fi = 0, ci = 0, fo = 0, co = 0, fr = 0, steps = 0;
+  for (const HeadClusters& hc : heads) {
+    fi += hc.fine_iters;
+    ci += hc.coarse_iters;
+    fo += hc.fine_objective;
+    co += hc.coarse_objective;
+    fr += (double)hc.full_rows;
+    steps += (double)hc.fine_iters * (double)n_clustered;
+    st.fine_iters_max = std::max(st.fine_iters_max, hc.fine_iters);
+  }
+  st.fine_iters_mean = fi / jobs;
+  st.coarse_iters_mean = ci / jobs;
+  st.fine_objective = fo / (jobs * (double)n_clustered);
+  st.coarse_objective = co / (jobs * (double)n_clustered);
+  // full_rows is counted by the CPU K-means only (external clusterers leave it 0).
+  st.full_row_fraction = steps > 0 ? fr / steps : 0.0;
+}
+
+Result<SqueezedContext> squeeze_context_shape(const ContextCapture& cap, const CompileParams& p) {
+  SQZ_RETURN_IF_ERROR(validate(cap, p, /*check_kv=*/false));
+  return context_shape(cap, p);
+}
 
 Result<SqueezedContext> squeeze_context_external(const ContextCapture& cap, const CompileParams& p,
                                                  const ExternalClusterFn& cluster,
@@ -484,19 +513,7 @@ Result<SqueezedContext> squeeze_context_external(const ContextCapture& cap, cons
   st.kmeans_s = t1 - t0;
   st.n_fine = sc.n_fine;
   st.n_coarse = sc.n_coarse;
-  double fi = 0, ci = 0, fo = 0, co = 0;
-  for (const HeadClusters& hc : sc.heads) {
-    fi += hc.fine_iters;
-    ci += hc.coarse_iters;
-    fo += hc.fine_objective;
-    co += hc.coarse_objective;
-    st.fine_iters_max = std::max(st.fine_iters_max, hc.fine_iters);
-  }
-  st.fine_iters_mean = fi / (double)jobs;
-  st.coarse_iters_mean = ci / (double)jobs;
-  st.fine_objective = fo / ((double)jobs * (double)sc.n_clustered);
-  st.coarse_objective = co / ((double)jobs * (double)sc.n_clustered);
-  st.full_row_fraction = 0.0;
+  summarize_kmeans(sc.heads, sc.n_clustered, st);
   SQZ_RETURN_IF_ERROR(calibrate(cap, sc, progress));
   st.calib_s = now_s() - t1;
   st.total_s = now_s() - t0;

@@ -4,14 +4,22 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
+#include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <mutex>
 #include <nlohmann/json.hpp>
+#include <thread>
 
+#include "core/clock.h"
 #include "core/fp16.h"
 #include "squeeze/pack.h"
+#include "squeeze/pack_stream.h"
 #include "squeeze/xxh64.h"
 
 namespace sqz {
@@ -47,10 +55,6 @@ const char* kSectionNames[kPackSectionCount + 1] = {
     "coarse_ranges", "k_obs",        "v_obs",          "calib",       "fine_var",
     "coarse_var",    "fine_radius",  "coarse_radius",  "calib_var",   "calib_iso"};
 
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
 std::string hex64(uint64_t x) {
   return fmt::format("{:016x}", x);
 }
@@ -69,6 +73,64 @@ bool parse_hex64(const std::string& s, uint64_t* out) {
   }
   *out = v;
   return true;
+}
+
+struct SectionEntry {
+  uint32_t id;
+  uint64_t offset, size, hash;
+};
+
+// Writes the header (fixed part + section table, hashed) at offset 0 of the temp file, fsyncs,
+// closes and renames it over `path`, then fsyncs the directory. Closes fd (sets it to -1) and
+// removes the temp file on failure.
+Status commit_pack_file(int& fd, const std::string& tmp, const std::string& path,
+                        const std::vector<SectionEntry>& entries, uint64_t file_size) {
+  const size_t hb = kHeaderFixed + kEntryBytes * entries.size();
+  std::vector<uint8_t> h(hb, 0);
+  std::memcpy(h.data(), kPackMagic, 8);
+  put<uint32_t>(&h[8], kPackVersion);
+  put<uint32_t>(&h[12], (uint32_t)entries.size());
+  put<uint64_t>(&h[16], file_size);
+  put<uint32_t>(&h[24], (uint32_t)hb);
+  for (size_t i = 0; i < entries.size(); i++) {
+    uint8_t* e = &h[kHeaderFixed + kEntryBytes * i];
+    put<uint32_t>(e, entries[i].id);
+    put<uint64_t>(e + 8, entries[i].offset);
+    put<uint64_t>(e + 16, entries[i].size);
+    put<uint64_t>(e + 24, entries[i].hash);
+  }
+  Xxh64 hh;
+  hh.update(h.data(), kHashField);
+  hh.update(h.data() + kHeaderFixed, hb - kHeaderFixed);
+  put<uint64_t>(&h[kHashField], hh.digest());
+  size_t done = 0;
+  while (done < hb) {
+    const ssize_t w = ::pwrite(fd, h.data() + done, hb - done, (off_t)done);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return Error(Code::kIo, "{}: header write failed: {}", tmp, std::strerror(errno));
+    done += (size_t)w;
+  }
+  if (::fsync(fd) != 0) return Error(Code::kIo, "{}: fsync failed: {}", tmp, std::strerror(errno));
+  const int f = fd;
+  fd = -1;
+  if (::close(f) != 0) {
+    ::unlink(tmp.c_str());
+    return Error(Code::kIo, "{}: close failed: {}", tmp, std::strerror(errno));
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int e = errno;
+    ::unlink(tmp.c_str());
+    return Error(Code::kIo, "{}: rename to {} failed: {}", tmp, path, std::strerror(e));
+  }
+  // Make the rename itself durable (best effort: some filesystems refuse O_RDONLY dirs).
+  const size_t slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash + 1);
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    (void)::fsync(dfd);
+    ::close(dfd);
+  }
+  return Status::Ok();
 }
 
 // Buffered writer to `path.tmp.<pid>`: sections are streamed through a fixed buffer (packs can
@@ -109,63 +171,13 @@ class PackFileWriter {
   Status finish() {
     SQZ_RETURN_IF_ERROR(pad());
     SQZ_RETURN_IF_ERROR(flush());
-    const size_t hb = kHeaderFixed + kEntryBytes * entries_.size();
-    std::vector<uint8_t> h(hb, 0);
-    std::memcpy(h.data(), kPackMagic, 8);
-    put<uint32_t>(&h[8], kPackVersion);
-    put<uint32_t>(&h[12], (uint32_t)entries_.size());
-    put<uint64_t>(&h[16], (uint64_t)offset_);
-    put<uint32_t>(&h[24], (uint32_t)hb);
-    for (size_t i = 0; i < entries_.size(); i++) {
-      uint8_t* e = &h[kHeaderFixed + kEntryBytes * i];
-      put<uint32_t>(e, entries_[i].id);
-      put<uint64_t>(e + 8, entries_[i].offset);
-      put<uint64_t>(e + 16, entries_[i].size);
-      put<uint64_t>(e + 24, entries_[i].hash);
-    }
-    Xxh64 hh;
-    hh.update(h.data(), kHashField);
-    hh.update(h.data() + kHeaderFixed, hb - kHeaderFixed);
-    put<uint64_t>(&h[kHashField], hh.digest());
-    size_t done = 0;
-    while (done < hb) {
-      const ssize_t w = ::pwrite(fd_, h.data() + done, hb - done, (off_t)done);
-      if (w < 0 && errno == EINTR) continue;
-      if (w <= 0)
-        return Error(Code::kIo, "{}: header write failed: {}", tmp_, std::strerror(errno));
-      done += (size_t)w;
-    }
-    if (::fsync(fd_) != 0)
-      return Error(Code::kIo, "{}: fsync failed: {}", tmp_, std::strerror(errno));
-    const int fd = fd_;
-    fd_ = -1;
-    if (::close(fd) != 0) {
-      ::unlink(tmp_.c_str());
-      return Error(Code::kIo, "{}: close failed: {}", tmp_, std::strerror(errno));
-    }
-    if (::rename(tmp_.c_str(), path_.c_str()) != 0) {
-      const int e = errno;
-      ::unlink(tmp_.c_str());
-      return Error(Code::kIo, "{}: rename to {} failed: {}", tmp_, path_, std::strerror(e));
-    }
-    // Make the rename itself durable (best effort: some filesystems refuse O_RDONLY dirs).
-    const size_t slash = path_.find_last_of('/');
-    const std::string dir = slash == std::string::npos ? "." : path_.substr(0, slash + 1);
-    const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-      (void)::fsync(dfd);
-      ::close(dfd);
-    }
-    return Status::Ok();
+    return commit_pack_file(fd_, tmp_, path_, entries_, offset_);
   }
   uint64_t bytes() const { return offset_; }
 
  private:
   static constexpr size_t kBuf = 4 << 20;
-  struct Entry {
-    uint32_t id;
-    uint64_t offset, size, hash;
-  };
+  using Entry = SectionEntry;
   Status pad() {
     static const uint8_t zeros[kAlign] = {};
     const size_t n = align_up(offset_) - offset_;
@@ -272,69 +284,24 @@ const char* pack_section_name(uint32_t id) {
   return id >= 1 && id <= kPackSectionCount ? kSectionNames[id] : kSectionNames[0];
 }
 
-Status pack_write(const SqueezedContext& sc, const ContextCapture& cap, const PackFingerprint& fp,
-                  const std::string& out_path, CompileStats* stats,
-                  const CompileProgress& progress) {
-  const double t0 = now_s();
-  const int64_t jobs = (int64_t)sc.n_layer * sc.n_head_kv;
-  if ((int64_t)sc.heads.size() != jobs || cap.n_layer != sc.n_layer ||
-      cap.n_head_kv != sc.n_head_kv || cap.head_dim != sc.head_dim || cap.n_ctx != sc.n_ctx ||
-      (int64_t)cap.k.size() != sc.n_layer)
-    return Error(Code::kInvalidArgument, "pack_write: capture does not match the squeezed context");
-  const int64_t d = sc.head_dim;
-  const DType kt = sc.params.kv_type;
-  PackFileWriter w;
-  SQZ_RETURN_IF_ERROR(w.open(out_path, kHeaderFixed + kEntryBytes * kPackSectionCount));
-  auto section = [&](PackSection id, auto&& body) -> Status {
-    SQZ_RETURN_IF_ERROR(w.begin_section((uint32_t)id));
-    SQZ_RETURN_IF_ERROR(body());
-    w.end_section();
-    return Status::Ok();
-  };
-  int64_t step = 0;
-  const int64_t steps = kPackSectionCount;
-  auto tick = [&]() {
-    if (progress) progress("write", ++step, steps);
-  };
+namespace {
 
-  const std::string meta = make_meta(sc, fp).dump();
-  SQZ_RETURN_IF_ERROR(
-      section(PackSection::kMeta, [&] { return w.write(meta.data(), meta.size()); }));
-  tick();
-  SQZ_RETURN_IF_ERROR(section(PackSection::kTokens, [&] {
-    return w.write(cap.tokens.data(), cap.tokens.size() * sizeof(int32_t));
-  }));
-  tick();
-  // K/V rows of every head, converted to kv_type; `rows` maps row r to the source position.
-  std::vector<uint8_t> rowbuf;
-  auto write_rows = [&](const std::vector<std::vector<float>>& src, bool clustered) -> Status {
-    const size_t esz = kt == DType::kF32 ? 4 : 2;
-    for (int64_t job = 0; job < jobs; job++) {
-      const int l = (int)(job / sc.n_head_kv), h = (int)(job % sc.n_head_kv);
-      const float* base = src[(size_t)l].data() + (int64_t)h * sc.n_ctx * d;
-      const int64_t n = clustered ? sc.n_clustered : sc.n_obs;
-      rowbuf.resize((size_t)(n * d) * esz);
-      for (int64_t r = 0; r < n; r++) {
-        const int64_t pos = clustered ? sc.heads[(size_t)job].perm[(size_t)r] : sc.n_clustered + r;
-        const float* x = base + pos * d;
-        if (kt == DType::kF32) {
-          std::memcpy(rowbuf.data() + (size_t)(r * d) * 4, x, (size_t)d * 4);
-        } else {
-          f16_t* o = (f16_t*)(rowbuf.data() + (size_t)(r * d) * 2);
-          for (int64_t t = 0; t < d; t++) o[t] = fp32_to_fp16(x[t]);
-        }
-      }
-      SQZ_RETURN_IF_ERROR(w.write(rowbuf.data(), rowbuf.size()));
-    }
-    return Status::Ok();
-  };
-  SQZ_RETURN_IF_ERROR(section(PackSection::kKClustered, [&] { return write_rows(cap.k, true); }));
-  tick();
-  SQZ_RETURN_IF_ERROR(section(PackSection::kVClustered, [&] { return write_rows(cap.v, true); }));
-  tick();
+// Writes one section through any writer with begin_section / write / end_section.
+template <class W, class Body>
+Status write_section(W& w, PackSection id, Body&& body) {
+  SQZ_RETURN_IF_ERROR(w.begin_section((uint32_t)id));
+  SQZ_RETURN_IF_ERROR(body());
+  w.end_section();
+  return Status::Ok();
+}
+
+// The sections after v_clustered, in file order: per-head arrays, observation-window K/V
+// (obs(false) writes K, obs(true) V), calibration tables, variances and radii. `tick` after each.
+template <class W, class Obs, class Tick>
+Status write_tail_sections(W& w, const SqueezedContext& sc, Obs&& obs, Tick&& tick) {
   // Per-head arrays, concatenated over (layer, KV head).
   auto per_head = [&](PackSection id, auto member) -> Status {
-    return section(id, [&]() -> Status {
+    return write_section(w, id, [&]() -> Status {
       for (const HeadClusters& hc : sc.heads) {
         const auto& v = hc.*member;
         SQZ_RETURN_IF_ERROR(w.write(v.data(), v.size() * sizeof(v[0])));
@@ -354,12 +321,12 @@ Status pack_write(const SqueezedContext& sc, const ContextCapture& cap, const Pa
   tick();
   SQZ_RETURN_IF_ERROR(per_head(PackSection::kCoarseRanges, &HeadClusters::coarse_ranges));
   tick();
-  SQZ_RETURN_IF_ERROR(section(PackSection::kKObs, [&] { return write_rows(cap.k, false); }));
+  SQZ_RETURN_IF_ERROR(write_section(w, PackSection::kKObs, [&] { return obs(false); }));
   tick();
-  SQZ_RETURN_IF_ERROR(section(PackSection::kVObs, [&] { return write_rows(cap.v, false); }));
+  SQZ_RETURN_IF_ERROR(write_section(w, PackSection::kVObs, [&] { return obs(true); }));
   tick();
   auto calib_section = [&](PackSection id, const CalibTable& t) -> Status {
-    return section(id, [&]() -> Status {
+    return write_section(w, id, [&]() -> Status {
       if (t.percentiles.size() != sc.calib.percentiles.size())
         return Error(Code::kInternal, "calibration tables differ in length");
       for (const auto* a :
@@ -391,12 +358,318 @@ Status pack_write(const SqueezedContext& sc, const ContextCapture& cap, const Pa
   tick();
   SQZ_RETURN_IF_ERROR(calib_section(PackSection::kCalibIso, sc.calib_iso));
   tick();
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status pack_write(const SqueezedContext& sc, const ContextCapture& cap, const PackFingerprint& fp,
+                  const std::string& out_path, CompileStats* stats,
+                  const CompileProgress& progress) {
+  const double t0 = now_s();
+  const int64_t jobs = (int64_t)sc.n_layer * sc.n_head_kv;
+  if ((int64_t)sc.heads.size() != jobs || cap.n_layer != sc.n_layer ||
+      cap.n_head_kv != sc.n_head_kv || cap.head_dim != sc.head_dim || cap.n_ctx != sc.n_ctx ||
+      (int64_t)cap.k.size() != sc.n_layer)
+    return Error(Code::kInvalidArgument, "pack_write: capture does not match the squeezed context");
+  const int64_t d = sc.head_dim;
+  const DType kt = sc.params.kv_type;
+  PackFileWriter w;
+  SQZ_RETURN_IF_ERROR(w.open(out_path, kHeaderFixed + kEntryBytes * kPackSectionCount));
+  int64_t step = 0;
+  const int64_t steps = kPackSectionCount;
+  auto tick = [&]() {
+    if (progress) progress("write", ++step, steps);
+  };
+
+  const std::string meta = make_meta(sc, fp).dump();
+  SQZ_RETURN_IF_ERROR(
+      write_section(w, PackSection::kMeta, [&] { return w.write(meta.data(), meta.size()); }));
+  tick();
+  SQZ_RETURN_IF_ERROR(write_section(w, PackSection::kTokens, [&] {
+    return w.write(cap.tokens.data(), cap.tokens.size() * sizeof(int32_t));
+  }));
+  tick();
+  // K/V rows of every head, converted to kv_type; `rows` maps row r to the source position.
+  std::vector<uint8_t> rowbuf;
+  auto write_rows = [&](const std::vector<std::vector<float>>& src, bool clustered) -> Status {
+    const size_t esz = kt == DType::kF32 ? 4 : 2;
+    for (int64_t job = 0; job < jobs; job++) {
+      const int l = (int)(job / sc.n_head_kv), h = (int)(job % sc.n_head_kv);
+      const float* base = src[(size_t)l].data() + (int64_t)h * sc.n_ctx * d;
+      const int64_t n = clustered ? sc.n_clustered : sc.n_obs;
+      rowbuf.resize((size_t)(n * d) * esz);
+      for (int64_t r = 0; r < n; r++) {
+        const int64_t pos = clustered ? sc.heads[(size_t)job].perm[(size_t)r] : sc.n_clustered + r;
+        const float* x = base + pos * d;
+        if (kt == DType::kF32) {
+          std::memcpy(rowbuf.data() + (size_t)(r * d) * 4, x, (size_t)d * 4);
+        } else {
+          f16_t* o = (f16_t*)(rowbuf.data() + (size_t)(r * d) * 2);
+          for (int64_t t = 0; t < d; t++) o[t] = fp32_to_fp16(x[t]);
+        }
+      }
+      SQZ_RETURN_IF_ERROR(w.write(rowbuf.data(), rowbuf.size()));
+    }
+    return Status::Ok();
+  };
+  SQZ_RETURN_IF_ERROR(
+      write_section(w, PackSection::kKClustered, [&] { return write_rows(cap.k, true); }));
+  tick();
+  SQZ_RETURN_IF_ERROR(
+      write_section(w, PackSection::kVClustered, [&] { return write_rows(cap.v, true); }));
+  tick();
+  SQZ_RETURN_IF_ERROR(write_tail_sections(
+      w, sc, [&](bool v) { return write_rows(v ? cap.v : cap.k, false); }, tick));
   SQZ_RETURN_IF_ERROR(w.finish());
   if (stats) {
     stats->write_s = now_s() - t0;
     stats->pack_bytes = w.bytes();
   }
   return Status::Ok();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streaming writer (pack_stream.h)
+
+struct PackStreamWriter::Impl {
+  static constexpr size_t kBlock = size_t(64) << 20;  // one disk write
+  static constexpr int kBlocks = 4;                   // staging blocks in flight
+  static constexpr size_t kDirectAlign = 4096;        // O_DIRECT offset / length / address unit
+
+  std::string path, tmp;
+  int fd = -1;
+  std::atomic<bool> direct{false};  // O_DIRECT (cleared by the I/O thread if a write refuses it)
+  // Producer side (the caller's thread).
+  uint8_t* cur = nullptr;  // staging block being filled: file bytes [cur_off, cur_off + fill)
+  size_t fill = 0;
+  uint64_t cur_off = 0;
+  uint64_t offset = 0;  // logical file size so far
+  Xxh64 hash;
+  SectionEntry entry{};
+  bool in_section = false;
+  std::vector<SectionEntry> entries;
+  // I/O thread.
+  struct Job {
+    uint8_t* p;
+    size_t n;
+    uint64_t off;
+  };
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<Job> full;
+  std::vector<uint8_t*> free_blocks, all_blocks;
+  bool stop = false;
+  Status io_error;
+  double io_busy_s = 0;
+  std::thread io;
+
+  ~Impl() {
+    if (io.joinable()) {
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        stop = true;
+      }
+      cv.notify_all();
+      io.join();
+    }
+    for (uint8_t* b : all_blocks) std::free(b);
+    if (fd >= 0) {
+      ::close(fd);
+      ::unlink(tmp.c_str());
+    }
+  }
+
+  Status write_block(const Job& j) {
+    size_t done = 0;
+    while (done < j.n) {
+      const ssize_t w = ::pwrite(fd, j.p + done, j.n - done, (off_t)(j.off + done));
+      if (w < 0 && errno == EINTR) continue;
+      if (w < 0 && errno == EINVAL && direct) {
+        // The filesystem takes O_DIRECT at open but not for this write: go buffered.
+        const int fl = ::fcntl(fd, F_GETFL);
+        if (fl >= 0 && ::fcntl(fd, F_SETFL, fl & ~O_DIRECT) == 0) {
+          direct = false;
+          continue;
+        }
+      }
+      if (w <= 0) return Error(Code::kIo, "{}: write failed: {}", tmp, std::strerror(errno));
+      done += (size_t)w;
+    }
+    return Status::Ok();
+  }
+
+  void io_loop() {
+    for (;;) {
+      Job j;
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        cv.wait(lock, [&] { return !full.empty() || stop; });
+        if (full.empty()) return;
+        j = full.front();
+        full.pop_front();
+      }
+      const double t0 = now_s();
+      Status st = io_error.ok() ? write_block(j) : Status::Ok();
+      const double dt = now_s() - t0;
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        io_busy_s += dt;
+        if (!st.ok() && io_error.ok()) io_error = std::move(st);
+        free_blocks.push_back(j.p);
+      }
+      cv.notify_all();
+    }
+  }
+
+  Status error() {
+    std::lock_guard<std::mutex> lock(mu);
+    return io_error;
+  }
+
+  // Hands the current block (n bytes, n <= kBlock) to the I/O thread and takes a free one.
+  Status submit(size_t n) {
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      full.push_back({cur, n, cur_off});
+      cv.notify_all();
+      cv.wait(lock, [&] { return !free_blocks.empty(); });
+      cur = free_blocks.back();
+      free_blocks.pop_back();
+      if (!io_error.ok()) return io_error;
+    }
+    cur_off += n;
+    fill = 0;
+    return Status::Ok();
+  }
+
+  Status raw(const void* p, size_t n) {
+    const uint8_t* b = static_cast<const uint8_t*>(p);
+    offset += n;
+    while (n > 0) {
+      const size_t take = std::min(n, kBlock - fill);
+      if (b)
+        std::memcpy(cur + fill, b, take);
+      else
+        std::memset(cur + fill, 0, take);
+      fill += take;
+      if (b) b += take;
+      n -= take;
+      if (fill == kBlock) SQZ_RETURN_IF_ERROR(submit(kBlock));
+    }
+    return Status::Ok();
+  }
+  Status pad() { return raw(nullptr, align_up(offset) - offset); }
+
+  // The PackFileWriter interface, for write_tail_sections.
+  Status begin_section(uint32_t id) {
+    if (in_section) return Error(Code::kInternal, "pack stream: section {} still open", entry.id);
+    SQZ_RETURN_IF_ERROR(pad());
+    entry = {id, offset, 0, 0};
+    hash.reset();
+    in_section = true;
+    return Status::Ok();
+  }
+  Status write(const void* p, size_t n) {
+    if (!in_section) return Error(Code::kInternal, "pack stream: write outside a section");
+    hash.update(p, n);
+    return raw(p, n);
+  }
+  void end_section() {
+    entry.size = offset - entry.offset;
+    entry.hash = hash.digest();
+    entries.push_back(entry);
+    in_section = false;
+  }
+};
+
+Result<std::unique_ptr<PackStreamWriter>> PackStreamWriter::create(const std::string& path) {
+  std::unique_ptr<PackStreamWriter> w(new PackStreamWriter());
+  w->impl_ = std::make_unique<Impl>();
+  Impl& I = *w->impl_;
+  I.path = path;
+  I.tmp = path + ".tmp." + std::to_string(getpid());
+  const int flags = O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC;
+  I.fd = ::open(I.tmp.c_str(), flags | O_DIRECT, 0644);
+  I.direct = I.fd >= 0;
+  if (I.fd < 0) I.fd = ::open(I.tmp.c_str(), flags, 0644);  // e.g. tmpfs: no O_DIRECT
+  if (I.fd < 0) return Error(Code::kIo, "{}: cannot create: {}", I.tmp, std::strerror(errno));
+  for (int i = 0; i < Impl::kBlocks; i++) {
+    void* p = nullptr;
+    if (::posix_memalign(&p, Impl::kDirectAlign, Impl::kBlock) != 0 || !p)
+      return Error(Code::kOutOfRange, "pack stream: cannot allocate {} MiB of staging",
+                   Impl::kBlock >> 20);
+    I.all_blocks.push_back(static_cast<uint8_t*>(p));
+  }
+  I.cur = I.all_blocks[0];
+  I.free_blocks.assign(I.all_blocks.begin() + 1, I.all_blocks.end());
+  I.io = std::thread([&I] { I.io_loop(); });
+  // Room for the header, written last.
+  SQZ_RETURN_IF_ERROR(I.raw(nullptr, align_up(kHeaderFixed + kEntryBytes * kPackSectionCount)));
+  return w;
+}
+
+PackStreamWriter::PackStreamWriter() = default;
+PackStreamWriter::~PackStreamWriter() = default;
+
+Status PackStreamWriter::begin(PackSection id) {
+  return impl_->begin_section((uint32_t)id);
+}
+Status PackStreamWriter::append(const void* p, size_t n) {
+  return impl_->write(p, n);
+}
+Status PackStreamWriter::end() {
+  if (!impl_->in_section) return Error(Code::kInternal, "pack stream: no open section");
+  impl_->end_section();
+  return impl_->error();
+}
+bool PackStreamWriter::direct_io() const {
+  return impl_->direct;
+}
+double PackStreamWriter::io_busy_s() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->io_busy_s;
+}
+uint64_t PackStreamWriter::bytes() const {
+  return impl_->offset;
+}
+
+Status PackStreamWriter::finish(const SqueezedContext& sc, const PackFingerprint& fp,
+                                const void* k_obs, const void* v_obs) {
+  Impl& I = *impl_;
+  if (I.in_section) return Error(Code::kInternal, "pack stream: section {} still open", I.entry.id);
+  bool seen[kPackSectionCount + 1] = {};
+  for (const SectionEntry& e : I.entries) seen[e.id] = true;
+  if (!seen[(uint32_t)PackSection::kTokens] || !seen[(uint32_t)PackSection::kKClustered] ||
+      !seen[(uint32_t)PackSection::kVClustered] || I.entries.size() != 3)
+    return Error(Code::kInternal, "pack stream: tokens, k_clustered, v_clustered must come first");
+  const size_t obs_bytes = (size_t)sc.n_layer * sc.n_head_kv * sc.n_obs * sc.head_dim *
+                           (sc.params.kv_type == DType::kF32 ? 4 : 2);
+  auto nop = [] {};
+  SQZ_RETURN_IF_ERROR(write_tail_sections(
+      I, sc, [&](bool v) { return I.write(v ? v_obs : k_obs, obs_bytes); }, nop));
+  const std::string meta = make_meta(sc, fp).dump();
+  SQZ_RETURN_IF_ERROR(
+      write_section(I, PackSection::kMeta, [&] { return I.write(meta.data(), meta.size()); }));
+  SQZ_RETURN_IF_ERROR(I.pad());
+  // Last block: whole O_DIRECT units (the zeros past the end are cut off below).
+  const uint64_t size = I.offset;
+  const size_t tail = (I.fill + Impl::kDirectAlign - 1) / Impl::kDirectAlign * Impl::kDirectAlign;
+  std::memset(I.cur + I.fill, 0, tail - I.fill);
+  if (tail > 0) SQZ_RETURN_IF_ERROR(I.submit(tail));
+  {
+    std::lock_guard<std::mutex> lock(I.mu);
+    I.stop = true;
+  }
+  I.cv.notify_all();
+  I.io.join();
+  SQZ_RETURN_IF_ERROR(I.error());
+  // Header and truncation through the page cache.
+  const int fl = ::fcntl(I.fd, F_GETFL);
+  if (fl >= 0 && (fl & O_DIRECT)) (void)::fcntl(I.fd, F_SETFL, fl & ~O_DIRECT);
+  if (::ftruncate(I.fd, (off_t)size) != 0)
+    return Error(Code::kIo, "{}: truncate failed: {}", I.tmp, std::strerror(errno));
+  return commit_pack_file(I.fd, I.tmp, I.path, I.entries, size);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -26,4 +26,27 @@ Result<SqueezedContext> squeeze_context_external(const ContextCapture& cap, cons
                                                  const ExternalClusterFn& cluster,
                                                  const CompileProgress& progress = nullptr);
 
+// Pieces of the same code for a caller that clusters and assembles elsewhere (the GPU compile,
+// src/engine/gpu_compile.cpp), so both paths share one definition of the row layout.
+
+// The SqueezedContext's shape (counts, params; heads sized, not filled) after validating
+// everything squeeze_context validates except the K/V arrays, which may be empty.
+Result<SqueezedContext> squeeze_context_shape(const ContextCapture& cap, const CompileParams& p);
+
+// Gives every cluster in [0, k) at least one member by moving single members out of the
+// largest clusters (n >= k): an external K-means may end with empty clusters, whose mean,
+// variance and radius would be 0/0.
+void fill_empty_clusters(std::vector<int32_t>& assign, int k);
+
+// CompileStats' K-means summary (iterations, objectives per key, full-row fraction) over the
+// heads of a squeezed context with n_clustered keys per head.
+void summarize_kmeans(const std::vector<HeadClusters>& heads, int64_t n_clustered,
+                      CompileStats& st);
+
+// Row layout of one head from its assignments (fine_assign: [n]; coarse_of: [k_f], all zero
+// when k_c == 0): out.perm, fine_offsets, fine_sizes and coarse_ranges, exactly as
+// squeeze_context orders rows (by coarse cluster, then old fine index, then position).
+void head_layout(int64_t n, int k_f, int k_c, const std::vector<int32_t>& fine_assign,
+                 const std::vector<int32_t>& coarse_of, HeadClusters& out);
+
 }  // namespace sqz

@@ -149,6 +149,7 @@ int run_compile(CompileCmd& c) {
                       {"write_s", r.stats.write_s},
                       {"device", c.common.device}};
   if (e->gpu()) j["capture_s"] = r.capture_s;
+  if (!r.stage_trace.empty()) j["stage_trace"] = r.stage_trace;
   if (c.common.json) {
     std::cout << j.dump() << "\n";
   } else {

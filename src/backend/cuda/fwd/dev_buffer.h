@@ -29,14 +29,20 @@ inline Status sqz_status(int code, const char* what) {
                "CUDA: {} failed: {}", what, sqz_cuda_status_str(code));
 }
 
-class DevBuf {
+// Where a CudaBuf lives: device memory, or page-locked host memory (fast, truly asynchronous
+// copies to and from the device).
+enum class BufKind { kDevice, kPinnedHost };
+
+// Owned CUDA allocation of one kind.
+template <BufKind kKind>
+class CudaBuf {
  public:
-  DevBuf() = default;
-  ~DevBuf() { reset(); }
-  DevBuf(const DevBuf&) = delete;
-  DevBuf& operator=(const DevBuf&) = delete;
-  DevBuf(DevBuf&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
-  DevBuf& operator=(DevBuf&& o) noexcept {
+  CudaBuf() = default;
+  ~CudaBuf() { reset(); }
+  CudaBuf(const CudaBuf&) = delete;
+  CudaBuf& operator=(const CudaBuf&) = delete;
+  CudaBuf(CudaBuf&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
+  CudaBuf& operator=(CudaBuf&& o) noexcept {
     if (this != &o) {
       reset();
       p_ = std::exchange(o.p_, nullptr);
@@ -48,16 +54,22 @@ class DevBuf {
   Status alloc(size_t bytes, const char* what) {
     reset();
     if (bytes == 0) return Status::Ok();
-    SQZ_RETURN_IF_ERROR(cuda_status(cudaMalloc(&p_, bytes), what));
+    SQZ_RETURN_IF_ERROR(cuda_status(
+        kKind == BufKind::kDevice ? cudaMalloc(&p_, bytes) : cudaMallocHost(&p_, bytes), what));
     n_ = bytes;
     return Status::Ok();
   }
-  // At least `bytes`, reallocating only to grow (synchronises through cudaFree).
+  // At least `bytes`, reallocating only to grow (synchronises through the free).
   Status ensure(size_t bytes, const char* what) {
     return bytes <= n_ ? Status::Ok() : alloc(bytes, what);
   }
   void reset() {
-    if (p_) cudaFree(p_);
+    if (p_) {
+      if constexpr (kKind == BufKind::kDevice)
+        cudaFree(p_);
+      else
+        cudaFreeHost(p_);
+    }
     p_ = nullptr;
     n_ = 0;
   }
@@ -72,5 +84,13 @@ class DevBuf {
   void* p_ = nullptr;
   size_t n_ = 0;
 };
+
+using DevBuf = CudaBuf<BufKind::kDevice>;
+using PinnedBuf = CudaBuf<BufKind::kPinnedHost>;
+
+// The opaque stream handles of the C++ interfaces (void*) as the runtime's type.
+inline cudaStream_t as_stream(void* s) {
+  return static_cast<cudaStream_t>(s);
+}
 
 }  // namespace sqz::gpu

@@ -11,19 +11,12 @@
 #include "backend/cuda/fwd/dev_buffer.h"
 #include "backend/cuda/fwd/kv.h"
 #include "backend/cuda/squeeze_cuda.h"
+#include "core/clock.h"
 #include "core/fp16.h"
 
 namespace sqz::gpu {
 
 namespace {
-
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-cudaStream_t as_stream(void* s) {
-  return static_cast<cudaStream_t>(s);
-}
 
 // Attention state buffers for up to n query tokens.
 struct StateBufs {
@@ -485,20 +478,14 @@ Status KmeansGpu::init(int64_t n_max, int dim, int k_max, void* stream) {
   return I.coarse_a.alloc((size_t)k_max * 4, "k-means");
 }
 
-Status KmeansGpu::run(const void* points, int64_t n, int k_f, int k_c, int iters,
-                      uint64_t seed_fine, uint64_t seed_coarse, std::vector<int32_t>& fine_assign,
-                      std::vector<int32_t>& coarse_of) {
+Status KmeansGpu::enqueue(const void* points, int64_t n, int k_f, int k_c, int iters,
+                          uint64_t seed_fine, uint64_t seed_coarse) {
   Impl& I = *impl_;
   SQZ_RETURN_IF_ERROR(
       sqz_status(sqz_cuda_kmeans_run(I.km, points, SQZ_CUDA_F16, (int32_t)n, k_f, iters, seed_fine,
                                      I.fine_c.as<float>(), I.fine_a.as<int32_t>(), nullptr, nullptr,
                                      nullptr, I.stream),
                  "k-means (fine)"));
-  fine_assign.resize((size_t)n);
-  SQZ_RETURN_IF_ERROR(cuda_status(cudaMemcpyAsync(fine_assign.data(), I.fine_a.get(), (size_t)n * 4,
-                                                  cudaMemcpyDeviceToHost, I.stream),
-                                  "k-means"));
-  coarse_of.clear();
   if (k_c > 0) {
     // Coarse level over the fine centroid directions (unweighted: the CUDA K-means takes no
     // weights; the CPU path weights them by cluster size).
@@ -507,6 +494,28 @@ Status KmeansGpu::run(const void* points, int64_t n, int k_f, int k_c, int iters
                             I.coarse_c.as<float>(), I.coarse_a.as<int32_t>(), nullptr, nullptr,
                             nullptr, I.stream),
         "k-means (coarse)"));
+  }
+  return Status::Ok();
+}
+
+const int32_t* KmeansGpu::fine_assign_dev() const {
+  return impl_->fine_a.as<int32_t>();
+}
+const int32_t* KmeansGpu::coarse_assign_dev() const {
+  return impl_->coarse_a.as<int32_t>();
+}
+
+Status KmeansGpu::run(const void* points, int64_t n, int k_f, int k_c, int iters,
+                      uint64_t seed_fine, uint64_t seed_coarse, std::vector<int32_t>& fine_assign,
+                      std::vector<int32_t>& coarse_of) {
+  Impl& I = *impl_;
+  SQZ_RETURN_IF_ERROR(enqueue(points, n, k_f, k_c, iters, seed_fine, seed_coarse));
+  fine_assign.resize((size_t)n);
+  SQZ_RETURN_IF_ERROR(cuda_status(cudaMemcpyAsync(fine_assign.data(), I.fine_a.get(), (size_t)n * 4,
+                                                  cudaMemcpyDeviceToHost, I.stream),
+                                  "k-means"));
+  coarse_of.clear();
+  if (k_c > 0) {
     coarse_of.resize((size_t)k_f);
     SQZ_RETURN_IF_ERROR(
         cuda_status(cudaMemcpyAsync(coarse_of.data(), I.coarse_a.get(), (size_t)k_f * 4,

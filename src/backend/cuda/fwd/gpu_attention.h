@@ -113,6 +113,13 @@ class KmeansGpu {
   Status run(const void* points, int64_t n, int k_f, int k_c, int iters, uint64_t seed_fine,
              uint64_t seed_coarse, std::vector<int32_t>& fine_assign,
              std::vector<int32_t>& coarse_of);
+  // As run, but only enqueued on the stream: the assignments stay on the device
+  // (fine_assign_dev: [n]; coarse_assign_dev: [k_f], meaningful when k_c > 0) and are
+  // overwritten by the next enqueue or run.
+  Status enqueue(const void* points, int64_t n, int k_f, int k_c, int iters, uint64_t seed_fine,
+                 uint64_t seed_coarse);
+  const int32_t* fine_assign_dev() const;
+  const int32_t* coarse_assign_dev() const;
 
  private:
   struct Impl;

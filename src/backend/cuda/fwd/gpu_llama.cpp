@@ -13,6 +13,7 @@
 #include "backend/cuda/fwd/rmsnorm.h"
 #include "backend/cuda/fwd/rope.h"
 #include "backend/cuda/fwd/swiglu.h"
+#include "core/clock.h"
 
 namespace sqz::gpu {
 
@@ -43,10 +44,6 @@ Result<DeviceInfo> device_query() {
 }
 
 namespace {
-
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
 struct Layer {
   DevBuf wqkv;       // [NQ + 2 NKV, E] f16: wq rows, then wk, then wv
