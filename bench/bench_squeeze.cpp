@@ -6,6 +6,7 @@
 //   bench_squeeze [--model PATH] [--ctx-tokens 7800] [--question 256] [--decode 32]
 //                 [--threads 1,2] [--budgets 0.3,0.2,0.1] [--reps 3] [--llamacpp JSON]
 //                 [--estimator auto|mean|mean_var|mean_iso] [--sinks 4] [--levels 1|2] [--block 0]
+//                 [--coarse-rule child|calibrated]
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -25,8 +26,23 @@ int main(int argc, char** argv) {
   std::vector<double> threads = {1, 2}, budgets = {0.3, 0.2, 0.1};
   std::string llamacpp_json, estimator = "auto";
   int64_t sinks = 4, levels = 0, block = 0;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string a = argv[i], v = argv[i + 1];
+  std::string coarse_rule = "child";
+  const char* usage =
+      "usage: bench_squeeze [--model PATH] [--ctx-tokens 7800] [--question 256] [--decode 32]\n"
+      "  [--threads 1,2] [--budgets 0.3,0.2,0.1] [--reps 3] [--llamacpp JSON]\n"
+      "  [--estimator auto|mean|mean_var|mean_iso] [--sinks 4] [--levels 1|2] [--block 0]\n"
+      "  [--coarse-rule child|calibrated]\n";
+  for (int i = 1; i < argc; i += 2) {
+    std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      std::printf("%s", usage);
+      return 0;
+    }
+    if (i + 1 >= argc) {
+      std::fprintf(stderr, "%s: missing value\n%s", a.c_str(), usage);
+      return 2;
+    }
+    std::string v = argv[i + 1];
     if (a == "--model")
       model = v;
     else if (a == "--ctx-tokens")
@@ -51,8 +67,10 @@ int main(int argc, char** argv) {
       levels = std::stoll(v);
     else if (a == "--block")
       block = std::stoll(v);
+    else if (a == "--coarse-rule" && (v == "child" || v == "calibrated"))
+      coarse_rule = v;
     else {
-      std::fprintf(stderr, "unknown flag %s\n", a.c_str());
+      std::fprintf(stderr, "unknown flag or value: %s %s\n%s", a.c_str(), v.c_str(), usage);
       return 2;
     }
   }
@@ -133,6 +151,8 @@ int main(int argc, char** argv) {
       ap.select.levels = levels > 0 ? (int)levels : (pack.n_coarse() > 0 ? 2 : 1);
       ap.sink_tokens = (int)sinks;
       ap.select.block = block;
+      ap.select.coarse_rule = coarse_rule == "calibrated" ? SelectParams::CoarseRule::kCalibrated
+                                                          : SelectParams::CoarseRule::kChildBound;
       if (!parse_estimator(estimator, &ap.select.estimator)) {
         std::fprintf(stderr, "error: --estimator %s\n", estimator.c_str());
         return 2;
@@ -195,13 +215,10 @@ int main(int argc, char** argv) {
       }
     }
   }
-  out["settings"] = {{"estimator", estimator},
-                     {"sinks", sinks},
-                     {"levels", levels},
-                     {"block", block},
-                     {"question_tokens", q_tokens},
-                     {"decode_tokens", n_decode},
-                     {"reps", reps}};
+  out["settings"] = {{"estimator", estimator},     {"sinks", sinks},
+                     {"levels", levels},           {"block", block},
+                     {"coarse_rule", coarse_rule}, {"question_tokens", q_tokens},
+                     {"decode_tokens", n_decode},  {"reps", reps}};
   out["peak_rss_mib"] = bench::peak_rss_mib();
   bench::write_result("squeeze", out);
   return 0;

@@ -61,7 +61,8 @@ def squeeze_table(sj, lj):
     print(f"Commit {m['commit']}, {m['date']}; {m['cpu']}, {m['cores']} cores. Fixed context "
           f"{ctx} tokens, question {qt} tokens; estimator {st.get('estimator', 'auto')}, "
           f"sinks {st.get('sinks', 0)}, levels {st.get('levels', 0) or 'pack default'}, "
-          f"selection block {st.get('block', 0) or 'whole question'}; "
+          f"selection block {st.get('block', 0) or 'whole question'}, "
+          f"coarse rule {st.get('coarse_rule', 'calibrated')}; "
           f"median of {st.get('reps', 3)} runs.")
     print(f"Compile ({c['threads']} threads): {c['total_s']:.1f} s = prefill {c['prefill_s']:.1f} "
           f"+ K-means {c['kmeans_s']:.2f} + calibration {c['calibration_s']:.2f} + write "
