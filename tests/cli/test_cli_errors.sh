@@ -75,6 +75,8 @@ cp "$MODEL" "$T/notapack.pack"
 expect_fail model-as-pack "notapack.pack" "$SQZ" ask --pack "$T/notapack.pack" -q hi
 expect_fail levels2-without-coarse "coarse" bash -c "'$SQZ' compile -c '$T/ctx.txt' -o '$T/nocoarse.pack' --coarse 0 --obs-window 32 >/dev/null 2>&1 && '$SQZ' ask --pack '$T/nocoarse.pack' -q hi --levels 2"
 expect_fail budget-and-percentile "exclusive" "$SQZ" ask --pack "$T/good.pack" -q hi --budget 0.1 --percentile 0.9
+expect_fail coarse-percentile-needs-calibrated "coarse-rule calibrated" "$SQZ" ask --pack "$T/good.pack" -q hi --coarse-percentile 0.5
+expect_fail bad-coarse-rule "coarse-rule" "$SQZ" ask --pack "$T/good.pack" -q hi --coarse-rule widest
 # (A pack opened with a different model: TinyModelSqueeze.PackFromAnotherModelIsRejected.)
 
 # ---- --device cuda where no GPU is visible (or CUDA is not built): a clear error, no crash ----
