@@ -282,27 +282,46 @@ TEST(CudaForward, TinyCompileAndAsk) {
   const Compare ca = compare_logits(*la, *lg, rp.n_vocab);
   std::printf("[cuda-fwd] keep-all vs dense on the GPU: relative L2 %.3e\n", ca.worst_rel);
   EXPECT_LE(ca.worst_rel, 1e-3);
-  AskParams sq;
-  sq.select.percentile = 0.8;
-  sq.select.estimator = Estimator::kMean;  // the CUDA lookup's estimator, for the CPU too
-  // ... and its coarse rule (the CPU's default is the child bound, which the CUDA lookup lacks).
-  sq.select.coarse_rule = SelectParams::CoarseRule::kCalibrated;
-  AskResult ss, sc;
-  auto ls = ask_first_logits(*gpu, P, q, sq, &ss);
-  ASSERT_TRUE(ls.ok()) << ls.status().message();
-  auto lsc = ask_first_logits(**cpu, P, q, sq, &sc);
-  ASSERT_TRUE(lsc.ok()) << lsc.status().message();
-  std::printf(
-      "[cuda-fwd] squeezed p=0.8 (sinks %d): GPU kept %.4f centroids %.4f, CPU kept %.4f "
-      "centroids %.4f\n",
-      sq.sink_tokens, ss.kept_fraction, ss.centroid_fraction, sc.kept_fraction,
-      sc.centroid_fraction);
-  EXPECT_GT(ss.kept_fraction, 0.0);
-  EXPECT_LT(ss.kept_fraction, 1.0);
-  EXPECT_GT(ss.centroid_fraction, 0.0);
-  // Same lookup definition and thresholds: the selections differ only where a cluster's mean
-  // score sits within the f16 / f32 rounding of the threshold (and by the sink rows' sizes).
-  EXPECT_NEAR(ss.kept_fraction, sc.kept_fraction, 0.03);
+  // Squeezed with each estimator the CUDA lookup implements, CPU and GPU on the same pack with
+  // the same estimator and coarse rule (the CPU's default coarse rule is the child bound, which
+  // the CUDA lookup lacks).
+  for (Estimator est : {Estimator::kMean, Estimator::kMeanIso}) {
+    AskParams sq;
+    sq.select.percentile = 0.8;
+    sq.select.estimator = est;
+    sq.select.coarse_rule = SelectParams::CoarseRule::kCalibrated;
+    AskResult ss, sc;
+    auto ls = ask_first_logits(*gpu, P, q, sq, &ss);
+    ASSERT_TRUE(ls.ok()) << ls.status().message();
+    auto lsc = ask_first_logits(**cpu, P, q, sq, &sc);
+    ASSERT_TRUE(lsc.ok()) << lsc.status().message();
+    std::printf(
+        "[cuda-fwd] squeezed %s p=0.8 (sinks %d): GPU kept %.4f centroids %.4f, CPU kept %.4f "
+        "centroids %.4f\n",
+        estimator_name(est), sq.sink_tokens, ss.kept_fraction, ss.centroid_fraction,
+        sc.kept_fraction, sc.centroid_fraction);
+    EXPECT_GT(ss.kept_fraction, 0.0);
+    EXPECT_LT(ss.kept_fraction, 1.0);
+    EXPECT_GT(ss.centroid_fraction, 0.0);
+    // Same lookup definition and thresholds: the selections differ only where a cluster's mean
+    // score sits within the f16 / f32 rounding of the threshold (and by the sink rows' sizes).
+    EXPECT_NEAR(ss.kept_fraction, sc.kept_fraction, 0.03) << estimator_name(est);
+    if (est == P.estimator()) {  // --estimator auto is the pack's default, on the GPU too
+      AskParams au = sq;
+      au.select.estimator = Estimator::kAuto;
+      AskResult sa;
+      ASSERT_TRUE(ask_first_logits(*gpu, P, q, au, &sa).ok());
+      EXPECT_DOUBLE_EQ(sa.kept_fraction, ss.kept_fraction);
+    }
+  }
+  {
+    AskParams mv;
+    mv.select.percentile = 0.8;
+    mv.select.estimator = Estimator::kMeanVar;  // not implemented by the CUDA lookup
+    auto r = ask_first_logits(*gpu, P, q, mv, nullptr);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), Code::kUnsupported) << r.status().message();
+  }
   fs::remove_all(dir);
 }
 
@@ -525,13 +544,17 @@ TEST(CudaForward, DefaultModelPlantedFact) {
   EXPECT_EQ(cf.decided_same, cf.decided);
   // Squeezed selections: printed for the record (the 135M model's known gap below ~50% of keys
   // holds on the CPU too; docs/eval.md).
-  for (double b : {0.5, 0.2}) {
-    AskParams sq;
-    sq.budget = b;
-    sq.select.estimator = Estimator::kMean;
-    run(*gpu, sq, b == 0.5 ? "gpu budget 0.5" : "gpu budget 0.2");
-    run(**cpu, sq, b == 0.5 ? "cpu(mean) budget 0.5" : "cpu(mean) budget 0.2");
-  }
+  for (Estimator est : {Estimator::kMean, Estimator::kMeanIso})
+    for (double b : {0.5, 0.2}) {
+      AskParams sq;
+      sq.budget = b;
+      sq.select.estimator = est;
+      sq.select.coarse_rule = SelectParams::CoarseRule::kCalibrated;
+      const std::string tag =
+          std::string(estimator_name(est)) + " budget " + (b == 0.5 ? "0.5" : "0.2");
+      run(*gpu, sq, ("gpu " + tag).c_str());
+      run(**cpu, sq, ("cpu " + tag).c_str());
+    }
   fs::remove_all(dir);
 }
 

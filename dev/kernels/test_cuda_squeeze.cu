@@ -176,6 +176,9 @@ struct Case {
   // device at once, else one launch per stage: 32 exercises many heads waiting on their own
   // flags concurrently, 1100 exceeds any H100/H200's resident CTAs and takes the fallback.
   int n_kv = 2;
+  // mean_iso estimator (sqz_cuda_plan_iso) with random per-cluster {vbar, radius}, spread so
+  // that both sides of the min(½|q|² vbar, |q| r) cap decide for some (query, cluster) pairs.
+  bool iso = false;
 };
 
 static void check_attention(const char* tag, int n_q, int n_heads, int D, sqz_cuda_dtype dt,
@@ -222,9 +225,10 @@ static void run_case(const Case& c, std::mt19937_64& rng) {
   const int n_fine = std::max(2, n_ctx / 19);
   const int n_coarse = c.hier ? std::max(2, n_fine / 5) : 0;
   char tag[200];
-  std::snprintf(tag, sizeof tag, "ctx=%d kv=%d g=%d nq=%d D=%d %s %s keep=(%.2f,%.2f) sms=%d",
+  std::snprintf(tag, sizeof tag, "ctx=%d kv=%d g=%d nq=%d D=%d %s %s %s keep=(%.2f,%.2f) sms=%d",
                 n_ctx, n_kv, c.group, c.n_q, D, c.hier ? "hier" : "flat",
-                c.dt == SQZ_CUDA_BF16 ? "bf16" : "f16", c.keep_coarse, c.keep_fine, c.num_sms);
+                c.dt == SQZ_CUDA_BF16 ? "bf16" : "f16", c.iso ? "mean_iso" : "mean", c.keep_coarse,
+                c.keep_fine, c.num_sms);
   std::printf("case %s\n", tag);
 
   // Clustered keys: coarse centres -> fine centres -> keys; cluster-contiguous by construction.
@@ -295,6 +299,23 @@ static void run_case(const Case& c, std::mt19937_64& rng) {
   const Half16 Kh = to16(K, c.dt), Vh = to16(V, c.dt), Qh = to16(Q, c.dt), Fh = to16(fine_c, c.dt);
   const Half16 Ch = to16(coarse_c, c.dt);
   const double scale = 1.0 / std::sqrt((double)D);
+  // mean_iso statistics {vbar, radius} per cluster (f32, as uploaded). |scale * q| is ~0.5 here,
+  // so vbar in [0, 6) and radius in [0, 3) give corrections of 0 .. ~1.5 nats, either side of
+  // the cap deciding.
+  std::vector<float> fine_iso, coarse_iso;
+  if (c.iso) {
+    std::uniform_real_distribution<float> uv(0.0f, 1.0f);
+    auto gen = [&](std::vector<float>& v, size_t n) {
+      v.resize(2 * n);
+      for (size_t i = 0; i < n; i++) {
+        const float a = uv(rng);
+        v[2 * i] = 6.0f * a * a;
+        v[2 * i + 1] = 3.0f * uv(rng);
+      }
+    };
+    gen(fine_iso, (size_t)n_kv * n_fine);
+    if (c.hier) gen(coarse_iso, (size_t)n_kv * n_coarse);
+  }
 
   // Reference lookup per KV head, thresholds picked at clear gaps.
   const int qtot = c.n_q * c.group;
@@ -316,6 +337,10 @@ static void run_case(const Case& c, std::mt19937_64& rng) {
     if (c.hier) {
       lh.coarse_c = &Ch.vals[(size_t)h * n_coarse * D];
       lh.coarse_off = &coarse_off[(size_t)h * (n_coarse + 1)];
+    }
+    if (c.iso) {
+      lh.fine_iso = &fine_iso[(size_t)h * n_fine * 2];
+      if (c.hier) lh.coarse_iso = &coarse_iso[(size_t)h * n_coarse * 2];
     }
     return lh;
   };
@@ -360,6 +385,10 @@ static void run_case(const Case& c, std::mt19937_64& rng) {
     dCo.upload(coarse_off);
   }
   dFo.upload(fine_off);
+  Dev<float> dFi(std::max<size_t>(1, fine_iso.size())), dCi(std::max<size_t>(1, coarse_iso.size()));
+  if (c.iso) dFi.upload(fine_iso);
+  if (c.iso && c.hier) dCi.upload(coarse_iso);
+  const sqz_cuda_iso iso{dFi.p, c.hier ? dCi.p : nullptr};
   sqz_cuda_shape shape{n_heads, n_kv, D, n_ctx, n_fine, n_coarse, c.n_q + 3, c.dt, c.num_sms};
   const size_t wsb = sqz_cuda_workspace_size(&shape);
   expect(wsb > 0, "workspace size");
@@ -377,7 +406,8 @@ static void run_case(const Case& c, std::mt19937_64& rng) {
   for (int rep = 0; rep < 3; rep++) {
     out.poison();
     lse.poison();
-    if (rep < 2) SQZ_OK(sqz_cuda_plan(&shape, &ctx, &q, ws.p, 0));
+    if (rep < 2 && c.iso) SQZ_OK(sqz_cuda_plan_iso(&shape, &ctx, &q, &iso, ws.p, 0));
+    if (rep < 2 && !c.iso) SQZ_OK(sqz_cuda_plan(&shape, &ctx, &q, ws.p, 0));
     SQZ_OK(sqz_cuda_run(&shape, &ctx, &q, ws.p, &st, 0));
     CUDA_OK(cudaDeviceSynchronize());
   }
@@ -465,6 +495,27 @@ static void run_case(const Case& c, std::mt19937_64& rng) {
   }
   const auto g_out = out.download(out.n), g_lse = lse.download(lse.n);
   check_attention(tag, c.n_q, n_heads, D, c.dt, qtot > 8, g_out, g_lse, ref_out, ref_lse, vmax);
+}
+
+// sqz_cuda_plan_iso refuses incomplete or misaligned statistics (nothing is launched).
+static void iso_argument_checks() {
+  std::printf("case plan_iso argument checks\n");
+  Dev<uint16_t> buf(1 << 16);
+  Dev<int32_t> off(1 << 10);
+  Dev<float> st(1 << 10);
+  sqz_cuda_shape shape{4, 2, 128, 64, 8, 2, 1, SQZ_CUDA_BF16, 0};
+  Dev<unsigned char> ws(sqz_cuda_workspace_size(&shape));
+  SQZ_OK(sqz_cuda_workspace_init(&shape, ws.p, 0));
+  sqz_cuda_context ctx{buf.p, buf.p, 0, 0, buf.p, off.p, buf.p, off.p};
+  sqz_cuda_query q{buf.p, 1, 0, 0.1f, 0.0f, 0.0f};
+  const sqz_cuda_iso no_fine{nullptr, st.p}, no_coarse{st.p, nullptr}, odd{st.p + 1, st.p};
+  expect(sqz_cuda_plan_iso(&shape, &ctx, &q, &no_fine, ws.p, 0) == SQZ_CUDA_EINVAL,
+         "plan_iso: missing fine statistics -> EINVAL");
+  expect(sqz_cuda_plan_iso(&shape, &ctx, &q, &no_coarse, ws.p, 0) == SQZ_CUDA_EINVAL,
+         "plan_iso: hierarchical without coarse statistics -> EINVAL");
+  expect(sqz_cuda_plan_iso(&shape, &ctx, &q, &odd, ws.p, 0) == SQZ_CUDA_EINVAL,
+         "plan_iso: statistics not 8-byte aligned -> EINVAL");
+  CUDA_OK(cudaDeviceSynchronize());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -770,7 +821,7 @@ int main(int argc, char** argv) {
   std::printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
   std::mt19937_64 rng(seed);
   const auto BF = SQZ_CUDA_BF16, F16 = SQZ_CUDA_F16;
-  // n_ctx, group, n_q, D, hier, dtype, keep_coarse, keep_fine, num_sms
+  // n_ctx, group, n_q, D, hier, dtype, keep_coarse, keep_fine, num_sms[, n_kv, iso]
   const Case cases[] = {
       {113, 1, 1, 128, false, BF, 0, 0.3, 0},
       {113, 4, 1, 128, true, BF, 0.5, 0.5, 0},
@@ -799,8 +850,30 @@ int main(int argc, char** argv) {
       {1500, 1, 1, 128, false, BF, 0, 0.2, 0, 32},
       {113, 1, 1, 128, true, BF, 0.5, 0.5, 0, 1100},
       {113, 2, 1, 64, false, BF, 0, 0.4, 0, 1100},
+      // mean_iso: decode (fused, QT 1/2/4/8), the two-launch fallback, prefill (tensor cores).
+      {113, 1, 1, 128, false, BF, 0, 0.3, 0, 2, true},
+      {501, 4, 1, 128, true, BF, 0.4, 0.4, 0, 2, true},
+      {501, 8, 1, 64, true, F16, 0.3, 0.3, 0, 2, true},
+      {3771, 1, 2, 128, true, BF, 0.25, 0.3, 0, 2, true},
+      {3771, 1, 5, 128, true, F16, 0.3, 0.3, 0, 2, true},
+      {3771, 4, 1, 128, false, BF, 0, 0.2, 0, 2, true},
+      {3771, 1, 1, 128, true, BF, 1.0, 1.0, 1, 2, true},  // full selection
+      {3771, 4, 1, 128, true, BF, 0.0, 0.5, 0, 2, true},  // empty selection
+      {3771, 4, 1, 128, true, BF, 0.3, 0.2, 0, 8, true},
+      {2000, 8, 1, 64, true, F16, 0.3, 0.3, 0, 32, true},
+      {113, 1, 1, 128, true, BF, 0.5, 0.5, 0, 1100, true},
+      {113, 4, 1, 64, true, F16, 0.5, 0.4, 0, 1100, true},
+      {113, 2, 1, 128, false, BF, 0, 0.4, 0, 1100, true},
+      {113, 1, 77, 128, true, BF, 0.5, 0.5, 0, 2, true},
+      {501, 4, 33, 128, true, BF, 0.3, 0.4, 0, 2, true},
+      {501, 8, 9, 64, true, F16, 0.4, 0.4, 0, 2, true},
+      {3771, 1, 130, 128, true, BF, 0.2, 0.3, 0, 2, true},
+      {3771, 4, 40, 128, false, BF, 0, 0.15, 2, 2, true},
+      {3771, 8, 20, 64, true, BF, 0.3, 0.3, 0, 2, true},
+      {3771, 4, 64, 128, true, F16, 1.0, 1.0, 0, 2, true},  // full selection, prefill
   };
   for (const Case& c : cases) run_case(c, rng);
+  iso_argument_checks();
   for (int mode = 0; mode < 3; mode++) {
     run_ranges_case(501, 4, 1, 128, BF, mode, 0, rng);
     run_ranges_case(3771, 1, 1, 128, F16, mode, 5, rng);

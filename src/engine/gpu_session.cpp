@@ -146,10 +146,14 @@ Result<GpuAskSetup> make_gpu_setup(const Engine& e, const Pack& pack, int64_t n_
     return Error(Code::kUnsupported,
                  "--device cuda: baseline selectors, per-head budgets, --select-block and "
                  "--measure-mass run on the CPU only");
-  if (ap.select.estimator == Estimator::kMeanVar)
+  // The CUDA lookup scores with mean or mean_iso; auto resolves to the pack's default.
+  const Estimator est = pack.resolve_estimator(ap.select.estimator);
+  if (est != Estimator::kMean && est != Estimator::kMeanIso)
     return Error(Code::kUnsupported,
-                 "--device cuda: the CUDA lookup implements the mean estimator (use --estimator "
-                 "mean or auto)");
+                 "--device cuda: the CUDA lookup implements the mean and mean_iso estimators, not "
+                 "{}{} (use --estimator mean_iso or mean, or --device cpu)",
+                 estimator_name(est),
+                 ap.select.estimator == Estimator::kAuto ? " (the pack's default)" : "");
   const ModelConfig& c = e.model().config();
   GpuAskSetup s;
   SelectParams sp = ap.select;
@@ -157,7 +161,7 @@ Result<GpuAskSetup> make_gpu_setup(const Engine& e, const Pack& pack, int64_t n_
   if (ap.budget > 0) {
     if (ap.budget > 1)
       return Error(Code::kInvalidArgument, "budget {} must be in (0, 1]", ap.budget);
-    sp.percentile = pack.percentile_for_budget(ap.budget, s.levels, Estimator::kMean);
+    sp.percentile = pack.percentile_for_budget(ap.budget, s.levels, est);
   }
   s.percentile = sp.percentile;
   float tf, tc;
@@ -168,8 +172,8 @@ Result<GpuAskSetup> make_gpu_setup(const Engine& e, const Pack& pack, int64_t n_
   } else {
     const double pc =
         sp.coarse_percentile >= 0 ? sp.coarse_percentile : auto_coarse_percentile(sp.percentile);
-    tf = (float)pack.threshold_for(sp.percentile, CentroidLevel::kFine, Estimator::kMean);
-    tc = (float)pack.threshold_for(pc, CentroidLevel::kCoarse, Estimator::kMean);
+    tf = (float)pack.threshold_for(sp.percentile, CentroidLevel::kFine, est);
+    tc = (float)pack.threshold_for(pc, CentroidLevel::kCoarse, est);
   }
   const int64_t room = e.n_ctx() - pack.n_ctx();
   if (room <= 0)
@@ -197,14 +201,19 @@ Result<GpuAskSetup> make_gpu_setup(const Engine& e, const Pack& pack, int64_t n_
     L.fine_centroids = pack.fine_centroids(l, 0);
     L.fine_offsets = pack.fine_offsets(l, 0);
     L.perm = pack.perm(l, 0);
+    L.fine_var = pack.fine_var(l, 0);
+    L.fine_radius = pack.fine_radius(l, 0);
     if (pack.n_coarse() > 0) {
       L.coarse_centroids = pack.coarse_centroids(l, 0);
       L.coarse_ranges = pack.coarse_ranges(l, 0);
+      L.coarse_var = pack.coarse_var(l, 0);
+      L.coarse_radius = pack.coarse_radius(l, 0);
     }
   }
   gpu::SqueezeOptions o;
   o.dense = ap.dense;
   o.levels = s.levels;
+  o.iso = est == Estimator::kMeanIso;
   o.threshold_fine = tf;
   o.threshold_coarse = tc;
   o.max_q = (int)std::min<int64_t>(gpu_batch(e), std::max<int64_t>(1, n_user_max));

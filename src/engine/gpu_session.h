@@ -36,11 +36,12 @@ Result<CompileReport> gpu_compile_context(const Engine& e, const std::string& co
                                           const CompileParams& cp, const std::string& out_path,
                                           ProgressFn progress);
 
-// ask / ask_first_logits on the GPU. The lookup scores clusters with the mean estimator, so
-// thresholds and budgets come from the pack's Estimator::kMean table. Attention sinks are
-// supported (rows moved out of their clusters at upload, always attended); alternative
-// selectors, per-head budgets, per-block selection, mass measurement and the mean_var estimator
-// are CPU-only (kUnsupported).
+// ask / ask_first_logits on the GPU. The lookup scores clusters with the mean or mean_iso
+// estimator (--estimator auto: the pack's default), thresholds and budgets come from that
+// estimator's calibration table, and it implements the calibrated coarse rule only
+// (SelectParams::CoarseRule::kCalibrated). Attention sinks are supported (rows moved out of
+// their clusters at upload, always attended); alternative selectors, per-head budgets,
+// per-block selection, mass measurement and the mean_var estimator are CPU-only (kUnsupported).
 Result<AskResult> gpu_ask(const Engine& e, const Pack& pack, const std::string& question,
                           const AskParams& ap);
 Result<std::vector<float>> gpu_ask_first_logits(const Engine& e, const Pack& pack,

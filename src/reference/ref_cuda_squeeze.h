@@ -4,7 +4,8 @@
 //   attend          softmax attention of one query over a list of key/value rows -> (out, lse)
 //   merge_states    (out, lse) + (out, lse)
 //   lookup          squeezed-attention cluster scoring and selection (single-level and
-//                   hierarchical), the same estimator as src/backend/cuda/lookup.cuh describes
+//                   hierarchical), the same estimators as src/backend/cuda/lookup.cuh describes
+//                   (mean, and mean_iso when the per-cluster {vbar, radius} are given)
 //   kept_ranges     kept fine clusters -> merged row ranges
 //   bf16 / f16 bit conversions (round to nearest even)
 #pragma once
@@ -132,6 +133,9 @@ struct LookupHead {
   const int32_t* fine_off = nullptr;    // [n_fine + 1] rows
   const float* coarse_c = nullptr;      // [n_coarse, D]
   const int32_t* coarse_off = nullptr;  // [n_coarse + 1] fine indices
+  // mean_iso (both null = the mean estimator): {vbar, radius} per cluster.
+  const float* fine_iso = nullptr;    // [n_fine, 2]
+  const float* coarse_iso = nullptr;  // [n_coarse, 2]
 };
 
 struct LookupResult {
@@ -143,9 +147,9 @@ struct LookupResult {
 };
 
 // Scores of the query rows `qs` ([nq, D]) for one KV head. s_c(q) = e^{l_c} / den(q),
-// l = scale * q.c; single level den = sum_j n_j e^{l_j}; hierarchical: coarse den over all
-// coarse clusters, fine den = sum_{compared} n_j e^{l_j} + sum_{pruned C} N_C e^{L_C}.
-// Kept iff mean over queries >= threshold.
+// l = scale * q.c (mean_iso: + min(½|x|² vbar_c, |x| r_c) with x = scale * q); single level den =
+// sum_j n_j e^{l_j}; hierarchical: coarse den over all coarse clusters, fine den = sum_{compared}
+// n_j e^{l_j} + sum_{pruned C} N_C e^{L_C}. Kept iff mean over queries >= threshold.
 inline LookupResult lookup(const LookupHead& h, const float* qs, int nq, double scale,
                            double thr_fine, double thr_coarse) {
   const int D = h.D;
@@ -153,6 +157,14 @@ inline LookupResult lookup(const LookupHead& h, const float* qs, int nq, double 
     double d = 0.0;
     for (int j = 0; j < D; j++) d += (double)a[j] * (double)b[j];
     return d * scale;
+  };
+  // mean_iso correction of query row q for a cluster with statistics st = {vbar, radius}.
+  auto corr = [&](int q, const float* st) {
+    if (!st) return 0.0;
+    double x2 = 0.0;
+    for (int j = 0; j < D; j++) x2 += (double)qs[(size_t)q * D + j] * (double)qs[(size_t)q * D + j];
+    x2 *= scale * scale;
+    return std::min(0.5 * x2 * (double)st[0], std::sqrt(x2) * (double)st[1]);
   };
   auto nfine = [&](int j) { return (double)(h.fine_off[j + 1] - h.fine_off[j]); };
   LookupResult r;
@@ -168,7 +180,8 @@ inline LookupResult lookup(const LookupHead& h, const float* qs, int nq, double 
     for (int q = 0; q < nq; q++) {
       double mx = kNegInf;
       for (int C = 0; C < h.n_coarse; C++) {
-        L[(size_t)q * h.n_coarse + C] = dot(qs + (size_t)q * D, h.coarse_c + (size_t)C * D);
+        L[(size_t)q * h.n_coarse + C] = dot(qs + (size_t)q * D, h.coarse_c + (size_t)C * D) +
+                                        corr(q, h.coarse_iso ? h.coarse_iso + 2 * C : nullptr);
         if (ncoarse(C) > 0) mx = std::max(mx, L[(size_t)q * h.n_coarse + C]);
       }
       double den = 0.0;
@@ -201,7 +214,8 @@ inline LookupResult lookup(const LookupHead& h, const float* qs, int nq, double 
   for (int q = 0; q < nq; q++) {
     double mx = pr_m[q];
     for (size_t e = 0; e < nc; e++) {
-      l[e] = dot(qs + (size_t)q * D, h.fine_c + (size_t)r.compared[e] * D);
+      l[e] = dot(qs + (size_t)q * D, h.fine_c + (size_t)r.compared[e] * D) +
+             corr(q, h.fine_iso ? h.fine_iso + 2 * r.compared[e] : nullptr);
       if (nfine(r.compared[e]) > 0) mx = std::max(mx, l[e]);
     }
     if (mx == kNegInf) continue;

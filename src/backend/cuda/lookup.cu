@@ -90,7 +90,21 @@ struct LookupArgs {
   const int32_t* coarse_off;  // [n_kv, n_coarse + 1]
   float thr_fine_tot;         // threshold * qtot (scores are stored as sums over query rows)
   float thr_coarse_tot;
+  // mean_iso: {vbar, radius} per cluster ([n_kv, n_fine] / [n_kv, n_coarse]); null = mean.
+  const float2* fine_iso;
+  const float2* coarse_iso;
 };
+
+// mean_iso correction in base-2 logit units. The kernels hold the query as qf = q * scale_log2
+// (q the raw query), so with S = |qf|^2 and the scaled query q_s = q * scale the natural-log
+// correction min(½|q_s|² vbar, |q_s| r) times log2 e is min(qn.x vbar, qn.y r) with
+// qn = {½ S / log2 e, sqrt(S)}, computed once per query row.
+__device__ __forceinline__ float2 iso_row(float S) {
+  return make_float2(0.5f * S * (1.0f / kLog2e), sqrtf(S));
+}
+__device__ __forceinline__ float iso_corr(float2 qn, float2 st) {
+  return fminf(qn.x * st.x, qn.y * st.y);
+}
 
 // Online (max, positive sum, negative sum) of base-2 weighted exponentials.
 struct Stat {
@@ -142,11 +156,12 @@ struct Entry {
   const T* c;   // centroid row
   float log2w;  // log2(keys in the cluster); -inf for an empty cluster
   int sign;     // +1 scored, -1 subtracted
+  float2 st;    // mean_iso {vbar, radius} of the entry's cluster (its own level); 0 without
 };
 
 // Entry info of U entries at once, the dependent loads (compacted index -> offsets -> row
 // counts) issued level by level so the U chains overlap instead of running back to back.
-template <int D, typename T, int U>
+template <int D, typename T, int U, bool ISO>
 __device__ __forceinline__ void entry_batch(const LookupArgs& a, int stage, int h,
                                             const int (&e)[U], int e1, int n_pos,
                                             Entry<T> (&out)[U]) {
@@ -174,15 +189,19 @@ __device__ __forceinline__ void entry_batch(const LookupArgs& a, int stage, int 
     }
   }
   int lo[U], hi[U];
+  float2 st[U];
 #pragma unroll
   for (int u = 0; u < U; u++) {
     lo[u] = hi[u] = 0;
+    st[u] = make_float2(0.0f, 0.0f);
     if (kind[u] == 1) {
       lo[u] = __ldg(fo + idx[u]);
       hi[u] = __ldg(fo + idx[u] + 1);
+      if (ISO) st[u] = __ldg(a.fine_iso + (int64_t)h * a.p.n_fine + idx[u]);
     } else if (kind[u] >= 2) {
       lo[u] = __ldg(co + idx[u]);
       hi[u] = __ldg(co + idx[u] + 1);
+      if (ISO) st[u] = __ldg(a.coarse_iso + (int64_t)h * a.p.n_coarse + idx[u]);
     }
   }
 #pragma unroll
@@ -197,6 +216,7 @@ __device__ __forceinline__ void entry_batch(const LookupArgs& a, int stage, int 
     const int w = hi[u] - lo[u];
     out[u].log2w = (kind[u] != 0 && w > 0) ? log2f((float)w) : kNegInf;
     out[u].sign = kind[u] == 0 ? 0 : (kind[u] == 3 ? -1 : 1);
+    out[u].st = st[u];
     out[u].c = kind[u] == 1
                    ? static_cast<const T*>(a.fine_c) + ((int64_t)h * a.p.n_fine + idx[u]) * D
                    : static_cast<const T*>(a.coarse_c) + ((int64_t)h * a.p.n_coarse + idx[u]) * D;
@@ -565,13 +585,33 @@ __device__ bool last_of_head(const PlanDev& p, int slot, int h, unsigned n_ctas)
 
 // ---- small query path: CUDA cores, logits kept in the workspace ----
 
-template <int D, typename T, int QT>
+// mean_iso: s_qn[r] = iso_row(|qf_r|^2) for the QT query rows held as qf (lane lr of each group
+// of D / 8 lanes holds dims [8 lr, 8 lr + 8) of every row). Every thread of the CTA calls it.
+template <int D, int QT>
+__device__ __forceinline__ void iso_rows_small(const float (&qf)[QT][8], float2* s_qn) {
+  constexpr int LPR = D / 8;
+#pragma unroll
+  for (int r = 0; r < QT; r++) {
+    float ss = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 8; i++) ss = fmaf(qf[r][i], qf[r][i], ss);
+#pragma unroll
+    for (int o = LPR / 2; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    if (threadIdx.x == 0) s_qn[r] = iso_row(ss);
+  }
+  __syncthreads();
+}
+
+// ISO (here and below): mean_iso correction (a.fine_iso set). Template flags rather than runtime
+// branches keep the mean path's code, registers and shared memory as they were.
+template <int D, typename T, int QT, bool ISO>
 __global__ void __launch_bounds__(256, QT <= 2 ? 3 : 2)
     score_small_kernel(LookupArgs a, int stage, int nsplit) {
   constexpr int LPR = D / 8;  // lanes per centroid row (16 bytes each)
   constexpr int RPW = 32 / LPR, NW = 8, NRG = NW * RPW, U = QT == 1 ? 8 : 4;
   __shared__ Stat s_stat[NW][QT];
   __shared__ float s_L[kSmallQ];
+  __shared__ float2 s_qn[ISO ? QT : 1];  // mean_iso row factors
   stamp(stage == kCoarse ? kStEntry : kStFineEntry);
   pdl_wait();
   stamp(stage == kCoarse ? kStWaited : kStFineStart);
@@ -602,6 +642,7 @@ __global__ void __launch_bounds__(256, QT <= 2 ? 3 : 2)
       for (int i = 0; i < 8; i++) qf[r][i] = 0.0f;
     }
   }
+  if (ISO) iso_rows_small<D, QT>(qf, s_qn);
   Stat st[QT];
 #pragma unroll
   for (int r = 0; r < QT; r++) st[r] = Stat{kNegInf, 0.0f, 0.0f};
@@ -613,7 +654,7 @@ __global__ void __launch_bounds__(256, QT <= 2 ? 3 : 2)
     int ev[U];
 #pragma unroll
     for (int u = 0; u < U; u++) ev[u] = base + u * NRG + rg;
-    entry_batch<D, T, U>(a, stage, h, ev, e1, n_pos, inf);
+    entry_batch<D, T, U, ISO>(a, stage, h, ev, e1, n_pos, inf);
 #pragma unroll
     for (int u = 0; u < U; u++)
       cv[u] = inf[u].c ? __ldg(reinterpret_cast<const uint4*>(inf[u].c + lr * 8))
@@ -631,6 +672,7 @@ __global__ void __launch_bounds__(256, QT <= 2 ? 3 : 2)
 #pragma unroll
         for (int o = LPR / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
         if (ee < e1 && r < qtot) {
+          if (ISO) d += iso_corr(s_qn[r], inf[u].st);
           if (lr == 0) lg[(int64_t)ee * kSmallQ + r] = d;
           stat_add(st[r], d + inf[u].log2w, inf[u].sign);
         }
@@ -713,10 +755,10 @@ __global__ void __launch_bounds__(256, QT <= 2 ? 3 : 2)
 
 // Centroid rows and log2 sizes of U entries. Centroid loads are issued before the offset chain
 // (their address needs only the entry index), so the two latencies overlap.
-template <int D, typename T, int U>
+template <int D, typename T, int U, bool ISO>
 __device__ __forceinline__ void fused_load(const LookupArgs& a, bool coarse, bool hier, int h,
                                            int lr, const int (&e)[U], int e1, uint4 (&cv)[U],
-                                           float (&w)[U]) {
+                                           float (&w)[U], float2 (&st)[U]) {
   const int32_t* fo = a.fine_off + (int64_t)h * (a.p.n_fine + 1);
   const int32_t* co = a.coarse_off + (int64_t)h * (a.p.n_coarse + 1);
   int idx[U];
@@ -732,6 +774,13 @@ __device__ __forceinline__ void fused_load(const LookupArgs& a, bool coarse, boo
                      : static_cast<const T*>(a.fine_c) + ((int64_t)h * a.p.n_fine + idx[u]) * D;
     cv[u] =
         idx[u] >= 0 ? __ldg(reinterpret_cast<const uint4*>(c + lr * 8)) : make_uint4(0, 0, 0, 0);
+  }
+  // mean_iso statistics of the entry's own level (fine_iso null = mean estimator).
+  if (ISO) {
+    const float2* isb =
+        coarse ? a.coarse_iso + (int64_t)h * a.p.n_coarse : a.fine_iso + (int64_t)h * a.p.n_fine;
+#pragma unroll
+    for (int u = 0; u < U; u++) st[u] = idx[u] >= 0 ? __ldg(isb + idx[u]) : make_float2(0.0f, 0.0f);
   }
   int lo[U], hi[U];
 #pragma unroll
@@ -753,10 +802,10 @@ __device__ __forceinline__ void fused_load(const LookupArgs& a, bool coarse, boo
 
 // This CTA's slice of one stage: logits (and, coarse, log2 sizes) to the workspace, per-row
 // partial denominators to score_part[.., split]. n = entries of the stage for head h.
-template <int D, typename T, int QT>
+template <int D, typename T, int QT, bool ISO>
 __device__ __forceinline__ void fused_score(const LookupArgs& a, bool coarse, bool hier, int h,
                                             int split, int nsplit, int n, const float (&qf)[QT][8],
-                                            Stat (*s_stat)[QT]) {
+                                            const float2* s_qn, Stat (*s_stat)[QT]) {
   constexpr int LPR = D / 8, RPW = 32 / LPR, NW = 8, NRG = NW * RPW, U = QT == 1 ? 8 : 4;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int lr = lane % LPR, rg = warp * RPW + lane / LPR;
@@ -774,7 +823,8 @@ __device__ __forceinline__ void fused_score(const LookupArgs& a, bool coarse, bo
     for (int u = 0; u < U; u++) ev[u] = base + u * NRG + rg;
     uint4 cv[U];
     float w[U];
-    fused_load<D, T, U>(a, coarse, hier, h, lr, ev, e1, cv, w);
+    float2 ist[U];
+    fused_load<D, T, U, ISO>(a, coarse, hier, h, lr, ev, e1, cv, w, ist);
 #pragma unroll
     for (int u = 0; u < U; u++) {
       float kf[8];
@@ -788,6 +838,7 @@ __device__ __forceinline__ void fused_score(const LookupArgs& a, bool coarse, bo
 #pragma unroll
         for (int o = LPR / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
         if (valid && r < qtot) {
+          if (ISO) d += iso_corr(s_qn[r], ist[u]);
           if (lr == 0) lg[(int64_t)ev[u] * kSmallQ + r] = d;
           stat_add(st[r], d + w[u], 1);
         }
@@ -917,12 +968,13 @@ __device__ int fused_coarse_tail(const LookupArgs& a, int h, int nsplit, float* 
   return carry;
 }
 
-template <int D, typename T, int QT>
+template <int D, typename T, int QT, bool ISO>
 __global__ void __launch_bounds__(256, QT <= 2 ? 3 : 2)
     plan_small_fused_kernel(LookupArgs a, int nsplit) {
   constexpr int LPR = D / 8;
   __shared__ Stat s_stat[8][QT];
   __shared__ float s_L[kSmallQ];
+  __shared__ float2 s_qn[ISO ? QT : 1];  // mean_iso row factors
   __shared__ unsigned s_flag;
   stamp(kStEntry);
   pdl_wait();
@@ -949,10 +1001,11 @@ __global__ void __launch_bounds__(256, QT <= 2 ? 3 : 2)
       for (int i = 0; i < 8; i++) qf[r][i] = 0.0f;
     }
   }
+  if (ISO) iso_rows_small<D, QT>(qf, s_qn);
   unsigned* flag = a.p.head_cnt + 2 * (size_t)a.p.n_kv + h;
   int n_pos = a.p.n_fine;
   if (hier) {
-    fused_score<D, T, QT>(a, true, true, h, split, nsplit, a.p.n_coarse, qf, s_stat);
+    fused_score<D, T, QT, ISO>(a, true, true, h, split, nsplit, a.p.n_coarse, qf, s_qn, s_stat);
     stamp(kStCoarseMain);
     if (last_of_head(a.p, 0, h, gridDim.x)) {
       stamp(kStCoarseTail);
@@ -974,7 +1027,7 @@ __global__ void __launch_bounds__(256, QT <= 2 ? 3 : 2)
     n_pos = (int)s_flag - 1;
   }
   stamp(kStFineStart);
-  fused_score<D, T, QT>(a, false, hier, h, split, nsplit, n_pos, qf, s_stat);
+  fused_score<D, T, QT, ISO>(a, false, hier, h, split, nsplit, n_pos, qf, s_qn, s_stat);
   stamp(kStFineMain);
   pdl_trigger();  // every CTA is resident by now, so early dependents cannot starve the grid
   if (!last_of_head(a.p, 1, h, gridDim.x)) return;
@@ -1005,12 +1058,12 @@ int resident_ctas(K kernel) {
 }
 
 // Launches the fused decode plan if the grid fits on the device at once; false = not launched.
-template <int D, typename T, int QT>
+template <int D, typename T, int QT, bool ISO>
 bool launch_fused(int n_kv, const LookupArgs& a, cudaStream_t stream) {
 #ifdef SQZ_FORCE_UNFUSED  // diagnostic builds: time the two-launch path on the same shapes
   return false;
 #endif
-  auto kernel = plan_small_fused_kernel<D, T, QT>;
+  auto kernel = plan_small_fused_kernel<D, T, QT, ISO>;
   // Cached per instantiation (the occupancy differs with QT: 3 CTAs/SM for QT <= 2, 2 above;
   // v6 first cached it per function-pointer type, shared by all of them, and so launched the
   // QT = 4 grid at 3/SM, more CTAs than fit) and per device. A racing first call stores the
@@ -1027,7 +1080,9 @@ bool launch_fused(int n_kv, const LookupArgs& a, cudaStream_t stream) {
 
 // ---- large query path: tensor cores, two passes (denominators, then column sums) ----
 
-template <int D, typename T, bool COLSUM>
+// ISO: besides the code, the window of per-entry statistics would not fit the static shared
+// memory next to the mean path's.
+template <int D, typename T, bool COLSUM, bool ISO>
 __global__ void __launch_bounds__(128) score_mma_kernel(LookupArgs a, int stage, int nsplit) {
   __shared__ __align__(128) T sC[2][kTileRows * D];
   __shared__ const T* s_ptr[2][kTileRows];
@@ -1040,6 +1095,8 @@ __global__ void __launch_bounds__(128) score_mma_kernel(LookupArgs a, int stage,
   __shared__ const T* w_ptr[kWin];
   __shared__ float w_w[kWin];
   __shared__ int8_t w_s[kWin];
+  __shared__ float2 w_st[ISO ? kWin : 1];          // mean_iso {vbar, radius} of the window
+  __shared__ float2 s_st[2][ISO ? kTileRows : 1];  // ... of the tile's columns
   pdl_wait();
   const int split = blockIdx.x, qb = blockIdx.y, h = blockIdx.z;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -1064,9 +1121,31 @@ __global__ void __launch_bounds__(128) score_mma_kernel(LookupArgs a, int stage,
   __syncthreads();
   uint32_t qf[D / 16][4];
   load_q_frags<D, T>(qf, sC[1], warp, lane);
+  const int r0 = warp * 16 + (lane >> 2);  // this thread's rows r0 and r0 + 8 of the tile
+  // mean_iso factors of rows r0 and r0 + 8: the 4 lanes sharing a row each sum a quarter of it.
+  float2 qn0 = make_float2(0.0f, 0.0f), qn1 = qn0;
+  if (ISO) {
+    float s0 = 0.0f, s1 = 0.0f;
+    for (int ch = lane & 3; ch < D / 8; ch += 4) {
+      float f0[8], f1[8];
+      unpack8<T>(*reinterpret_cast<const uint4*>(sC[1] + swz<D>(r0, ch)), f0);
+      unpack8<T>(*reinterpret_cast<const uint4*>(sC[1] + swz<D>(r0 + 8, ch)), f1);
+#pragma unroll
+      for (int i = 0; i < 8; i++) {
+        s0 = fmaf(f0[i], f0[i], s0);
+        s1 = fmaf(f1[i], f1[i], s1);
+      }
+    }
+    s0 += __shfl_xor_sync(0xffffffffu, s0, 1);
+    s1 += __shfl_xor_sync(0xffffffffu, s1, 1);
+    s0 += __shfl_xor_sync(0xffffffffu, s0, 2);
+    s1 += __shfl_xor_sync(0xffffffffu, s1, 2);
+    const float sl2 = a.scale_log2 * a.scale_log2;
+    qn0 = iso_row(s0 * sl2);
+    qn1 = iso_row(s1 * sl2);
+  }
   __syncthreads();
 
-  const int r0 = warp * 16 + (lane >> 2);  // this thread's rows r0 and r0 + 8 of the tile
   const int m0 = qb * kTileRows + r0, m1 = m0 + 8;
   const bool v0 = m0 < qtot, v1 = m1 < qtot;
   float L0 = kNegInf, L1 = kNegInf;
@@ -1089,7 +1168,7 @@ __global__ void __launch_bounds__(128) score_mma_kernel(LookupArgs a, int stage,
         Entry<T> inf[PER];
 #pragma unroll
         for (int u = 0; u < PER; u++) ev[u] = ew + i0 + tid + u * blockDim.x;
-        entry_batch<D, T, PER>(a, stage, h, ev, e1, n_pos, inf);
+        entry_batch<D, T, PER, ISO>(a, stage, h, ev, e1, n_pos, inf);
 #pragma unroll
         for (int u = 0; u < PER; u++) {
           const int i = i0 + tid + u * blockDim.x;
@@ -1097,6 +1176,7 @@ __global__ void __launch_bounds__(128) score_mma_kernel(LookupArgs a, int stage,
             w_ptr[i] = inf[u].c;
             w_w[i] = inf[u].log2w;
             w_s[i] = (int8_t)inf[u].sign;
+            if (ISO) w_st[i] = inf[u].st;
           }
         }
       }
@@ -1107,6 +1187,7 @@ __global__ void __launch_bounds__(128) score_mma_kernel(LookupArgs a, int stage,
       s_ptr[buf][tid] = w_ptr[i];
       s_w[buf][tid] = w_w[i];
       s_sign[buf][tid] = w_s[i];
+      if (ISO) s_st[buf][tid] = w_st[i];
     }
   };
   auto issue = [&](int buf) {
@@ -1148,8 +1229,14 @@ __global__ void __launch_bounds__(128) score_mma_kernel(LookupArgs a, int stage,
         for (int c = 0; c < 2; c++) {
           const int col = j * 8 + 2 * (lane & 3) + c;
           const float w = s_w[buf][col];
-          s[j][c] = s[j][c] * a.scale_log2 + w;
-          s[j][c + 2] = s[j][c + 2] * a.scale_log2 + w;
+          if (ISO) {
+            const float2 cs = s_st[buf][col];
+            s[j][c] = s[j][c] * a.scale_log2 + iso_corr(qn0, cs) + w;
+            s[j][c + 2] = s[j][c + 2] * a.scale_log2 + iso_corr(qn1, cs) + w;
+          } else {
+            s[j][c] = s[j][c] * a.scale_log2 + w;
+            s[j][c + 2] = s[j][c + 2] * a.scale_log2 + w;
+          }
           mx0 = fmaxf(mx0, s[j][c]);
           mx1 = fmaxf(mx1, s[j][c + 2]);
         }
@@ -1190,8 +1277,16 @@ __global__ void __launch_bounds__(128) score_mma_kernel(LookupArgs a, int stage,
           const int col = j * 8 + 2 * (lane & 3) + c;
           const bool pos = s_sign[buf][col] > 0;
           float p = 0.0f;
-          if (pos && v0 && L0 != kNegInf) p += exp2f(s[j][c] * a.scale_log2 - L0);
-          if (pos && v1 && L1 != kNegInf) p += exp2f(s[j][c + 2] * a.scale_log2 - L1);
+          if (ISO) {
+            const float2 cs = s_st[buf][col];
+            if (pos && v0 && L0 != kNegInf)
+              p += exp2f(s[j][c] * a.scale_log2 + iso_corr(qn0, cs) - L0);
+            if (pos && v1 && L1 != kNegInf)
+              p += exp2f(s[j][c + 2] * a.scale_log2 + iso_corr(qn1, cs) - L1);
+          } else {
+            if (pos && v0 && L0 != kNegInf) p += exp2f(s[j][c] * a.scale_log2 - L0);
+            if (pos && v1 && L1 != kNegInf) p += exp2f(s[j][c + 2] * a.scale_log2 - L1);
+          }
           // Sum over the warp's 16 rows: lanes sharing lane & 3 hold the same column.
           p += __shfl_xor_sync(0xffffffffu, p, 4);
           p += __shfl_xor_sync(0xffffffffu, p, 8);
@@ -1262,7 +1357,7 @@ __global__ void __launch_bounds__(256)
   partition_tail(p, qtot);
 }
 
-template <int D, typename T>
+template <int D, typename T, bool ISO>
 int launch_typed(const sqz_cuda_shape& s, const PlanDev& p, const LookupArgs& a, int num_sms,
                  cudaStream_t stream) {
   const bool hier = s.n_coarse > 0;
@@ -1275,16 +1370,16 @@ int launch_typed(const sqz_cuda_shape& s, const PlanDev& p, const LookupArgs& a,
     bool fused = false;
     switch (qt) {
       case 1:
-        fused = launch_fused<D, T, 1>(n_kv, a, stream);
+        fused = launch_fused<D, T, 1, ISO>(n_kv, a, stream);
         break;
       case 2:
-        fused = launch_fused<D, T, 2>(n_kv, a, stream);
+        fused = launch_fused<D, T, 2, ISO>(n_kv, a, stream);
         break;
       case 4:
-        fused = launch_fused<D, T, 4>(n_kv, a, stream);
+        fused = launch_fused<D, T, 4, ISO>(n_kv, a, stream);
         break;
       default:
-        fused = launch_fused<D, T, 8>(n_kv, a, stream);
+        fused = launch_fused<D, T, 8, ISO>(n_kv, a, stream);
         break;
     }
     if (fused) return cudaGetLastError() == cudaSuccess ? SQZ_CUDA_OK : SQZ_CUDA_ECUDA;
@@ -1294,16 +1389,16 @@ int launch_typed(const sqz_cuda_shape& s, const PlanDev& p, const LookupArgs& a,
     auto run = [&](int stage) {
       switch (a.qtot <= 1 ? 1 : a.qtot <= 2 ? 2 : a.qtot <= 4 ? 4 : 8) {
         case 1:
-          launch_k(score_small_kernel<D, T, 1>, grid, 256, 0, stream, a, stage, nsplit);
+          launch_k(score_small_kernel<D, T, 1, ISO>, grid, 256, 0, stream, a, stage, nsplit);
           break;
         case 2:
-          launch_k(score_small_kernel<D, T, 2>, grid, 256, 0, stream, a, stage, nsplit);
+          launch_k(score_small_kernel<D, T, 2, ISO>, grid, 256, 0, stream, a, stage, nsplit);
           break;
         case 4:
-          launch_k(score_small_kernel<D, T, 4>, grid, 256, 0, stream, a, stage, nsplit);
+          launch_k(score_small_kernel<D, T, 4, ISO>, grid, 256, 0, stream, a, stage, nsplit);
           break;
         default:
-          launch_k(score_small_kernel<D, T, 8>, grid, 256, 0, stream, a, stage, nsplit);
+          launch_k(score_small_kernel<D, T, 8, ISO>, grid, 256, 0, stream, a, stage, nsplit);
           break;
       }
     };
@@ -1319,8 +1414,8 @@ int launch_typed(const sqz_cuda_shape& s, const PlanDev& p, const LookupArgs& a,
         std::min(kMaxScoreSplits, std::max(1, (3 * num_sms + n_kv * n_qb - 1) / (n_kv * n_qb)));
     const dim3 grid(nsplit, n_qb, n_kv);
     auto run = [&](int stage) {
-      launch_k(score_mma_kernel<D, T, false>, grid, 128, 0, stream, a, stage, nsplit);
-      launch_k(score_mma_kernel<D, T, true>, grid, 128, 0, stream, a, stage, nsplit);
+      launch_k(score_mma_kernel<D, T, false, ISO>, grid, 128, 0, stream, a, stage, nsplit);
+      launch_k(score_mma_kernel<D, T, true, ISO>, grid, 128, 0, stream, a, stage, nsplit);
     };
     if (hier) {
       run(kCoarse);
@@ -1335,7 +1430,8 @@ int launch_typed(const sqz_cuda_shape& s, const PlanDev& p, const LookupArgs& a,
 }  // namespace
 
 int launch_lookup(const sqz_cuda_shape& s, const WsLayout& L, const PlanDev& p,
-                  const sqz_cuda_context& ctx, const sqz_cuda_query& q, cudaStream_t stream) {
+                  const sqz_cuda_context& ctx, const sqz_cuda_query& q, const sqz_cuda_iso* iso,
+                  cudaStream_t stream) {
   LookupArgs a;
   a.p = p;
   a.q = q.q;
@@ -1348,14 +1444,22 @@ int launch_lookup(const sqz_cuda_shape& s, const WsLayout& L, const PlanDev& p,
   a.coarse_off = ctx.coarse_offsets;
   a.thr_fine_tot = q.threshold_fine * (float)a.qtot;
   a.thr_coarse_tot = q.threshold_coarse * (float)a.qtot;
+  a.fine_iso = iso ? reinterpret_cast<const float2*>(iso->fine) : nullptr;
+  a.coarse_iso = iso && s.n_coarse > 0 ? reinterpret_cast<const float2*>(iso->coarse) : nullptr;
   const bool bf = s.dtype == SQZ_CUDA_BF16;
+  if (s.head_dim != 128 && s.head_dim != 64) return SQZ_CUDA_EUNSUPPORTED;
+  if (a.fine_iso) {
+    if (s.head_dim == 128)
+      return bf ? launch_typed<128, __nv_bfloat16, true>(s, p, a, L.num_sms, stream)
+                : launch_typed<128, __half, true>(s, p, a, L.num_sms, stream);
+    return bf ? launch_typed<64, __nv_bfloat16, true>(s, p, a, L.num_sms, stream)
+              : launch_typed<64, __half, true>(s, p, a, L.num_sms, stream);
+  }
   if (s.head_dim == 128)
-    return bf ? launch_typed<128, __nv_bfloat16>(s, p, a, L.num_sms, stream)
-              : launch_typed<128, __half>(s, p, a, L.num_sms, stream);
-  if (s.head_dim == 64)
-    return bf ? launch_typed<64, __nv_bfloat16>(s, p, a, L.num_sms, stream)
-              : launch_typed<64, __half>(s, p, a, L.num_sms, stream);
-  return SQZ_CUDA_EUNSUPPORTED;
+    return bf ? launch_typed<128, __nv_bfloat16, false>(s, p, a, L.num_sms, stream)
+              : launch_typed<128, __half, false>(s, p, a, L.num_sms, stream);
+  return bf ? launch_typed<64, __nv_bfloat16, false>(s, p, a, L.num_sms, stream)
+            : launch_typed<64, __half, false>(s, p, a, L.num_sms, stream);
 }
 
 int launch_plan_ranges(const sqz_cuda_shape& s, const WsLayout& L, const PlanDev& p,

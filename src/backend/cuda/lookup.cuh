@@ -3,6 +3,10 @@
 //
 // Estimated score of cluster c for query q (base-2 logits l = q.c * scale * log2 e):
 //   s_c(q) = 2^{l_c} / sum_j n_j 2^{l_j}          (probability of one key of cluster c)
+// mean_iso (sqz_cuda_iso given): l_c += log2 e * min(½|q|² vbar_c, |q| r_c) with q the scaled
+// query; |q|² is computed once per query row, (vbar_c, r_c) read with the cluster's offsets.
+// The correction enters the logits everywhere they are formed (both stages, the subtracted kept
+// coarse terms, the pruned-coarse stand-ins), so everything downstream is unchanged.
 // averaged over the KV head's query rows (n_q tokens x GQA group); kept if mean >= threshold.
 // Hierarchical: coarse clusters first; then only the fine children of kept coarse clusters are
 // scored, with denominator  sum_{compared j} n_j 2^{l_j} + sum_{pruned C} N_C 2^{L_C},
@@ -24,8 +28,10 @@
 
 namespace sqz::cuda {
 
+// iso: mean_iso per-cluster inputs, or nullptr for the mean estimator.
 int launch_lookup(const sqz_cuda_shape& s, const WsLayout& L, const PlanDev& p,
-                  const sqz_cuda_context& ctx, const sqz_cuda_query& q, cudaStream_t stream);
+                  const sqz_cuda_context& ctx, const sqz_cuda_query& q, const sqz_cuda_iso* iso,
+                  cudaStream_t stream);
 
 // Plan from caller ranges: copies them, computes prefixes and partitions (one launch).
 int launch_plan_ranges(const sqz_cuda_shape& s, const WsLayout& L, const PlanDev& p,

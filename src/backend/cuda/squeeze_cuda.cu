@@ -194,13 +194,24 @@ int sqz_cuda_workspace_init(const sqz_cuda_shape* shape, void* ws, cudaStream_t 
 
 int sqz_cuda_plan(const sqz_cuda_shape* shape, const sqz_cuda_context* ctx, const sqz_cuda_query* q,
                   void* ws, cudaStream_t stream) {
+  return sqz_cuda_plan_iso(shape, ctx, q, nullptr, ws, stream);
+}
+
+int sqz_cuda_plan_iso(const sqz_cuda_shape* shape, const sqz_cuda_context* ctx,
+                      const sqz_cuda_query* q, const sqz_cuda_iso* iso, void* ws,
+                      cudaStream_t stream) {
   WsLayout L;
   if (!shape || !ctx || !ws || !make_layout(*shape, &L) || !check_query(*shape, q))
     return SQZ_CUDA_EINVAL;
   if (!ctx->fine_centroids || !ctx->fine_offsets) return SQZ_CUDA_EINVAL;
   if (shape->n_coarse > 0 && (!ctx->coarse_centroids || !ctx->coarse_offsets))
     return SQZ_CUDA_EINVAL;
-  return launch_lookup(*shape, L, make_plan_dev(L, ws), *ctx, *q, stream);
+  // mean_iso needs both levels' statistics (a mixed lookup would score the two levels with
+  // different estimators against one calibration).
+  if (iso && (!iso->fine || (shape->n_coarse > 0 && !iso->coarse))) return SQZ_CUDA_EINVAL;
+  if (iso && ((uintptr_t)iso->fine % 8 != 0 || (uintptr_t)iso->coarse % 8 != 0))
+    return SQZ_CUDA_EINVAL;  // read as float2
+  return launch_lookup(*shape, L, make_plan_dev(L, ws), *ctx, *q, iso, stream);
 }
 
 int sqz_cuda_plan_ranges(const sqz_cuda_shape* shape, const int32_t* ranges,

@@ -9,7 +9,8 @@
  *   sqz_cuda_plan   scores the query tokens against the centroids, keeps the clusters whose mean
  *                   estimated attention score reaches the threshold, turns them into row ranges
  *                   and partitions the kept rows into split-KV work items -- all on the device,
- *                   no host synchronisation.
+ *                   no host synchronisation. sqz_cuda_plan_iso is the same lookup with the
+ *                   mean_iso estimator's per-cluster correction (see sqz_cuda_iso).
  *   sqz_cuda_run    exact attention over the planned ranges -> (out, lse) per query head
  *                   (must get the same n_q as the plan: it picks the decode kernel iff
  *                   n_q * group <= 8, as the plan's partition did). On sm_90 the decode run
@@ -75,6 +76,18 @@ typedef struct sqz_cuda_context {
   const int32_t* coarse_offsets; /* [n_kv_heads, n_coarse + 1] fine-index offsets, or NULL */
 } sqz_cuda_context;
 
+/* Per-cluster inputs of the mean_iso estimator (src/squeeze/score.h). With q the scaled query
+ * vector (scale * query) and cluster j's centroid c_j, the natural-log logit is
+ *   l_j = q.c_j + min(0.5 |q|^2 vbar_j, |q| r_j)
+ * instead of the mean estimator's q.c_j; vbar_j is the mean over dimensions of the cluster's
+ * per-dimension key variance, r_j its radius (max distance of a key from c_j). Coarse clusters
+ * get the same correction with their own vbar and radius. Softmax weights (cluster sizes),
+ * denominators and thresholds are unchanged: only the logit differs. */
+typedef struct sqz_cuda_iso {
+  const float* fine;   /* [n_kv_heads, n_fine, 2] f32 {vbar_j, r_j} (device, 8-byte aligned) */
+  const float* coarse; /* [n_kv_heads, n_coarse, 2] f32 {vbar_C, r_C}; required iff n_coarse > 0 */
+} sqz_cuda_iso;
+
 /* The query tokens of one step and the selection thresholds. */
 typedef struct sqz_cuda_query {
   const void* q;          /* [n_q, n_heads, head_dim] dtype, token stride q_tok_stride elements */
@@ -98,9 +111,15 @@ size_t sqz_cuda_workspace_size(const sqz_cuda_shape* shape);
 /* Zeroes the workspace's arrival counters; call once after allocating it (on `stream`). */
 int sqz_cuda_workspace_init(const sqz_cuda_shape* shape, void* ws, cudaStream_t stream);
 
-/* Lookup + partition for the step's query tokens. Single-level when shape->n_coarse == 0. */
+/* Lookup + partition for the step's query tokens. Single-level when shape->n_coarse == 0.
+ * Scores with the mean estimator (logit q.c_j). */
 int sqz_cuda_plan(const sqz_cuda_shape* shape, const sqz_cuda_context* ctx, const sqz_cuda_query* q,
                   void* ws, cudaStream_t stream);
+/* The same with the mean_iso estimator when iso != NULL (iso == NULL: exactly sqz_cuda_plan).
+ * q->threshold_* must then come from the mean_iso calibration. */
+int sqz_cuda_plan_iso(const sqz_cuda_shape* shape, const sqz_cuda_context* ctx,
+                      const sqz_cuda_query* q, const sqz_cuda_iso* iso, void* ws,
+                      cudaStream_t stream);
 
 /* Plans from caller-chosen row ranges instead of a lookup (tests, other selection policies):
  * ranges [n_kv_heads, n_fine, 2] int32 device {begin, end} rows, sorted, non-overlapping;

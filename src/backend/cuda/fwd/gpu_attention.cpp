@@ -190,6 +190,8 @@ struct SqueezeAttentionGpu::Impl {
     DevBuf fine_off;    // [n_kv, n_fine + 1] int32
     DevBuf coarse_c;    // [n_kv, n_coarse, hd] f16
     DevBuf coarse_off;  // [n_kv, n_coarse + 1] int32
+    DevBuf fine_iso;    // [n_kv, n_fine, 2] f32 {v̄, radius} (mean_iso)
+    DevBuf coarse_iso;  // [n_kv, n_coarse, 2] f32
   };
   std::vector<LayerBufs> layers;
   KvCacheGpu user;  // rows: observation window, then the user's tokens
@@ -216,6 +218,23 @@ struct SqueezeAttentionGpu::Impl {
     for (int64_t i = 0; i < n; i++) h[(size_t)i] = fp32_to_fp16(f[i]);
     return cuda_status(cudaMemcpy(dst.get(), h.data(), (size_t)n * 2, cudaMemcpyHostToDevice),
                        what);
+  }
+  // mean_iso statistics of k clusters: {mean over hd dims of var, radius} per cluster, f32. The
+  // mean is summed in double as the CPU's HeadCentroidsT::build does.
+  Status upload_iso(DevBuf& dst, const float* var, const float* radius, int64_t k, int64_t hd,
+                    const char* what) {
+    if (!var || !radius)
+      return Error(Code::kInvalidArgument, "--device cuda: mean_iso needs the pack's {}", what);
+    std::vector<float> h((size_t)k * 2);
+    for (int64_t j = 0; j < k; j++) {
+      double sum = 0.0;
+      for (int64_t t = 0; t < hd; t++) sum += var[j * hd + t];
+      h[(size_t)(2 * j)] = (float)(sum / (double)hd);
+      h[(size_t)(2 * j + 1)] = radius[j];
+    }
+    SQZ_RETURN_IF_ERROR(dst.alloc(h.size() * 4, what));
+    bytes += h.size() * 4;
+    return cuda_status(cudaMemcpy(dst.get(), h.data(), h.size() * 4, cudaMemcpyHostToDevice), what);
   }
   Status upload_i32(DevBuf& dst, const int32_t* src, int64_t n, const char* what) {
     SQZ_RETURN_IF_ERROR(dst.alloc((size_t)n * 4, what));
@@ -326,6 +345,15 @@ Result<std::unique_ptr<SqueezeAttentionGpu>> SqueezeAttentionGpu::create(const P
       SQZ_RETURN_IF_ERROR(
           I.upload_i32(L.coarse_off, h.coarse_ranges, nkv * (p.n_coarse + 1), "coarse ranges"));
     }
+    // mean_iso: the statistics stay those of the pack's clusters when sink rows are moved out
+    // (as on the CPU, which keeps the clusters whole and attends the sinks besides).
+    if (o.iso && !o.dense) {
+      SQZ_RETURN_IF_ERROR(I.upload_iso(L.fine_iso, h.fine_var, h.fine_radius, nkv * p.n_fine, hd,
+                                       "fine variances / radii"));
+      if (two)
+        SQZ_RETURN_IF_ERROR(I.upload_iso(L.coarse_iso, h.coarse_var, h.coarse_radius,
+                                         nkv * p.n_coarse, hd, "coarse variances / radii"));
+    }
     // User cache rows: [0, n_sink) sinks, [n_sink, n_sink + n_obs) observation window
     // (positions n_clustered ...), then the user's tokens.
     for (int which = 0; which < 2; which++) {
@@ -417,8 +445,12 @@ Status SqueezeAttentionGpu::attend(int layer, const AttnStep& s) {
                                         (int32_t)n, I.ws.get(), I.stream),
                    "plan (dense)"));
   } else {
-    SQZ_RETURN_IF_ERROR(
-        sqz_status(sqz_cuda_plan(&I.shape, &ctx, &q, I.ws.get(), I.stream), "plan (lookup)"));
+    sqz_cuda_iso iso{};
+    iso.fine = L.fine_iso.as<float>();
+    iso.coarse = two ? L.coarse_iso.as<float>() : nullptr;
+    SQZ_RETURN_IF_ERROR(sqz_status(
+        sqz_cuda_plan_iso(&I.shape, &ctx, &q, I.o.iso ? &iso : nullptr, I.ws.get(), I.stream),
+        "plan (lookup)"));
   }
   const sqz_cuda_state sa = I.a.state(), sb = I.b.state();
   SQZ_RETURN_IF_ERROR(

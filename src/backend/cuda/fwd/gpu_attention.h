@@ -61,6 +61,12 @@ struct PackLayerHost {
   const float* coarse_centroids = nullptr;  // [n_kv, n_coarse, hd] or null
   const int32_t* coarse_ranges = nullptr;   // [n_kv, n_coarse + 1] or null
   const int32_t* perm = nullptr;            // [n_kv, n_clustered] row -> context position
+  // Cluster statistics, read when SqueezeOptions::iso (mean_iso estimator): per-dimension key
+  // variances and radii (the pack's sections).
+  const float* fine_var = nullptr;       // [n_kv, n_fine, hd]
+  const float* coarse_var = nullptr;     // [n_kv, n_coarse, hd] or null
+  const float* fine_radius = nullptr;    // [n_kv, n_fine]
+  const float* coarse_radius = nullptr;  // [n_kv, n_coarse] or null
 };
 struct PackHost {
   int n_layer = 0, n_head = 0, n_kv = 0, head_dim = 0;
@@ -73,7 +79,10 @@ struct PackHost {
 struct SqueezeOptions {
   bool dense = false;  // every clustered row (exact reference), no lookup
   int levels = 2;      // 1: fine centroids only; 2: coarse first (needs n_coarse > 0)
-  float threshold_fine = 0, threshold_coarse = 0;  // mean-estimator score thresholds
+  // Estimator of the lookup: false = mean (logit q.c), true = mean_iso (q.c + min(½|q|² v̄, |q| r),
+  // uploads v̄ = mean over dimensions of the variances, and the radii; squeeze_cuda.h).
+  bool iso = false;
+  float threshold_fine = 0, threshold_coarse = 0;  // score thresholds of that estimator
   int max_q = 256;                                 // most tokens per forward call
   int64_t user_capacity = 0;                       // question + answer tokens
   // Attention sinks (squeezed mode): clustered rows of context positions < sink_tokens are
