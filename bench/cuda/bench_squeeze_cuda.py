@@ -21,6 +21,11 @@ before the start event fires (device time, not Python launch latency).
 Bandwidth: bytes the sqz step must move (selected K+V rows, centroids read, queries) over its
 time, against a device-to-device copy measured in the same run (bytes read + written).
 
+Estimators (--estimator): mean (default; sqz_cuda_plan) and/or mean_iso (iso; sqz_cuda_plan_iso)
+with synthetic per-cluster {vbar, radius} pairs: vbar uniform in [0.5, 1.5] x 2 / mean |q_s|^2 (so
+the term 1/2 |q_s|^2 vbar is 0.5 .. 1.5 nats, q_s the scaled query), radius uniform in [0.5, 1.5] x
+the mean centroid norm of its level. Thresholds are calibrated per estimator.
+
 Output: a table on stdout; one JSON line per configuration appended to --jsonl.
 """
 import argparse
@@ -78,6 +83,10 @@ class DenseArgs(ctypes.Structure):
                 ("scale", c_float)]
 
 
+class Iso(ctypes.Structure):
+    _fields_ = [("fine", c_void_p), ("coarse", c_void_p)]
+
+
 class PlanView(ctypes.Structure):
     _fields_ = [("coarse_scores", c_void_p), ("coarse_kept", c_void_p), ("n_compared", c_void_p),
                 ("compared", c_void_p), ("fine_scores", c_void_p), ("fine_kept", c_void_p),
@@ -97,6 +106,9 @@ def load_lib(path):
     lib.sqz_cuda_merge.argtypes = [c_int32, c_int32, c_int32, P(State), P(State), c_void_p,
                                    ctypes.c_int, c_void_p, c_void_p]
     lib.sqz_cuda_get_plan_view.argtypes = [P(Shape), c_void_p, P(PlanView)]
+    if hasattr(lib, "sqz_cuda_plan_iso"):  # libraries before the mean_iso estimator lack it
+        lib.sqz_cuda_plan_iso.argtypes = [P(Shape), P(Context), P(Query), P(Iso), c_void_p, c_void_p]
+        lib.sqz_cuda_plan_iso.restype = ctypes.c_int
     lib.sqz_cuda_status_str.restype = ctypes.c_char_p
     lib.sqz_cuda_kmeans_create.argtypes = [c_int32, c_int32, c_int32, P(c_void_p)]
     lib.sqz_cuda_kmeans_destroy.argtypes = [c_void_p]
@@ -253,11 +265,17 @@ class Sqz:
         check(lib, lib.sqz_cuda_get_plan_view(ctypes.byref(self.shape), c_void_p(self.ws.data_ptr()),
                                               ctypes.byref(self.view)), "view")
         self.n_kv = n_kv
+        self.iso = None  # an Iso struct: plans use the mean_iso estimator (sqz_cuda_plan_iso)
 
     def query(self, q, t_fine, t_coarse):
         return Query(q.data_ptr(), q.shape[0], 0, 1.0 / math.sqrt(q.shape[2]), t_fine, t_coarse)
 
     def plan(self, qs):
+        if self.iso is not None:
+            check(self.lib, self.lib.sqz_cuda_plan_iso(
+                ctypes.byref(self.shape), ctypes.byref(self.ctx), ctypes.byref(qs),
+                ctypes.byref(self.iso), c_void_p(self.ws.data_ptr()), self.stream), "plan_iso")
+            return
         check(self.lib, self.lib.sqz_cuda_plan(ctypes.byref(self.shape), ctypes.byref(self.ctx),
                                                ctypes.byref(qs), c_void_p(self.ws.data_ptr()),
                                                self.stream), "plan")
@@ -297,8 +315,22 @@ def calibrate(sqz, q, ctx_rows, target):
     return tf, tc, frac(tf, tc)
 
 
+def make_iso(cx, q, gen):
+    """Synthetic mean_iso inputs: f32 [n_kv, n, 2] {vbar, radius} per fine and coarse cluster."""
+    D = q.shape[2]
+    qs2 = (q.float() / math.sqrt(D)).pow(2).sum(-1).mean().item()  # mean |q_s|^2
+    out = []
+    for key in ("fine_c", "coarse_c"):
+        c = cx[key].float()
+        u = lambda: 0.5 + torch.rand(c.shape[:2], device="cuda", generator=gen)
+        vbar = u() * (2.0 / qs2)
+        radius = u() * c.norm(dim=-1).mean()
+        out.append(torch.stack([vbar, radius], -1).contiguous())
+    return out
+
+
 def bench_config(lib, timer, shape_name, n_heads, n_kv, D, ctx, cx, q_tokens, kept_list, reps,
-                 copy_gbps, card, commit, jsonl, gen):
+                 copy_gbps, card, commit, jsonl, gen, estimators=("mean",)):
     rows = []
     sqz = Sqz(lib, n_heads, n_kv, D, ctx, cx, max(q_tokens, 1))
     q = make_queries(q_tokens, n_heads, n_kv, D, cx, gen)
@@ -323,7 +355,10 @@ def bench_config(lib, timer, shape_name, n_heads, n_kv, D, ctx, cx, q_tokens, ke
     merge_ms = timer.median_ms(lambda: check(lib, lib.sqz_cuda_merge(
         q_tokens, n_heads, D, ctypes.byref(st), ctypes.byref(stu), c_void_p(fin.data_ptr()), SQZ_BF16,
         None, sqz.stream), "merge"), reps)
-    for kept in kept_list:
+    iso_t = make_iso(cx, q, gen) if "iso" in estimators else None
+    iso = Iso(iso_t[0].data_ptr(), iso_t[1].data_ptr()) if iso_t else None
+    for kept, est in [(k, e) for k in kept_list for e in estimators]:
+        sqz.iso = iso if est == "iso" else None
         tf, tc, actual = calibrate(sqz, q, n_kv * ctx, kept)
         qs = sqz.query(q, tf, tc)
         plan_ms = timer.median_ms(lambda: sqz.plan(qs), reps)
@@ -338,7 +373,7 @@ def bench_config(lib, timer, shape_name, n_heads, n_kv, D, ctx, cx, q_tokens, ke
                  + q.numel() * 2 + out.numel() * 4)
         gbps = moved / (sqz_ms * 1e-3) / 1e9
         floor_ms = moved / (copy_gbps * 1e9) * 1e3
-        rec = dict(card=card, shape=shape_name, ctx=ctx, q_tokens=q_tokens, kept=kept,
+        rec = dict(card=card, shape=shape_name, ctx=ctx, q_tokens=q_tokens, kept=kept, estimator=est,
                    kept_actual=round(actual, 4), dense_ms=round(dense_ms, 4), dense_backend=dense_be,
                    sqz_ms=round(sqz_ms, 4), plan_ms=round(plan_ms, 4), run_ms=round(run_ms, 4),
                    speedup=round(dense_ms / sqz_ms, 2), gbps=round(gbps, 1),
@@ -357,7 +392,8 @@ def bench_config(lib, timer, shape_name, n_heads, n_kv, D, ctx, cx, q_tokens, ke
         print(f"{shape_name:10s} {ctx // 1024:4d}K {q_tokens:5d} {kept:5.2f} {actual:6.3f} "
               f"{dense_ms:9.3f} {dense_be:9s} {sqz_ms:8.3f} {plan_ms:7.3f} {run_ms:8.3f} "
               f"{dense_ms / sqz_ms:7.2f}x {gbps:7.0f} {100 * floor_ms / sqz_ms:5.1f}% "
-              f"{100 * plan_ms / sqz_ms:5.1f}%", flush=True)
+              f"{100 * plan_ms / sqz_ms:5.1f}% {est}", flush=True)
+    sqz.iso = None
     del sqz
     return rows
 
@@ -473,6 +509,9 @@ def main():
     ap.add_argument("--q-tokens", default="1,128,1024")
     ap.add_argument("--kept", default="0.05,0.1,0.2")
     ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--estimator", default="mean", choices=["mean", "iso", "both"],
+                    help="lookup estimator timed: mean (sqz_cuda_plan), iso (mean_iso, "
+                         "sqz_cuda_plan_iso with synthetic {vbar, radius}), or both")
     ap.add_argument("--kmeans-heads", type=int, default=16, help="(layer, KV head) runs to time; 0 = skip")
     ap.add_argument("--kmeans-iters", type=int, default=10)
     ap.add_argument("--seed", type=int, default=1234)
@@ -523,7 +562,10 @@ def main():
     gen.manual_seed(args.seed)
     print(f"{'shape':10s} {'ctx':>5s} {'q_tok':>5s} {'kept':>5s} {'actual':>6s} {'dense_ms':>9s} "
           f"{'backend':9s} {'sqz_ms':>8s} {'plan_ms':>7s} {'run_ms':>8s} {'speedup':>8s} "
-          f"{'GB/s':>7s} {'floor':>6s} {'lookup':>6s}")
+          f"{'GB/s':>7s} {'floor':>6s} {'lookup':>6s} estimator")
+    estimators = ("mean", "iso") if args.estimator == "both" else (args.estimator,)
+    if "iso" in estimators and not hasattr(lib, "sqz_cuda_plan_iso"):
+        sys.exit("--estimator iso: the library has no sqz_cuda_plan_iso")
     kmeans_done = args.kmeans_heads <= 0
     for sname in args.shapes.split(","):
         n_heads, n_kv, D = shapes[sname]
@@ -533,7 +575,7 @@ def main():
             for qt in [int(x) for x in args.q_tokens.split(",")]:
                 bench_config(lib, timer, sname, n_heads, n_kv, D, ctx, cx, qt,
                              [float(x) for x in args.kept.split(",")], args.reps, copy_gbps, card,
-                             commit, args.jsonl, gen)
+                             commit, args.jsonl, gen, estimators)
             if not kmeans_done and ctx == 131072 and n_kv == 8:
                 bench_kmeans(lib, cx, args.kmeans_heads, args.kmeans_iters, card, commit, args.jsonl)
                 kmeans_done = True

@@ -192,8 +192,8 @@ int sqz_cuda_kmeans_run(sqz_cuda_kmeans* km, const void* points, sqz_cuda_dtype 
                         int32_t k, int32_t iters, uint64_t seed, float* centroids, int32_t* assign,
                         int32_t* counts, int32_t* perm, int32_t* offsets, cudaStream_t stream);
 
-/* Diagnostics: the plan's phase stamps (see StampEvent in lookup.cu), 2 x 20 %globaltimer values
- * (earliest, latest per event; ns), copied to host[0..n); reset != 0 clears them afterwards.
+/* Diagnostics: the plan's phase stamps (see StampEvent in lookup_impl.cuh), 2 x 20 %globaltimer
+ * values (earliest, latest per event; ns), copied to host[0..n); reset != 0 clears them afterwards.
  * Synchronises the device. SQZ_CUDA_EUNSUPPORTED unless built with -DSQZ_PLAN_STAMPS. */
 int sqz_cuda_debug_stamps(unsigned long long* host, int n, int reset);
 
