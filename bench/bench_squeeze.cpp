@@ -18,8 +18,6 @@
 
 using namespace sqz;
 
-namespace {}  // namespace
-
 int main(int argc, char** argv) {
   std::string model = std::string(SQZ_SOURCE_DIR) + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
   int64_t ctx_tokens = 7800, q_tokens = 256, n_decode = 32, reps = 3;
@@ -73,6 +71,11 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "unknown flag or value: %s %s\n%s", a.c_str(), v.c_str(), usage);
       return 2;
     }
+  }
+  Estimator est;
+  if (!parse_estimator(estimator, &est)) {
+    std::fprintf(stderr, "error: --estimator %s\n%s", estimator.c_str(), usage);
+    return 2;
   }
   nlohmann::json out;
   out["machine"] = bench::machine_info();
@@ -153,10 +156,7 @@ int main(int argc, char** argv) {
       ap.select.block = block;
       ap.select.coarse_rule = coarse_rule == "calibrated" ? SelectParams::CoarseRule::kCalibrated
                                                           : SelectParams::CoarseRule::kChildBound;
-      if (!parse_estimator(estimator, &ap.select.estimator)) {
-        std::fprintf(stderr, "error: --estimator %s\n", estimator.c_str());
-        return 2;
-      }
+      ap.select.estimator = est;
       ap.gen.max_tokens = (int)n_decode;
       ap.gen.stop_at_eos = false;
       std::vector<double> ttft, dec;

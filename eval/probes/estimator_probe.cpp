@@ -27,6 +27,30 @@
 #include "squeeze/baselines.h"
 #include "squeeze/score.h"
 using namespace sqz;
+// Per-head top-k: the best-scoring fine clusters until `afford` keys are covered, as merged
+// row ranges.
+static void select_top(const HeadCentroidsView& v, std::vector<std::pair<double, int>>& cs,
+                       int64_t afford, HeadSelection& hs) {
+  std::sort(cs.rbegin(), cs.rend());
+  std::vector<uint8_t> mk(v.n_fine, 0);
+  int64_t cov = 0;
+  for (auto& [sc, j] : cs) {
+    if (cov >= afford) break;
+    mk[j] = 1;
+    cov += v.fine_offsets[j + 1] - v.fine_offsets[j];
+  }
+  hs = HeadSelection{};
+  for (int j = 0; j < v.n_fine; j++)
+    if (mk[j]) {
+      const int b = v.fine_offsets[j], e = v.fine_offsets[j + 1];
+      if (!hs.ranges.empty() && hs.ranges.back().end == b)
+        hs.ranges.back().end = e;
+      else
+        hs.ranges.push_back({b, e});
+      hs.kept_keys += e - b;
+    }
+}
+
 int main(int argc, char** argv) {
   std::string packp = argv[1], which = argv[2];
   double budget = atof(argv[3]);
@@ -64,25 +88,7 @@ int main(int argc, char** argv) {
           int n = v.fine_offsets[j + 1] - v.fine_offsets[j];
           cs.push_back({use_max ? m : (n ? a / n : 0), j});
         }
-        std::sort(cs.rbegin(), cs.rend());
-        std::vector<uint8_t> mk(v.n_fine, 0);
-        int64_t cov = 0;
-        for (auto& [sc, j] : cs) {
-          if (cov >= afford) break;
-          mk[j] = 1;
-          cov += v.fine_offsets[j + 1] - v.fine_offsets[j];
-        }
-        HeadSelection& hs = sel[h];
-        hs = HeadSelection{};
-        for (int j = 0; j < v.n_fine; j++)
-          if (mk[j]) {
-            int b = v.fine_offsets[j], e = v.fine_offsets[j + 1];
-            if (!hs.ranges.empty() && hs.ranges.back().end == b)
-              hs.ranges.back().end = e;
-            else
-              hs.ranges.push_back({b, e});
-            hs.kept_keys += e - b;
-          }
+        select_top(v, cs, afford, sel[h]);
       }
     }
   };
@@ -198,25 +204,7 @@ int main(int argc, char** argv) {
           }
         std::vector<std::pair<double, int>> cs;
         for (int j = 0; j < v.n_fine; j++) cs.push_back({acc[j], j});
-        std::sort(cs.rbegin(), cs.rend());
-        std::vector<uint8_t> mk(v.n_fine, 0);
-        int64_t cov = 0;
-        for (auto& [sc, j] : cs) {
-          if (cov >= afford) break;
-          mk[j] = 1;
-          cov += v.fine_offsets[j + 1] - v.fine_offsets[j];
-        }
-        HeadSelection& hs = sel[h];
-        hs = HeadSelection{};
-        for (int j = 0; j < v.n_fine; j++)
-          if (mk[j]) {
-            int bb = v.fine_offsets[j], e = v.fine_offsets[j + 1];
-            if (!hs.ranges.empty() && hs.ranges.back().end == bb)
-              hs.ranges.back().end = e;
-            else
-              hs.ranges.push_back({bb, e});
-            hs.kept_keys += e - bb;
-          }
+        select_top(v, cs, afford, sel[h]);
       }
     }
   };

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cmath>
 
+#include "core/clock.h"
 #include "core/hash.h"
 #include "engine/gpu_session.h"
 
@@ -10,9 +11,7 @@ namespace sqz {
 
 namespace {
 double now_ms() {
-  return std::chrono::duration<double, std::milli>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return now_s() * 1e3;
 }
 }  // namespace
 

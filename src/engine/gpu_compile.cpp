@@ -474,6 +474,10 @@ Status gpu_squeeze_and_write(const KvCacheGpu& cache, const ContextCapture& cap,
                              const std::string& out_path, void* stream, int kmeans_iters,
                              CompileReport& rep) {
   const double t0 = now_s();
+  // The GPU K-means clusters the raw key directions; centring is implemented on the CPU only,
+  // and the pack's metadata must not claim it.
+  if (cp.center_keys)
+    return Error(Code::kUnsupported, "--device cuda: --center-keys is implemented on the CPU only");
   cudaStream_t st = as_stream(stream);
   SQZ_ASSIGN_OR_RETURN(SqueezedContext sc, squeeze_context_shape(cap, cp));
   const int H = sc.n_head_kv, d = sc.head_dim, kf = sc.n_fine, kc = sc.n_coarse;

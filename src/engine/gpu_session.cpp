@@ -154,14 +154,17 @@ Result<GpuAskSetup> make_gpu_setup(const Engine& e, const Pack& pack, int64_t n_
                  "{}{} (use --estimator mean_iso or mean, or --device cpu)",
                  estimator_name(est),
                  ap.select.estimator == Estimator::kAuto ? " (the pack's default)" : "");
-  const ModelConfig& c = e.model().config();
   GpuAskSetup s;
   SelectParams sp = ap.select;
+  sp.estimator = est;
+  // The CUDA lookup implements the calibrated coarse rule only (docs/cuda.md); the budget maps
+  // through that rule's column of the calibration table.
+  sp.coarse_rule = SelectParams::CoarseRule::kCalibrated;
   s.levels = sp.levels >= 2 && pack.n_coarse() > 0 ? 2 : 1;
   if (ap.budget > 0) {
     if (ap.budget > 1)
       return Error(Code::kInvalidArgument, "budget {} must be in (0, 1]", ap.budget);
-    sp.percentile = pack.percentile_for_budget(ap.budget, s.levels, est);
+    sp = select_for_budget(pack, sp, ap.budget);
   }
   s.percentile = sp.percentile;
   float tf, tc;
@@ -219,7 +222,6 @@ Result<GpuAskSetup> make_gpu_setup(const Engine& e, const Pack& pack, int64_t n_
   o.max_q = (int)std::min<int64_t>(gpu_batch(e), std::max<int64_t>(1, n_user_max));
   o.user_capacity = s.user_cap;
   o.sink_tokens = ap.sink_tokens;
-  (void)c;
   SQZ_ASSIGN_OR_RETURN(s.attn, gpu::SqueezeAttentionGpu::create(ph, o, gmodel(e).stream()));
   return s;
 }

@@ -266,11 +266,9 @@ Result<AskSetup> make_setup(const Engine& e, const Pack& pack, int64_t n_user_ma
   if (ap.budget > 0) {
     if (ap.budget > 1)
       return Error(Code::kInvalidArgument, "budget {} must be in (0, 1]", ap.budget);
-    sp.percentile = pack.percentile_for_budget(
-        ap.budget, budget_table_levels(sp, pack.n_coarse() > 0), sp.estimator);
     // Per-head top-k keeps the same fraction of every head's clustered keys that the
     // calibrated percentile keeps on average (the budget means the clustered fraction kept).
-    if (sp.alloc == SelectParams::Alloc::kPerHead) sp.head_fraction = ap.budget;
+    sp = select_for_budget(pack, sp, ap.budget);
   }
   if (ap.keep_all) sp.threshold_override = -std::numeric_limits<double>::infinity();
   s.percentile = sp.percentile;

@@ -174,7 +174,8 @@ Status validate(const EvalConfig& c) {
     return Error(Code::kInvalidArgument, "config: squeeze_sink_tokens < 0");
   if (c.squeeze_block < 0) return Error(Code::kInvalidArgument, "config: squeeze_block < 0");
   if (Estimator e; !parse_estimator(c.squeeze_estimator, &e))
-    return Error(Code::kInvalidArgument, "config: squeeze_estimator '{}' (auto, mean, mean_var)",
+    return Error(Code::kInvalidArgument,
+                 "config: squeeze_estimator '{}' (auto, mean, mean_var, mean_iso)",
                  c.squeeze_estimator);
   if (c.squeeze_alloc != "global" && c.squeeze_alloc != "head")
     return Error(Code::kInvalidArgument, "config: squeeze_alloc '{}' (global, head)",
@@ -785,10 +786,7 @@ Result<EvalRunSummary> run_eval(const EvalConfig& cfg, const EvalOptions& opt) {
           if (a.selector) {
             meter = std::make_unique<MassMeter>(*bl.idx, a.selector, 0, ep.n_threads);
           } else {
-            SelectParams sp = a.select;
-            sp.percentile = r.percentile;
-            if (sp.alloc == SelectParams::Alloc::kPerHead) sp.head_fraction = a.budget;
-            bl.lookup->set_params(sp);
+            bl.lookup->set_params(select_for_budget(*pack, a.select, a.budget));
             meter =
                 std::make_unique<MassMeter>(*bl.idx, bl.lookup.get(), a.sink_tokens, ep.n_threads);
             a.budget = -1;
@@ -886,9 +884,7 @@ Result<EvalRunSummary> run_eval(const EvalConfig& cfg, const EvalOptions& opt) {
                                         : SelectParams::CoarseRule::kChildBound;
             ap.select.child_bound_scale = cfg.squeeze_child_scale;
             // What the session derives from ap.budget (recorded, and used by the mass meter).
-            r.percentile = pack->percentile_for_budget(
-                ap.budget, budget_table_levels(ap.select, pack->n_coarse() > 0),
-                ap.select.estimator);
+            r.percentile = select_for_budget(*pack, ap.select, ap.budget).percentile;
           } else {
             const auto only = cfg.method_budgets.find(m);
             if (only != cfg.method_budgets.end() &&

@@ -46,9 +46,10 @@ struct EvalConfig {
   std::map<std::string, std::vector<double>> method_budgets;
   int squeeze_sink_tokens = 4;  // AskParams::sink_tokens for squeeze / squeeze_h
   int64_t squeeze_block = 0;    // SelectParams::block (per-block selection of the question)
-  std::string squeeze_estimator = "auto";  // SelectParams::estimator: auto, mean, mean_var
-  std::string squeeze_alloc = "global";    // SelectParams::alloc: global or head
-  double squeeze_head_floor = 0;           // SelectParams::head_floor (global allocation)
+  std::string squeeze_estimator =
+      "auto";                            // SelectParams::estimator: auto, mean, mean_var, mean_iso
+  std::string squeeze_alloc = "global";  // SelectParams::alloc: global or head
+  double squeeze_head_floor = 0;         // SelectParams::head_floor (global allocation)
   // SelectParams::coarse_rule for squeeze_h: "child" (best-child bound vs the fine
   // threshold, the product default) or "calibrated" (the coarse level's own threshold).
   std::string squeeze_coarse_rule = "child";

@@ -229,11 +229,10 @@ std::vector<double> ref_cluster_scores_hier_est(const float* Q, int64_t nqv, dou
 }
 
 std::vector<double> ref_child_bound_scores(const float* Q, int64_t nqv, double scale,
-                                           const float* C, const float* V, const float* R, int k,
+                                           const float* C, const float* V, const float* R,
                                            const float* CC, const float* CV, const float* CR,
                                            const int32_t* coarse_ranges, const float* coarse_sizes,
                                            int n_coarse, int64_t d, double child_scale) {
-  (void)k;
   // Per coarse cluster: the children's offsets from the coarse centroid, and the largest
   // isotropic variance and radius among them.
   std::vector<double> spread((size_t)n_coarse), viso((size_t)n_coarse, 0.0),
@@ -312,7 +311,7 @@ RefSelection ref_select_est(const float* q, int64_t t0, int64_t t1, int n_head, 
     std::vector<uint8_t> surv((size_t)n_coarse);
     const bool child = !std::isnan(child_scale);
     if (child)
-      r.child_scores = ref_child_bound_scores(Q.data(), nqv, scale, C, V, R, k, CC, CV, CR,
+      r.child_scores = ref_child_bound_scores(Q.data(), nqv, scale, C, V, R, CC, CV, CR,
                                               coarse_ranges, csz.data(), n_coarse, d, child_scale);
     int64_t compared = n_coarse;
     for (int c = 0; c < n_coarse; c++) {

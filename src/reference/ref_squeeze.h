@@ -108,7 +108,7 @@ RefSelection ref_select_est(const float* q, int64_t t0, int64_t t1, int n_head, 
 //   spread_C = min(sqrt(2 ln m · mean_j |c_j - C|² / d), max_j |c_j - C|) over its m children
 // (v̄_j: mean over dimensions of V's row j; the correction is 0 without V).
 std::vector<double> ref_child_bound_scores(const float* Q, int64_t nqv, double scale,
-                                           const float* C, const float* V, const float* R, int k,
+                                           const float* C, const float* V, const float* R,
                                            const float* CC, const float* CV, const float* CR,
                                            const int32_t* coarse_ranges, const float* coarse_sizes,
                                            int n_coarse, int64_t d, double child_scale);

@@ -8,6 +8,7 @@
 
 #include "core/fp16.h"
 #include "eval/rng.h"
+#include "squeeze/calib_internal.h"
 #include "squeeze/centroid_kernels.h"
 
 namespace sqz {
@@ -258,14 +259,8 @@ void OracleTopKSelector::key_scores(int layer, int h, const float* q, int64_t n_
   const int64_t nqv = n_q * group;
   out.assign((size_t)n, 0.0);
   if (nqv == 0 || n == 0) return;
-  const float scale = 1.0f / std::sqrt((float)d);
   s.Q.resize((size_t)(nqv * d));
-  for (int64_t t = 0; t < n_q; t++)
-    for (int64_t g = 0; g < group; g++) {
-      const float* qr = q + (t * pk.n_head() + h * group + g) * d;
-      float* dst = s.Q.data() + (t * group + g) * d;
-      for (int64_t i = 0; i < d; i++) dst[i] = qr[i] * scale;
-    }
+  gather_group_queries(q, 0, n_q, pk.n_head(), pk.n_head_kv(), d, h, s.Q.data(), Estimator::kMean);
   s.S.resize((size_t)(nqv * n));
   const std::vector<float>& kt = idx_.clustered_keys_t(layer, h);
   cpu::centroid_dots(s.Q.data(), nqv, d, d, kt.data(), n, 0, n, s.S.data(), n);
@@ -360,12 +355,11 @@ void MassMeter::plan(int layer, const float* q, int64_t n_q, std::vector<HeadSel
   const int64_t bs = block() > 0 ? block() : std::max<int64_t>(n_q, 1);
   const int64_t n_blocks = block() > 0 ? (n_q + bs - 1) / bs : 1;
   const int64_t group = pk.n_head() / H;
-  const float scale = 1.0f / std::sqrt((float)d);
   auto job = [&](int h) {
     Scratch& s = *scratch_[(size_t)h];
     for (int64_t b = 0; b < n_blocks; b++)
       measure_block(layer, h, q + b * bs * pk.n_head() * d, std::min(bs, n_q - b * bs),
-                    sel[(size_t)(b * H + h)], s, group, scale);
+                    sel[(size_t)(b * H + h)], s, group);
   };
   const int64_t work = (n + no) * n_q * group * d;
   const int nt = work >= (1 << 20) ? std::min(n_threads_, H) : 1;
@@ -380,7 +374,7 @@ void MassMeter::plan(int layer, const float* q, int64_t n_q, std::vector<HeadSel
 }
 
 void MassMeter::measure_block(int layer, int h, const float* q, int64_t n_q, HeadSelection& hs,
-                              Scratch& s, int64_t group, float scale) {
+                              Scratch& s, int64_t group) {
   const Pack& pk = idx_.pack();
   const int64_t n = pk.n_clustered(), no = pk.n_obs(), d = pk.head_dim();
   const int64_t nqv = n_q * group;
@@ -395,12 +389,7 @@ void MassMeter::measure_block(int layer, int h, const float* q, int64_t n_q, Hea
   }
   if (nqv == 0) return;
   s.Q.resize((size_t)(nqv * d));
-  for (int64_t t = 0; t < n_q; t++)
-    for (int64_t g = 0; g < group; g++) {
-      const float* qr = q + (t * pk.n_head() + h * group + g) * d;
-      float* dst = s.Q.data() + (t * group + g) * d;
-      for (int64_t i = 0; i < d; i++) dst[i] = qr[i] * scale;
-    }
+  gather_group_queries(q, 0, n_q, pk.n_head(), pk.n_head_kv(), d, h, s.Q.data(), Estimator::kMean);
   s.S.resize((size_t)(nqv * std::max<int64_t>(n, 1)));
   s.So.resize((size_t)(nqv * std::max<int64_t>(no, 1)));
   if (n > 0)

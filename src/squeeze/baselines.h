@@ -190,7 +190,7 @@ class MassMeter : public KeySelector {
   struct Scratch;
   // Adds the mass of one block's selection (hs, sinks merged in) over its n_q query tokens.
   void measure_block(int layer, int h, const float* q, int64_t n_q, HeadSelection& hs, Scratch& s,
-                     int64_t group, float scale);
+                     int64_t group);
   const BaselineIndex& idx_;
   KeySelector* inner_;
   int sinks_;

@@ -74,7 +74,8 @@ Status validate(const ContextCapture& cap, const CompileParams& p, bool check_kv
     return Error(Code::kInvalidArgument, "kv_type must be f16 or f32");
   if (p.estimator != Estimator::kMean && p.estimator != Estimator::kMeanVar &&
       p.estimator != Estimator::kMeanIso)
-    return Error(Code::kInvalidArgument, "estimator must be mean or mean_var (the pack's default)");
+    return Error(Code::kInvalidArgument,
+                 "estimator must be mean, mean_var or mean_iso (the pack's default)");
   if (p.max_iters < 1 || !(p.tol >= 0) || p.n_threads < 1)
     return Error(Code::kInvalidArgument, "max_iters {} / tol {} / n_threads {} out of range",
                  p.max_iters, p.tol, p.n_threads);

@@ -136,6 +136,16 @@ class Pack {
   const int32_t* tokens_ = nullptr;
 };
 
+// The lookup parameters for a budget (fraction of the clustered keys to read): the calibrated
+// percentile from the column of the table that matches sp's lookup (budget_table_levels) and
+// sp's estimator, and for per-head allocation the same fraction per head.
+inline SelectParams select_for_budget(const Pack& pack, SelectParams sp, double budget) {
+  sp.percentile = pack.percentile_for_budget(budget, budget_table_levels(sp, pack.n_coarse() > 0),
+                                             sp.estimator);
+  if (sp.alloc == SelectParams::Alloc::kPerHead) sp.head_fraction = budget;
+  return sp;
+}
+
 // kMismatch naming the first differing field when the pack was compiled for another model.
 Status pack_check_model(const Pack& pack, const PackFingerprint& fp);
 

@@ -58,7 +58,8 @@ void HeadCentroidsT::build(const HeadCentroidsView& v, Estimator e) {
   fine_iso.clear();
   coarse_iso.clear();
   if (var || iso) fine_r.assign(v.fine_radius, v.fine_radius + v.n_fine);
-  if (iso) iso_var_of(v.fine_var, v.n_fine, v.head_dim, fine_iso);
+  // kMeanVar needs the fine isotropic variances too, for the child bound.
+  if (var || iso) iso_var_of(v.fine_var, v.n_fine, v.head_dim, fine_iso);
   coarse_t.clear();
   coarse_r.clear();
   coarse_sizes.clear();
@@ -72,7 +73,7 @@ void HeadCentroidsT::build(const HeadCentroidsView& v, Estimator e) {
       for (int32_t j = v.coarse_ranges[c]; j < v.coarse_ranges[c + 1]; j++) s += v.fine_sizes[j];
       coarse_sizes[(size_t)c] = (float)s;
     }
-    build_child_bounds(v, (var || iso) && v.fine_var && v.fine_radius);
+    build_child_bounds(v, var || iso);
   }
 }
 
@@ -96,10 +97,8 @@ void HeadCentroidsT::build_child_bounds(const HeadCentroidsView& v, bool corr) {
       sum2 += e2;
       max2 = std::max(max2, e2);
       if (corr) {
-        double vs = 0.0;
-        for (int64_t t = 0; t < d; t++) vs += v.fine_var[(int64_t)j * d + t];
-        vmax = std::max(vmax, (float)(vs / (double)d));
-        rmax = std::max(rmax, v.fine_radius[j]);
+        vmax = std::max(vmax, fine_iso[(size_t)j]);
+        rmax = std::max(rmax, fine_r[(size_t)j]);
       }
     }
     const int64_t m = j1 - j0;
@@ -115,12 +114,15 @@ void HeadCentroidsT::build_child_bounds(const HeadCentroidsView& v, bool corr) {
 }
 
 void cluster_logits(const HeadCentroidsT& t, bool coarse, const float* Q, int64_t nqv, int64_t j0,
-                    int64_t j1, float* L, int64_t lds, std::vector<float>& tmp) {
+                    int64_t j1, float* L, int64_t lds, std::vector<float>& tmp, float* dots) {
   if (nqv <= 0 || j1 <= j0) return;
   const int64_t k = coarse ? t.n_coarse : t.n_fine;
   const float* Ct = coarse ? t.coarse_t.data() : t.fine_t.data();
   const int64_t hd = t.head_dim;
   cpu::centroid_dots(Q, nqv, hd, t.dim, Ct, k, j0, j1, L, lds);
+  if (dots)
+    for (int64_t i = 0; i < nqv; i++)
+      std::copy(L + i * lds, L + i * lds + (j1 - j0), dots + i * lds);
   if (t.est == Estimator::kMeanIso) {
     const float* r = (coarse ? t.coarse_r.data() : t.fine_r.data()) + j0;
     const float* hv = (coarse ? t.coarse_iso.data() : t.fine_iso.data()) + j0;
@@ -185,13 +187,12 @@ void ClusterScorer::score_coarse(const HeadCentroidsView& v, const HeadCentroids
   if (nqv <= 0 || k <= 0) return;
   lc_.resize((size_t)(nqv * k));
   ec_.resize((size_t)k);
-  cluster_logits(t, true, Q, nqv, 0, k, lc_.data(), k, tmp_);
+  // The bound needs the plain q·C as well: kept from the same pass (for kMean it is lc_).
+  const bool own_dots = bound && t.est != Estimator::kMean;
+  if (own_dots) lb_.resize((size_t)(nqv * k));
+  cluster_logits(t, true, Q, nqv, 0, k, lc_.data(), k, tmp_, own_dots ? lb_.data() : nullptr);
+  const float* dots_all = own_dots ? lb_.data() : lc_.data();
   const int64_t hd = t.head_dim;
-  if (bound) {
-    // The bound needs the plain q·C; one more pass over the coarse means (1% of the keys).
-    lb_.resize((size_t)(nqv * k));
-    cpu::centroid_dots(Q, nqv, hd, t.dim, t.coarse_t.data(), k, 0, k, lb_.data(), k);
-  }
   for (int64_t q = 0; q < nqv; q++) {
     const float* l = lc_.data() + q * k;
     float m = -std::numeric_limits<float>::infinity();
@@ -208,7 +209,7 @@ void ClusterScorer::score_coarse(const HeadCentroidsView& v, const HeadCentroids
     float q2 = 0.0f;
     for (int64_t x = 0; x < hd; x++) q2 += qv[x] * qv[x];
     const float qn = std::sqrt(q2);
-    const float* dots = lb_.data() + q * k;
+    const float* dots = dots_all + q * k;
     for (int64_t c = 0; c < k; c++) {
       const double b =
           (double)dots[c] + spread_scale * (double)qn * t.child_spread[(size_t)c] +

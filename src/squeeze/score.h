@@ -59,7 +59,7 @@ struct HeadCentroidsView {
 // for one estimator: rows [0, head_dim) are the means, rows [head_dim, 2 head_dim) the
 // variances (kMeanVar only).
 struct HeadCentroidsT {
-  Estimator est = Estimator::kMean;  // kMean or kMeanVar
+  Estimator est = Estimator::kMean;  // kMean, kMeanVar or kMeanIso
   int64_t head_dim = 0;
   int64_t dim = 0;  // floats per query row: head_dim, or 2·head_dim (kMeanVar)
   int n_fine = 0, n_coarse = 0;
@@ -78,7 +78,7 @@ struct HeadCentroidsT {
   std::vector<float> child_spread;  // [n_coarse]
   std::vector<float> child_iso;     // [n_coarse] max over children of the mean variance
   std::vector<float> child_r;       // [n_coarse] max over children of the radius
-  // est: kMean or kMeanVar (kMeanVar requires the view's variances and radii).
+  // est: kMean, kMeanVar or kMeanIso (the last two require the view's variances and radii).
   void build(const HeadCentroidsView& v, Estimator est = Estimator::kMean);
 
  private:
@@ -87,9 +87,10 @@ struct HeadCentroidsT {
 
 // Logits of clusters [j0, j1) of one level (fine, or coarse when `coarse`) for nqv query rows
 // Q ([nqv, t.dim], augmented for t.est): L[i * lds + (j - j0)]. tmp: scratch (kMeanVar), grown
-// on demand.
+// on demand. dots (optional, same layout as L): the plain q·c part before any variance term.
 void cluster_logits(const HeadCentroidsT& t, bool coarse, const float* Q, int64_t nqv, int64_t j0,
-                    int64_t j1, float* L, int64_t lds, std::vector<float>& tmp);
+                    int64_t j1, float* L, int64_t lds, std::vector<float>& tmp,
+                    float* dots = nullptr);
 
 // Scoring vectors from scaled queries: out[i] = Q[i] (kMean) or [Q[i], ½ Q[i]∘Q[i]] (kMeanVar).
 // Q: [nqv, head_dim]; out: [nqv, estimator_dim(est, head_dim)].

@@ -43,9 +43,8 @@ struct SelectorImpl {
   }
 
   const std::vector<HeadCentroidsT>& transposed(Estimator est) {
-    std::vector<HeadCentroidsT>& ht = heads_t[est == Estimator::kMeanVar   ? 1
-                                              : est == Estimator::kMeanIso ? 2
-                                                                           : 0];
+    // kAuto is resolved by the caller: kMean, kMeanVar, kMeanIso are 1, 2, 3.
+    std::vector<HeadCentroidsT>& ht = heads_t[(int)est - 1];
     if (ht.empty()) {
       ht.resize((size_t)pack.n_layer() * pack.n_head_kv());
       for (int l = 0; l < pack.n_layer(); l++)
