@@ -126,19 +126,7 @@ Status HeadAssemblerGpu::enqueue(int s, const void* k_dev, ExternalAssign& a, He
   Impl::Slot& S = I.slot[s & 1];
   const int64_t n = I.n;
   const int kf = I.kf, kc = I.kc, d = I.d;
-  if ((int64_t)a.fine_assign.size() != n || (kc > 0 && (int)a.coarse_of.size() != kf))
-    return Error(Code::kInternal, "GPU assembly: assignments of the wrong size");
-  for (int32_t x : a.fine_assign)
-    if (x < 0 || x >= kf)
-      return Error(Code::kInternal, "GPU assembly: fine cluster {} out of range", x);
-  for (int32_t x : a.coarse_of)
-    if (x < 0 || x >= kc)
-      return Error(Code::kInternal, "GPU assembly: coarse cluster {} out of range", x);
-  fill_empty_clusters(a.fine_assign, kf);
-  if (kc == 0)
-    a.coarse_of.assign((size_t)kf, 0);
-  else
-    fill_empty_clusters(a.coarse_of, kc);
+  SQZ_RETURN_IF_ERROR(normalize_external_assign(a, n, kf, kc));
   head_layout(n, kf, kc, a.fine_assign, a.coarse_of, hc);
   hc.fine_iters = a.fine_iters;
   hc.coarse_iters = a.coarse_iters;

@@ -87,27 +87,20 @@ Status validate(const ContextCapture& cap, const CompileParams& p, bool check_kv
   // f16 storage saturates beyond 65504; a larger K/V element would silently become inf.
   const float lim = p.kv_type == DType::kF16 ? 65504.0f : std::numeric_limits<float>::max();
   for (size_t l = 0; l < L; l++) {
-    if (!check_kv) {
-      if (cap.q_obs[l].size() != q_n)
-        return Error(Code::kInvalidArgument,
-                     "capture: layer {} q_obs has {} floats, expected [obs_window, n_head, "
-                     "head_dim] = {}",
-                     l, cap.q_obs[l].size(), q_n);
-      for (float x : cap.q_obs[l])
-        if (!std::isfinite(x))
-          return Error(Code::kInvalidArgument, "capture: layer {} q_obs has a non-finite value", l);
-      continue;
-    }
-    if (cap.k[l].size() != kv_n || cap.v[l].size() != kv_n)
-      return Error(Code::kInvalidArgument,
-                   "capture: layer {} k/v have {}/{} floats, expected [n_head_kv, n_ctx, "
-                   "head_dim] = {}",
-                   l, cap.k[l].size(), cap.v[l].size(), kv_n);
     if (cap.q_obs[l].size() != q_n)
       return Error(Code::kInvalidArgument,
                    "capture: layer {} q_obs has {} floats, expected [obs_window, n_head, "
                    "head_dim] = {}",
                    l, cap.q_obs[l].size(), q_n);
+    for (float x : cap.q_obs[l])
+      if (!std::isfinite(x))
+        return Error(Code::kInvalidArgument, "capture: layer {} q_obs has a non-finite value", l);
+    if (!check_kv) continue;
+    if (cap.k[l].size() != kv_n || cap.v[l].size() != kv_n)
+      return Error(Code::kInvalidArgument,
+                   "capture: layer {} k/v have {}/{} floats, expected [n_head_kv, n_ctx, "
+                   "head_dim] = {}",
+                   l, cap.k[l].size(), cap.v[l].size(), kv_n);
     for (const auto* arr : {&cap.k[l], &cap.v[l]})
       for (float x : *arr)
         if (!(std::fabs(x) <= lim))
@@ -115,9 +108,6 @@ Status validate(const ContextCapture& cap, const CompileParams& p, bool check_kv
                        "capture: layer {} {} has a non-finite or out-of-range value {}{}", l,
                        arr == &cap.k[l] ? "K" : "V", x,
                        p.kv_type == DType::kF16 ? " (f16 storage; use kv_type f32)" : "");
-    for (float x : cap.q_obs[l])
-      if (!std::isfinite(x))
-        return Error(Code::kInvalidArgument, "capture: layer {} q_obs has a non-finite value", l);
   }
   return Status::Ok();
 }
@@ -316,6 +306,22 @@ void assemble_head(const float* raw, int64_t n, int64_t d, int k_f, int k_c,
 }  // namespace
 
 // Shapes and counts of a SqueezedContext for a validated capture (heads sized, not filled).
+// After the clustering (started at t0): the K-means statistics, the calibration and the
+// timings; shared by the CPU K-means and the external clusterer.
+static Status finish_squeeze(const ContextCapture& cap, SqueezedContext& sc, double t0,
+                             const CompileProgress& progress) {
+  const double t1 = now_s();
+  CompileStats& st = sc.stats;
+  st.kmeans_s = t1 - t0;
+  st.n_fine = sc.n_fine;
+  st.n_coarse = sc.n_coarse;
+  summarize_kmeans(sc.heads, sc.n_clustered, st);
+  SQZ_RETURN_IF_ERROR(calibrate(cap, sc, progress));
+  st.calib_s = now_s() - t1;
+  st.total_s = now_s() - t0;
+  return Status::Ok();
+}
+
 static SqueezedContext context_shape(const ContextCapture& cap, const CompileParams& p) {
   SqueezedContext sc;
   sc.n_layer = cap.n_layer;
@@ -358,16 +364,7 @@ Result<SqueezedContext> squeeze_context(const ContextCapture& cap, const Compile
       }
     }
   }
-  const double t1 = now_s();
-  CompileStats& st = sc.stats;
-  st.kmeans_s = t1 - t0;
-  st.n_fine = sc.n_fine;
-  st.n_coarse = sc.n_coarse;
-  summarize_kmeans(sc.heads, sc.n_clustered, st);
-
-  SQZ_RETURN_IF_ERROR(calibrate(cap, sc, progress));
-  st.calib_s = now_s() - t1;
-  st.total_s = now_s() - t0;
+  SQZ_RETURN_IF_ERROR(finish_squeeze(cap, sc, t0, progress));
   return sc;
 }
 
@@ -458,6 +455,23 @@ void summarize_kmeans(const std::vector<HeadClusters>& heads, int64_t n_clustere
   st.full_row_fraction = steps > 0 ? fr / steps : 0.0;
 }
 
+Status normalize_external_assign(ExternalAssign& a, int64_t n, int k_f, int k_c) {
+  if ((int64_t)a.fine_assign.size() != n || (k_c > 0 && (int64_t)a.coarse_of.size() != k_f))
+    return Error(Code::kInternal, "external clustering: assignments of the wrong size");
+  for (int32_t x : a.fine_assign)
+    if (x < 0 || x >= k_f)
+      return Error(Code::kInternal, "external clustering: fine cluster {} out of range", x);
+  for (int32_t x : a.coarse_of)
+    if (x < 0 || x >= k_c)
+      return Error(Code::kInternal, "external clustering: coarse cluster {} out of range", x);
+  fill_empty_clusters(a.fine_assign, k_f);
+  if (k_c == 0)
+    a.coarse_of.assign((size_t)k_f, 0);
+  else
+    fill_empty_clusters(a.coarse_of, k_c);
+  return Status::Ok();
+}
+
 Result<SqueezedContext> squeeze_context_shape(const ContextCapture& cap, const CompileParams& p) {
   SQZ_RETURN_IF_ERROR(validate(cap, p, /*check_kv=*/false));
   return context_shape(cap, p);
@@ -475,21 +489,7 @@ Result<SqueezedContext> squeeze_context_external(const ContextCapture& cap, cons
     const int l = (int)(job / cap.n_head_kv), h = (int)(job % cap.n_head_kv);
     ExternalAssign& a = assign[(size_t)job];
     SQZ_RETURN_IF_ERROR(cluster(l, h, sc.n_fine, sc.n_coarse, a));
-    if ((int64_t)a.fine_assign.size() != sc.n_clustered ||
-        (sc.n_coarse > 0 && (int64_t)a.coarse_of.size() != sc.n_fine))
-      return Error(Code::kInternal, "external clustering of layer {} head {}: wrong sizes", l, h);
-    for (int32_t x : a.fine_assign)
-      if (x < 0 || x >= sc.n_fine)
-        return Error(Code::kInternal, "external clustering: fine cluster {} out of range", x);
-    for (int32_t x : a.coarse_of)
-      if (x < 0 || x >= sc.n_coarse)
-        return Error(Code::kInternal, "external clustering: coarse cluster {} out of range", x);
-    fill_empty_clusters(a.fine_assign, sc.n_fine);
-    if (sc.n_coarse == 0) {
-      a.coarse_of.assign((size_t)sc.n_fine, 0);
-    } else {
-      fill_empty_clusters(a.coarse_of, sc.n_coarse);
-    }
+    SQZ_RETURN_IF_ERROR(normalize_external_assign(a, sc.n_clustered, sc.n_fine, sc.n_coarse));
     if (progress) progress("kmeans", job + 1, jobs);
   }
   const int nt = (int)std::max<int64_t>(1, std::min<int64_t>(p.n_threads, jobs));
@@ -509,15 +509,7 @@ Result<SqueezedContext> squeeze_context_external(const ContextCapture& cap, cons
       hc.coarse_iters = a.coarse_iters;
     }
   }
-  const double t1 = now_s();
-  CompileStats& st = sc.stats;
-  st.kmeans_s = t1 - t0;
-  st.n_fine = sc.n_fine;
-  st.n_coarse = sc.n_coarse;
-  summarize_kmeans(sc.heads, sc.n_clustered, st);
-  SQZ_RETURN_IF_ERROR(calibrate(cap, sc, progress));
-  st.calib_s = now_s() - t1;
-  st.total_s = now_s() - t0;
+  SQZ_RETURN_IF_ERROR(finish_squeeze(cap, sc, t0, progress));
   return sc;
 }
 

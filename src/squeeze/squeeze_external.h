@@ -38,6 +38,11 @@ Result<SqueezedContext> squeeze_context_shape(const ContextCapture& cap, const C
 // variance and radius would be 0/0.
 void fill_empty_clusters(std::vector<int32_t>& assign, int k);
 
+// Checks an external clusterer's assignments for n keys against k_f fine / k_c coarse clusters
+// (sizes, ranges; kInternal if wrong) and repairs them the way the CPU K-means would: empty
+// clusters re-seeded (fill_empty_clusters), every fine cluster in coarse cluster 0 if k_c = 0.
+Status normalize_external_assign(ExternalAssign& a, int64_t n, int k_f, int k_c);
+
 // CompileStats' K-means summary (iterations, objectives per key, full-row fraction) over the
 // heads of a squeezed context with n_clustered keys per head.
 void summarize_kmeans(const std::vector<HeadClusters>& heads, int64_t n_clustered,
