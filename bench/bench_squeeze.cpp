@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
   std::string llamacpp_json, estimator = "auto";
   int64_t sinks = 4, levels = 0, block = 0;
   std::string coarse_rule = "child";
+  SelectParams::CoarseRule rule = SelectParams::CoarseRule::kChildBound;
   const char* usage =
       "usage: bench_squeeze [--model PATH] [--ctx-tokens 7800] [--question 256] [--decode 32]\n"
       "  [--threads 1,2] [--budgets 0.3,0.2,0.1] [--reps 3] [--llamacpp JSON]\n"
@@ -65,7 +66,7 @@ int main(int argc, char** argv) {
       levels = std::stoll(v);
     else if (a == "--block")
       block = std::stoll(v);
-    else if (a == "--coarse-rule" && (v == "child" || v == "calibrated"))
+    else if (a == "--coarse-rule" && parse_coarse_rule(v, &rule))
       coarse_rule = v;
     else {
       std::fprintf(stderr, "unknown flag or value: %s %s\n%s", a.c_str(), v.c_str(), usage);
@@ -154,8 +155,7 @@ int main(int argc, char** argv) {
       ap.select.levels = levels > 0 ? (int)levels : (pack.n_coarse() > 0 ? 2 : 1);
       ap.sink_tokens = (int)sinks;
       ap.select.block = block;
-      ap.select.coarse_rule = coarse_rule == "calibrated" ? SelectParams::CoarseRule::kCalibrated
-                                                          : SelectParams::CoarseRule::kChildBound;
+      ap.select.coarse_rule = rule;
       ap.select.estimator = est;
       ap.gen.max_tokens = (int)n_decode;
       ap.gen.stop_at_eos = false;

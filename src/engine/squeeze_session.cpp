@@ -75,16 +75,14 @@ class SqueezeAttention : public AttentionProvider {
     const int64_t H = c_.n_head_kv;
     int64_t n_blocks = 1, block = n_tok;
     if (mode_ == Mode::kSqueezed) {
+      const int64_t blk = alt_ ? alt_->block() : sp_.block;
+      n_blocks = Selector::n_blocks(n_tok, blk);
+      if (n_blocks > 1) block = blk;
       if (alt_) {
-        const int64_t ab = alt_->block();
-        n_blocks = ab > 0 ? (n_tok + ab - 1) / ab : 1;
-        if (n_blocks > 1) block = ab;
         sel_.assign((size_t)(n_blocks * H), HeadSelection());
         alt_->plan(layer, q, n_tok, sel_);
       } else {
         selector_.plan(layer, q, n_tok, sp_, sel_);
-        n_blocks = Selector::n_blocks(n_tok, sp_);
-        if (n_blocks > 1) block = sp_.block;
       }
       if (sinks_ > 0) add_sinks(layer);
       if (measure_mass_ && n_blocks == 1) measure_mass(layer, q, n_tok);

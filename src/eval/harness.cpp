@@ -177,12 +177,12 @@ Status validate(const EvalConfig& c) {
     return Error(Code::kInvalidArgument,
                  "config: squeeze_estimator '{}' (auto, mean, mean_var, mean_iso)",
                  c.squeeze_estimator);
-  if (c.squeeze_alloc != "global" && c.squeeze_alloc != "head")
+  if (SelectParams::Alloc a; !parse_alloc(c.squeeze_alloc, &a))
     return Error(Code::kInvalidArgument, "config: squeeze_alloc '{}' (global, head)",
                  c.squeeze_alloc);
   if (!(c.squeeze_head_floor >= 0 && c.squeeze_head_floor <= 1))
     return Error(Code::kInvalidArgument, "config: squeeze_head_floor must be in [0, 1]");
-  if (c.squeeze_coarse_rule != "child" && c.squeeze_coarse_rule != "calibrated")
+  if (SelectParams::CoarseRule r; !parse_coarse_rule(c.squeeze_coarse_rule, &r))
     return Error(Code::kInvalidArgument, "config: squeeze_coarse_rule '{}' (child, calibrated)",
                  c.squeeze_coarse_rule);
   if (!(c.squeeze_child_scale >= 0))
@@ -870,18 +870,15 @@ Result<EvalRunSummary> run_eval(const EvalConfig& cfg, const EvalOptions& opt) {
           if (squeezed) {
             const int levels = m == "squeeze_h" && pack->n_coarse() > 0 ? 2 : 1;
             ap.select.levels = levels;
-            ap.budget =
-                squeeze_kept_target(target, pack->n_ctx(), pack->n_obs(), pack->n_fine(),
-                                    pack->n_coarse(), levels, cfg.squeeze_coarse_rule == "child");
+            parse_coarse_rule(cfg.squeeze_coarse_rule, &ap.select.coarse_rule);  // validated above
+            ap.budget = squeeze_kept_target(
+                target, pack->n_ctx(), pack->n_obs(), pack->n_fine(), pack->n_coarse(), levels,
+                ap.select.coarse_rule == SelectParams::CoarseRule::kChildBound);
             ap.sink_tokens = cfg.squeeze_sink_tokens;
             parse_estimator(cfg.squeeze_estimator, &ap.select.estimator);  // validated above
-            ap.select.alloc = cfg.squeeze_alloc == "head" ? SelectParams::Alloc::kPerHead
-                                                          : SelectParams::Alloc::kGlobal;
+            parse_alloc(cfg.squeeze_alloc, &ap.select.alloc);              // validated above
             ap.select.head_floor = cfg.squeeze_head_floor;
             ap.select.block = cfg.squeeze_block;
-            ap.select.coarse_rule = cfg.squeeze_coarse_rule == "calibrated"
-                                        ? SelectParams::CoarseRule::kCalibrated
-                                        : SelectParams::CoarseRule::kChildBound;
             ap.select.child_bound_scale = cfg.squeeze_child_scale;
             // What the session derives from ap.budget (recorded, and used by the mass meter).
             r.percentile = select_for_budget(*pack, ap.select, ap.budget).percentile;

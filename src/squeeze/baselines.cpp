@@ -353,7 +353,7 @@ void MassMeter::plan(int layer, const float* q, int64_t n_q, std::vector<HeadSel
   const int64_t n = pk.n_clustered(), no = pk.n_obs(), d = pk.head_dim();
   // Per-block selections (block() > 0): sel[b * H + h] serves query tokens [b bs, (b+1) bs).
   const int64_t bs = block() > 0 ? block() : std::max<int64_t>(n_q, 1);
-  const int64_t n_blocks = block() > 0 ? (n_q + bs - 1) / bs : 1;
+  const int64_t n_blocks = Selector::n_blocks(n_q, block());
   const int64_t group = pk.n_head() / H;
   auto job = [&](int h) {
     Scratch& s = *scratch_[(size_t)h];

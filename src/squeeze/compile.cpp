@@ -39,6 +39,19 @@ bool parse_estimator(const std::string& s, Estimator* out) {
   return false;
 }
 
+bool parse_alloc(const std::string& s, SelectParams::Alloc* out) {
+  if (s != "global" && s != "head") return false;
+  *out = s == "head" ? SelectParams::Alloc::kPerHead : SelectParams::Alloc::kGlobal;
+  return true;
+}
+
+bool parse_coarse_rule(const std::string& s, SelectParams::CoarseRule* out) {
+  if (s != "child" && s != "calibrated") return false;
+  *out = s == "calibrated" ? SelectParams::CoarseRule::kCalibrated
+                           : SelectParams::CoarseRule::kChildBound;
+  return true;
+}
+
 namespace {
 
 // "< 1: fraction of n; >= 1: absolute count", clamped to [1, n].

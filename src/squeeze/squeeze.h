@@ -231,6 +231,11 @@ inline int budget_table_levels(const SelectParams& sp, bool pack_has_coarse) {
              : 1;
 }
 
+// Flag / config spellings of SelectParams' enums: "global" | "head" and "child" | "calibrated".
+// false (out untouched) for anything else.
+bool parse_alloc(const std::string& s, SelectParams::Alloc* out);
+bool parse_coarse_rule(const std::string& s, SelectParams::CoarseRule* out);
+
 struct HeadSelection {
   std::vector<RowRange> ranges;  // rows of clustered_kv(layer, h), ascending, disjoint, merged
   int64_t kept_keys = 0;         // rows covered by ranges
@@ -262,9 +267,11 @@ class Selector {
   void plan(int layer, const float* q, int64_t n_q, const SelectParams& sp,
             std::vector<HeadSelection>& sel);
 
-  static int64_t n_blocks(int64_t n_q, const SelectParams& sp) {
-    return sp.block > 0 ? (n_q + sp.block - 1) / sp.block : 1;
+  // Selection blocks for n_q query tokens with per-block size `block` (<= 0: one block).
+  static int64_t n_blocks(int64_t n_q, int64_t block) {
+    return block > 0 ? (n_q + block - 1) / block : 1;
   }
+  static int64_t n_blocks(int64_t n_q, const SelectParams& sp) { return n_blocks(n_q, sp.block); }
 
  private:
   std::unique_ptr<SelectorImpl> impl_;

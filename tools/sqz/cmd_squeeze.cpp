@@ -98,12 +98,10 @@ Result<AskParams> ask_params(const SqueezeFlags& f, const GenFlags& g, const Pac
   parse_estimator(f.estimator, &ap.select.estimator);  // checked by the flag
   if (f.sinks >= 0) ap.sink_tokens = f.sinks;
   ap.measure_mass = f.mass;
-  ap.select.alloc =
-      f.alloc == "head" ? SelectParams::Alloc::kPerHead : SelectParams::Alloc::kGlobal;
+  parse_alloc(f.alloc, &ap.select.alloc);  // checked by the flag
   ap.select.head_floor = f.head_floor;
   ap.select.coarse_percentile = f.coarse_percentile;
-  ap.select.coarse_rule = f.coarse_rule == "calibrated" ? SelectParams::CoarseRule::kCalibrated
-                                                        : SelectParams::CoarseRule::kChildBound;
+  parse_coarse_rule(f.coarse_rule, &ap.select.coarse_rule);  // checked by the flag
   ap.select.child_bound_scale = f.child_scale;
   if (f.coarse_percentile >= 0 && ap.select.coarse_rule != SelectParams::CoarseRule::kCalibrated)
     return Error(Code::kInvalidArgument, "--coarse-percentile needs --coarse-rule calibrated");
