@@ -24,6 +24,12 @@ void transpose_level(const float* C, const float* V, int64_t k, int64_t d, bool 
 
 }  // namespace
 
+float query_norm2(const float* q, int64_t head_dim) {
+  float q2 = 0.0f;
+  for (int64_t x = 0; x < head_dim; x++) q2 += q[x] * q[x];
+  return q2;
+}
+
 void augment_queries(const float* Q, int64_t nqv, int64_t head_dim, Estimator est, float* out) {
   const int64_t dim = estimator_dim(est, head_dim);
   for (int64_t i = 0; i < nqv; i++) {
@@ -114,7 +120,8 @@ void HeadCentroidsT::build_child_bounds(const HeadCentroidsView& v, bool corr) {
 }
 
 void cluster_logits(const HeadCentroidsT& t, bool coarse, const float* Q, int64_t nqv, int64_t j0,
-                    int64_t j1, float* L, int64_t lds, std::vector<float>& tmp, float* dots) {
+                    int64_t j1, float* L, int64_t lds, std::vector<float>& tmp, float* dots,
+                    const float* q2s) {
   if (nqv <= 0 || j1 <= j0) return;
   const int64_t k = coarse ? t.n_coarse : t.n_fine;
   const float* Ct = coarse ? t.coarse_t.data() : t.fine_t.data();
@@ -127,9 +134,7 @@ void cluster_logits(const HeadCentroidsT& t, bool coarse, const float* Q, int64_
     const float* r = (coarse ? t.coarse_r.data() : t.fine_r.data()) + j0;
     const float* hv = (coarse ? t.coarse_iso.data() : t.fine_iso.data()) + j0;
     for (int64_t i = 0; i < nqv; i++) {
-      const float* q = Q + i * t.dim;
-      float q2 = 0.0f;
-      for (int64_t x = 0; x < hd; x++) q2 += q[x] * q[x];
+      const float q2 = q2s ? q2s[i] : query_norm2(Q + i * t.dim, hd);
       const float qn = std::sqrt(q2);
       float* l = L + i * lds;
       for (int64_t j = 0; j < j1 - j0; j++) l[j] += std::min(0.5f * q2 * hv[j], qn * r[j]);
@@ -205,9 +210,7 @@ void ClusterScorer::score_coarse(const HeadCentroidsView& v, const HeadCentroids
     const double inv = 1.0 / D;
     for (int64_t c = 0; c < k; c++) scores[c] += ec_[(size_t)c] * inv;
     if (!bound) continue;
-    const float* qv = Q + q * t.dim;
-    float q2 = 0.0f;
-    for (int64_t x = 0; x < hd; x++) q2 += qv[x] * qv[x];
+    const float q2 = query_norm2(Q + q * t.dim, hd);
     const float qn = std::sqrt(q2);
     const float* dots = dots_all + q * k;
     for (int64_t c = 0; c < k; c++) {
@@ -247,8 +250,16 @@ int64_t ClusterScorer::score_fine_hier(const HeadCentroidsView& v, const HeadCen
     std::fill(scores + cols_[r], scores + cols_[r + 1], 0.0);
   if (nqv <= 0) return compared;
   lf_.resize((size_t)(nqv * k));
+  // |q|² once for every column range (kMeanIso), not once per range.
+  const float* q2s = nullptr;
+  if (t.est == Estimator::kMeanIso) {
+    q2_.resize((size_t)nqv);
+    for (int64_t i = 0; i < nqv; i++) q2_[(size_t)i] = query_norm2(Q + i * t.dim, t.head_dim);
+    q2s = q2_.data();
+  }
   for (size_t r = 0; r < cols_.size(); r += 2)
-    cluster_logits(t, false, Q, nqv, cols_[r], cols_[r + 1], lf_.data() + cols_[r], k, tmp_);
+    cluster_logits(t, false, Q, nqv, cols_[r], cols_[r + 1], lf_.data() + cols_[r], k, tmp_,
+                   nullptr, q2s);
   for (int64_t q = 0; q < nqv; q++) {
     float* l = lf_.data() + q * k;
     const float* L = lc_.data() + q * kc;

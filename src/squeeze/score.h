@@ -88,9 +88,13 @@ struct HeadCentroidsT {
 // Logits of clusters [j0, j1) of one level (fine, or coarse when `coarse`) for nqv query rows
 // Q ([nqv, t.dim], augmented for t.est): L[i * lds + (j - j0)]. tmp: scratch (kMeanVar), grown
 // on demand. dots (optional, same layout as L): the plain q·c part before any variance term.
+// q2s (optional, [nqv]): query_norm2 of each row, when the caller already has them.
 void cluster_logits(const HeadCentroidsT& t, bool coarse, const float* Q, int64_t nqv, int64_t j0,
                     int64_t j1, float* L, int64_t lds, std::vector<float>& tmp,
-                    float* dots = nullptr);
+                    float* dots = nullptr, const float* q2s = nullptr);
+
+// |q|² of one scaled query row (its first head_dim floats).
+float query_norm2(const float* q, int64_t head_dim);
 
 // Scoring vectors from scaled queries: out[i] = Q[i] (kMean) or [Q[i], ½ Q[i]∘Q[i]] (kMeanVar).
 // Q: [nqv, head_dim]; out: [nqv, estimator_dim(est, head_dim)].
@@ -129,6 +133,7 @@ class ClusterScorer {
   std::vector<double> acc_;    // [max(n_fine, n_coarse)] score accumulators
   std::vector<int32_t> cols_;  // compared fine column ranges as [begin, end) pairs
   std::vector<float> tmp_;     // cluster_logits scratch
+  std::vector<float> q2_;      // [nqv] |q|² (kMeanIso, score_fine_hier)
 };
 
 // Quantile of a size-weighted score distribution: the smallest score s_i (ascending order)
