@@ -158,12 +158,18 @@ inline LookupResult lookup(const LookupHead& h, const float* qs, int nq, double 
     for (int j = 0; j < D; j++) d += (double)a[j] * (double)b[j];
     return d * scale;
   };
-  // mean_iso correction of query row q for a cluster with statistics st = {vbar, radius}.
-  auto corr = [&](int q, const float* st) {
+  // |x|^2 of every scaled query row x = scale * q, computed once (mean_iso only).
+  std::vector<double> qx2(nq, 0.0);
+  if (h.fine_iso || h.coarse_iso)
+    for (int q = 0; q < nq; q++) {
+      double x2 = 0.0;
+      for (int j = 0; j < D; j++)
+        x2 += (double)qs[(size_t)q * D + j] * (double)qs[(size_t)q * D + j];
+      qx2[q] = x2 * scale * scale;
+    }
+  // mean_iso correction for a query with |x|^2 = x2 and a cluster's statistics st = {vbar, radius}.
+  auto corr = [](double x2, const float* st) {
     if (!st) return 0.0;
-    double x2 = 0.0;
-    for (int j = 0; j < D; j++) x2 += (double)qs[(size_t)q * D + j] * (double)qs[(size_t)q * D + j];
-    x2 *= scale * scale;
     return std::min(0.5 * x2 * (double)st[0], std::sqrt(x2) * (double)st[1]);
   };
   auto nfine = [&](int j) { return (double)(h.fine_off[j + 1] - h.fine_off[j]); };
@@ -181,7 +187,7 @@ inline LookupResult lookup(const LookupHead& h, const float* qs, int nq, double 
       double mx = kNegInf;
       for (int C = 0; C < h.n_coarse; C++) {
         L[(size_t)q * h.n_coarse + C] = dot(qs + (size_t)q * D, h.coarse_c + (size_t)C * D) +
-                                        corr(q, h.coarse_iso ? h.coarse_iso + 2 * C : nullptr);
+                                        corr(qx2[q], h.coarse_iso ? h.coarse_iso + 2 * C : nullptr);
         if (ncoarse(C) > 0) mx = std::max(mx, L[(size_t)q * h.n_coarse + C]);
       }
       double den = 0.0;
@@ -215,7 +221,7 @@ inline LookupResult lookup(const LookupHead& h, const float* qs, int nq, double 
     double mx = pr_m[q];
     for (size_t e = 0; e < nc; e++) {
       l[e] = dot(qs + (size_t)q * D, h.fine_c + (size_t)r.compared[e] * D) +
-             corr(q, h.fine_iso ? h.fine_iso + 2 * r.compared[e] : nullptr);
+             corr(qx2[q], h.fine_iso ? h.fine_iso + 2 * r.compared[e] : nullptr);
       if (nfine(r.compared[e]) > 0) mx = std::max(mx, l[e]);
     }
     if (mx == kNegInf) continue;

@@ -465,9 +465,8 @@ __global__ void __launch_bounds__(256, QT <= 2 ? 3 : 2)
   }
   __syncthreads();
   stamp(kStFineL);
-  if (!hier && tid == 0) a.p.n_cmp[h] = n_pos;  // single level: every fine cluster, in order
+  // Writes n_cmp[h] = n_pos for a single level (ident = !hier). Decode only: no work items.
   select_fine_impl<QT <= 2 ? 8 : (QT <= 4 ? 4 : 2), QT, true>(a, h, !hier, n_pos, s_L);
-  partition_tail(a.p, qtot);
 }
 
 // Resident CTAs (256 threads each) of `kernel` on the current device, or 0.
@@ -495,7 +494,10 @@ bool launch_fused(int n_kv, const LookupArgs& a, cudaStream_t stream) {
   static int cap_cache[64];
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
-  if (cap_cache[dev] == 0) cap_cache[dev] = resident_ctas(kernel) > 0 ? resident_ctas(kernel) : -1;
+  if (cap_cache[dev] == 0) {
+    const int r = resident_ctas(kernel);
+    cap_cache[dev] = r > 0 ? r : -1;
+  }
   const int cap = cap_cache[dev] > 0 ? cap_cache[dev] : 0;
   const int nsplit = std::min(kMaxScoreSplits, cap / n_kv);
   if (nsplit < 1) return false;
@@ -536,12 +538,11 @@ __global__ void __launch_bounds__(256)
     publish_ready(p, h, nr, carry);
   else
     expand_rows(p, h, R, vs, nr);
-  partition_tail(p, qtot);
+  if (qtot > kSmallQ) partition_tail(p, qtot);  // decode runs split the ready word themselves
 }
 
 template <int D, typename T, bool ISO>
-int launch_typed(const sqz_cuda_shape& s, const PlanDev& p, const LookupArgs& a, int num_sms,
-                 cudaStream_t stream) {
+int launch_typed(const sqz_cuda_shape& s, const LookupArgs& a, int num_sms, cudaStream_t stream) {
   const bool hier = s.n_coarse > 0;
   const int n_kv = s.n_kv_heads;
   if (a.qtot <= kSmallQ) {
@@ -569,7 +570,7 @@ int launch_typed(const sqz_cuda_shape& s, const PlanDev& p, const LookupArgs& a,
     const int nsplit = std::min(kMaxScoreSplits, std::max(1, 3 * num_sms / n_kv));
     const dim3 grid(nsplit, n_kv);
     auto run = [&](int stage) {
-      switch (a.qtot <= 1 ? 1 : a.qtot <= 2 ? 2 : a.qtot <= 4 ? 4 : 8) {
+      switch (qt) {
         case 1:
           launch_k(score_small_kernel<D, T, 1, ISO>, grid, 256, 0, stream, a, stage, nsplit);
           break;
@@ -618,16 +619,16 @@ int launch_lookup(const sqz_cuda_shape& s, const WsLayout& L, const PlanDev& p,
   if (s.head_dim != 128 && s.head_dim != 64) return SQZ_CUDA_EUNSUPPORTED;
   if (a.fine_iso) {
     if (s.head_dim == 128)
-      return bf ? launch_typed<128, __nv_bfloat16, true>(s, p, a, L.num_sms, stream)
-                : launch_typed<128, __half, true>(s, p, a, L.num_sms, stream);
-    return bf ? launch_typed<64, __nv_bfloat16, true>(s, p, a, L.num_sms, stream)
-              : launch_typed<64, __half, true>(s, p, a, L.num_sms, stream);
+      return bf ? launch_typed<128, __nv_bfloat16, true>(s, a, L.num_sms, stream)
+                : launch_typed<128, __half, true>(s, a, L.num_sms, stream);
+    return bf ? launch_typed<64, __nv_bfloat16, true>(s, a, L.num_sms, stream)
+              : launch_typed<64, __half, true>(s, a, L.num_sms, stream);
   }
   if (s.head_dim == 128)
-    return bf ? launch_typed<128, __nv_bfloat16, false>(s, p, a, L.num_sms, stream)
-              : launch_typed<128, __half, false>(s, p, a, L.num_sms, stream);
-  return bf ? launch_typed<64, __nv_bfloat16, false>(s, p, a, L.num_sms, stream)
-            : launch_typed<64, __half, false>(s, p, a, L.num_sms, stream);
+    return bf ? launch_typed<128, __nv_bfloat16, false>(s, a, L.num_sms, stream)
+              : launch_typed<128, __half, false>(s, a, L.num_sms, stream);
+  return bf ? launch_typed<64, __nv_bfloat16, false>(s, a, L.num_sms, stream)
+            : launch_typed<64, __half, false>(s, a, L.num_sms, stream);
 }
 
 int launch_plan_ranges(const sqz_cuda_shape& s, const WsLayout& L, const PlanDev& p,

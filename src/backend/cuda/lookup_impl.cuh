@@ -570,7 +570,8 @@ __device__ void select_stage(const LookupArgs& a, int stage, int h) {
     select_coarse(a, h);
   } else {
     select_fine(a, stage, h);
-    partition_tail(a.p, a.qtot);
+    // Work items feed the prefill run only; decode runs split the published ready word.
+    if (a.qtot > kSmallQ) partition_tail(a.p, a.qtot);
   }
 }
 

@@ -170,8 +170,10 @@ typedef struct sqz_cuda_plan_view {
   const int32_t* n_ranges;    /* [n_kv] */
   const int32_t* ranges;      /* [n_kv, n_fine, 2] merged kept row ranges {begin, end} */
   const int32_t* n_rows;      /* [n_kv] kept rows */
-  const int32_t* n_items;     /* [1] split-KV work items */
-  const int32_t* items;       /* [max_items, 4] {kv head, query block, v_begin, v_end} */
+  const int32_t* n_items;     /* [1] split-KV work items (prefill plans only: a decode plan
+                                 writes no items; its run splits each head's rows itself) */
+  const int32_t* items;       /* [max_items, 4] {kv head, query block, v_begin, v_end}, prefill
+                                 plans only */
   int32_t max_items;
 } sqz_cuda_plan_view;
 int sqz_cuda_get_plan_view(const sqz_cuda_shape* shape, void* ws, sqz_cuda_plan_view* view);
