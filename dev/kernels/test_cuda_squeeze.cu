@@ -848,8 +848,17 @@ int main(int argc, char** argv) {
       {3771, 4, 1, 128, true, BF, 0.3, 0.2, 0, 8},
       {2000, 8, 1, 64, true, F16, 0.3, 0.3, 0, 8},
       {1500, 1, 1, 128, false, BF, 0, 0.2, 0, 32},
+      // 200 KV heads: one split per head, whose 2,052 fine clusters exceed the fused plan's
+      // shared-memory compared list (kFusedList), so it is read back from the workspace.
+      {39000, 1, 1, 64, true, BF, 0.3, 0.3, 0, 200},
       {113, 1, 1, 128, true, BF, 0.5, 0.5, 0, 1100},
       {113, 2, 1, 64, false, BF, 0, 0.4, 0, 1100},
+      // n_fine > kParTailFine (8,192): the fused plan's parallel tail, 32 splits per head, with
+      // ranges merged across split boundaries (full selection: one range over every split).
+      {160000, 1, 1, 128, true, BF, 0.3, 0.3, 0},
+      {160000, 1, 1, 128, true, BF, 1.0, 1.0, 0},
+      {160000, 4, 1, 64, false, F16, 0, 0.2, 0, 8},
+      {160000, 2, 1, 128, true, BF, 0.25, 0.3, 0, 2, true},
       // mean_iso: decode (fused, QT 1/2/4/8), the two-launch fallback, prefill (tensor cores).
       {113, 1, 1, 128, false, BF, 0, 0.3, 0, 2, true},
       {501, 4, 1, 128, true, BF, 0.4, 0.4, 0, 2, true},
@@ -880,7 +889,7 @@ int main(int argc, char** argv) {
     run_ranges_case(3771, 8, 12, 128, BF, mode, 0, rng);
     run_ranges_case(113, 1, 70, 64, BF, mode, 1, rng);
   }
-  run_ranges_case(20000, 1, 1, 128, BF, 3, 1, rng);  // decode: 4 items of ~2.3K rows per head
+  run_ranges_case(20000, 1, 1, 128, BF, 3, 1, rng);  // decode: 2 items of ~4.4K rows per head
   run_ranges_case(20000, 8, 1, 64, F16, 3, 0, rng);  // decode, G = 8
   run_ranges_case(20000, 4, 3, 128, BF, 3, 0, rng);  // prefill (row list) over the same
   run_dense_case(1, 1, 1, 128, BF, 0, 0, rng);

@@ -159,38 +159,46 @@ __global__ void __launch_bounds__(256, QT <= 2 ? 3 : 2)
   if (stage == kCoarse) stamp(kStCoarseDone);
 }
 
-// ---- small query path, fused: both stages and the partition in one launch (decode) ----
+// ---- small query path, fused: both stages and the ranges in one launch (decode) ----
 //
 // Grid (nsplit, n_kv) with every CTA resident at once (the host sizes nsplit from the occupancy),
-// so CTAs of one head may wait for each other. Per head:
-//   1. each CTA scores its slice of the coarse clusters (logits and log2 sizes to the workspace,
-//      per-row partial denominators);
-//   2. the last CTA to arrive computes the coarse scores, selects, writes the compared fine list
-//      and the pruned-coarse denominator, then publishes n_compared + 1 in the head's flag;
-//   3. the head's CTAs wait for that flag (only their own head's: heads never wait for each
-//      other), score their slice of the compared fine clusters with the query still in
-//      registers, and the last to arrive selects, writes the ranges and row list, and the last
-//      head partitions.
-// Versus one launch per stage: no grid-wide drain and relaunch between the stages, a head's
-// fine stage starts as soon as its own coarse selection is done, and the fine denominator's
-// pruned-coarse part is summed directly by the coarse tail (sum over non-kept C of N_C 2^{L_C})
-// instead of being re-scored in the fine stage as coarse - kept (which cost the fine CTAs a
-// kc -> coarse_off -> fine_off chain of three dependent loads, and a cancellation).
+// so the CTAs of one head can meet at barriers. Per head, each CTA ("split"):
+//   1. scores its slice of the coarse clusters (logits and log2 sizes to the workspace, per-row
+//      partial denominators); barrier;
+//   2. computes the coarse denominators from the partials, selects within its own slice, and
+//      scores the children of its kept coarse clusters with the query still in registers
+//      (single level: its slice of the fine clusters). Its partial fine denominator includes its
+//      pruned coarse terms N_C 2^{l_C}. Compared entries, their row bounds and logits go to
+//      scratch at the first fine index of the split's block (blocks are disjoint).
+// Then the fine selection, in one of two ways (chosen by the host from n_fine, kParTailFine):
+//   single tail: the head's last CTA to finish step 2 selects every split's entries in order and
+//      writes the merged ranges;
+//   parallel tail: barrier; every split selects its own entries and merges their ranges locally
+//      (scratch); barrier; from every split's counts each moves its ranges to their final place,
+//      merging a range that continues across a split boundary (the earlier split owns it and
+//      writes the extended end); the last CTA to finish writes the totals.
+// Either way the head's ready word is published as soon as its ranges are complete.
+// History (stamps, H100/H200): v6 ran the coarse selection in the head's last CTA alone and
+// released the others through a flag (6-10 us at 128K, 15-35 us at 512K, where the compared list
+// also cost the fine stage one more dependent load). v11 spreads it over the head's CTAs. The
+// single tail at 512K walks ~6,500 compared entries in one CTA (H200: 22-38 us from the fine
+// denominators to the ranges); the parallel tail takes 8-11 us there, but at 128K (~1,600
+// entries, one tile: 5-6 us) its extra barrier and range move made it slower (8-9 us).
 
-// Centroid rows and log2 sizes of U entries. Centroid loads are issued before the offset chain
-// (their address needs only the entry index), so the two latencies overlap.
+// Centroid rows, log2 sizes and fine row bounds of U entries. Entry e is cluster list[e] (list
+// null: cluster idx_off + e) of the stage's level. Centroid loads are issued before the offset
+// chain (their address needs only the cluster index), so the two latencies overlap. `list` may
+// point to shared or global memory written earlier by this CTA, so it is read with plain loads.
 template <int D, typename T, int U, bool ISO>
-__device__ __forceinline__ void fused_load(const LookupArgs& a, bool coarse, bool hier, int h,
-                                           int lr, const int (&e)[U], int e1, uint4 (&cv)[U],
-                                           float (&w)[U], float2 (&st)[U]) {
+__device__ __forceinline__ void fused_load(const LookupArgs& a, bool coarse, int h, int lr,
+                                           const int (&e)[U], int e1, const int* list, int idx_off,
+                                           uint4 (&cv)[U], float (&w)[U], int2 (&bd)[U],
+                                           float2 (&st)[U]) {
   const int32_t* fo = a.fine_off + (int64_t)h * (a.p.n_fine + 1);
   const int32_t* co = a.coarse_off + (int64_t)h * (a.p.n_coarse + 1);
   int idx[U];
 #pragma unroll
-  for (int u = 0; u < U; u++)
-    idx[u] = e[u] < e1
-                 ? ((coarse || !hier) ? e[u] : __ldcg(a.p.cmp + (int64_t)h * a.p.n_fine + e[u]))
-                 : -1;
+  for (int u = 0; u < U; u++) idx[u] = e[u] < e1 ? (list ? list[e[u]] : idx_off + e[u]) : -1;
 #pragma unroll
   for (int u = 0; u < U; u++) {
     const T* c = coarse
@@ -221,22 +229,24 @@ __device__ __forceinline__ void fused_load(const LookupArgs& a, bool coarse, boo
     const int b = idx[u] >= 0 ? __ldg(fo + lo[u]) : 0;
     const int en = idx[u] >= 0 ? __ldg(fo + hi[u]) : 0;
     w[u] = en > b ? log2f((float)(en - b)) : kNegInf;
+    bd[u] = make_int2(b, en);
   }
 }
 
-// This CTA's slice of one stage: logits (and, coarse, log2 sizes) to the workspace, per-row
-// partial denominators to score_part[.., split]. n = entries of the stage for head h.
+// Entries [e0, e1) of one stage, scored by this CTA: logits to lgp[e] (and, coarse, log2 sizes to
+// coarse_w[e]; fine, row bounds to bnd[e]); per-row partial denominators, plus each warp's `init`
+// terms (the same in every lane of a warp), to half `slot` (0: .xy, 1: .zw) of
+// score_part[.., split].
 template <int D, typename T, int QT, bool ISO>
-__device__ __forceinline__ void fused_score(const LookupArgs& a, bool coarse, bool hier, int h,
-                                            int split, int nsplit, int n, const float (&qf)[QT][8],
-                                            const float2* s_qn, Stat (*s_stat)[QT]) {
+__device__ __forceinline__ void fused_score(const LookupArgs& a, bool coarse, int h, int split,
+                                            int e0, int e1, const int* list, int idx_off,
+                                            float* lgp, int2* bnd, int slot,
+                                            const float (&qf)[QT][8], const float2* s_qn,
+                                            const Stat (&init)[QT], Stat (*s_stat)[QT]) {
   constexpr int LPR = D / 8, RPW = 32 / LPR, NW = 8, NRG = NW * RPW, U = QT == 1 ? 8 : 4;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int lr = lane % LPR, rg = warp * RPW + lane / LPR;
   const int qtot = a.qtot;
-  const int per = ceil_div_dev(n, nsplit);
-  const int e0 = min(n, split * per), e1 = min(n, e0 + per);
-  float* lg = a.p.logits + (int64_t)h * (a.p.n_coarse + a.p.n_fine) * kSmallQ;
   float* cw = a.p.coarse_w + (int64_t)h * a.p.n_coarse;
   Stat st[QT];
 #pragma unroll
@@ -247,8 +257,9 @@ __device__ __forceinline__ void fused_score(const LookupArgs& a, bool coarse, bo
     for (int u = 0; u < U; u++) ev[u] = base + u * NRG + rg;
     uint4 cv[U];
     float w[U];
+    int2 bd[U];
     float2 ist[U];
-    fused_load<D, T, U, ISO>(a, coarse, hier, h, lr, ev, e1, cv, w, ist);
+    fused_load<D, T, U, ISO>(a, coarse, h, lr, ev, e1, list, idx_off, cv, w, bd, ist);
 #pragma unroll
     for (int u = 0; u < U; u++) {
       float kf[8];
@@ -263,82 +274,124 @@ __device__ __forceinline__ void fused_score(const LookupArgs& a, bool coarse, bo
         for (int o = LPR / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
         if (valid && r < qtot) {
           if (ISO) d += iso_corr(s_qn[r], ist[u]);
-          if (lr == 0) lg[(int64_t)ev[u] * kSmallQ + r] = d;
+          if (lr == 0) lgp[(int64_t)ev[u] * kSmallQ + r] = d;
           stat_add(st[r], d + w[u], 1);
         }
       }
-      if (coarse && valid && lr == 0) cw[ev[u]] = w[u];
+      if (valid && lr == 0) {
+        if (coarse)
+          cw[ev[u]] = w[u];
+        else
+          bnd[ev[u]] = bd[u];
+      }
     }
   }
+  // Row groups of a warp -> one state (the lanes of a row group hold the same one).
 #pragma unroll
   for (int r = 0; r < QT; r++)
 #pragma unroll
     for (int o = LPR; o < 32; o <<= 1) st[r] = stat_merge(st[r], shfl_stat(st[r], o));
   if (lane == 0)
 #pragma unroll
-    for (int r = 0; r < QT; r++) s_stat[warp][r] = st[r];
+    for (int r = 0; r < QT; r++) s_stat[warp][r] = stat_merge(st[r], init[r]);
   __syncthreads();
   if (tid < QT && tid < qtot) {
     Stat s = s_stat[0][tid];
     for (int w = 1; w < NW; w++) s = stat_merge(s, s_stat[w][tid]);
-    a.p.score_part[((int64_t)h * a.p.q_max + tid) * kMaxScoreSplits + split] =
-        make_float4(s.m, s.sp, 0.0f, 0.0f);
+    float2* part = reinterpret_cast<float2*>(a.p.score_part +
+                                             ((int64_t)h * a.p.q_max + tid) * kMaxScoreSplits);
+    part[2 * split + slot] = make_float2(s.m, s.sp);
   }
 }
 
-// Base-2 log denominator of query row r from the split partials (lanes over splits), plus an
-// optional extra term given as its base-2 log (-inf = none). Every lane returns it.
-__device__ float fused_lse(const LookupArgs& a, int h, int r, int nsplit, float extra) {
+// Base-2 log denominator of query row r from half `slot` of the split partials (lanes over
+// splits). Every lane returns it.
+__device__ float fused_lse(const LookupArgs& a, int h, int r, int nsplit, int slot) {
   const int lane = threadIdx.x & 31;
   const float4* part = a.p.score_part + ((int64_t)h * a.p.q_max + r) * kMaxScoreSplits;
   Stat s{kNegInf, 0.0f, 0.0f};
   for (int i = lane; i < nsplit; i += 32) {
     const float4 v = __ldcg(part + i);
-    s = stat_merge(s, Stat{v.x, v.y, 0.0f});
+    s = stat_merge(s, slot ? Stat{v.z, v.w, 0.0f} : Stat{v.x, v.y, 0.0f});
   }
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) s = stat_merge(s, shfl_stat(s, o));
-  if (extra != kNegInf) s = stat_merge(s, Stat{extra, 1.0f, 0.0f});
   return s.sp > 0.0f ? s.m + log2f(s.sp) : kNegInf;
 }
 
-// Coarse tail (last CTA of head h): denominators, coarse scores, selection, the compared fine
-// list and the pruned-coarse denominator per query row (into lse_coarse). Returns n_compared.
+// The CTAs of one head meet here: barrier number `k` (1, 2, ...) of this plan. Every CTA of the
+// grid is resident (host-checked), so the wait cannot deadlock. `cnt` counts arrivals over the
+// whole plan (each CTA adds one per barrier, and cannot add for barrier k + 1 before all have
+// added for k); the head's last CTA resets it once every CTA is past the last barrier. Memory
+// written before the barrier by any of the CTAs is visible after it.
+__device__ __forceinline__ void head_barrier(unsigned* cnt, unsigned target) {
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    atomicAdd(cnt, 1u);
+    while (ld_acquire_gpu(cnt) < target) {
+    }
+    __threadfence();
+  }
+  __syncthreads();
+}
+
+// A cluster's stored score from its logits: sum over the query rows of 2^{l_r - L_r} (mean x
+// rows), skipping rows with an empty denominator.
 template <int QT>
-__device__ int fused_coarse_tail(const LookupArgs& a, int h, int nsplit, float* s_L,
-                                 Stat (*s_stat)[QT]) {
+__device__ __forceinline__ float score_sum(const float (&l)[QT], const float (&L)[QT]) {
+  float acc = 0.0f;
+#pragma unroll
+  for (int r = 0; r < QT; r++)
+    if (L[r] != kNegInf) acc += exp2f(l[r] - L[r]);
+  return acc;
+}
+
+// Shared-memory compared list of one split; a longer one is read back from cmp_tmp (L2).
+constexpr int kFusedList = 2048;
+// Heads with more fine clusters than this take the parallel tail (see above). At 5% clusters
+// that is contexts above ~160K tokens.
+constexpr int kParTailFine = 8192;
+
+// Coarse selection of this CTA's slice [e0, e1) (after the head barrier): coarse scores and kept
+// flags, the compared children of its kept clusters (ascending, into cmp_tmp from the slice's
+// first fine index `base`, and into s_list when they fit) and, per warp (the same in each lane),
+// the pruned coarse terms N_C 2^{l_C} of each query row (pr). Returns the number of compared
+// children.
+template <int QT>
+__device__ int fused_coarse_select(const LookupArgs& a, int h, int e0, int e1, int nsplit, int base,
+                                   bool fits, float* s_L, int* s_list, Stat (&pr)[QT]) {
   constexpr int IT = QT <= 2 ? 8 : (QT <= 4 ? 4 : 2);  // consecutive entries per thread
   __shared__ int s_scan[33];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, qtot = a.qtot;
-  if (warp < qtot) {
-    const float L = fused_lse(a, h, warp, nsplit, kNegInf);
-    if (lane == 0) s_L[warp] = L;
-  }
-  __syncthreads();
-  stamp(kStCoarseL);
   const int n = a.p.n_coarse;
   const float* lg = a.p.logits + (int64_t)h * (a.p.n_coarse + a.p.n_fine) * kSmallQ;
   const float* cw = a.p.coarse_w + (int64_t)h * n;
   const int32_t* co = a.coarse_off + (int64_t)h * (n + 1);
   float* S = a.p.s_coarse + (int64_t)h * n;
   uint8_t* kept = a.p.kept_coarse + (int64_t)h * n;
-  int32_t* cmp = a.p.cmp + (int64_t)h * a.p.n_fine;
+  int32_t* gl = a.p.cmp_tmp + (int64_t)h * a.p.n_fine + base;
+  if (warp < qtot) {
+    const float L = fused_lse(a, h, warp, nsplit, 0);
+    if (lane == 0) s_L[warp] = L;
+  }
+  __syncthreads();
+  stamp(kStCoarseL);
   float Lr[QT];
-  Stat pr[QT];  // pruned (not kept) coarse terms N_C 2^{l_C} per query row
 #pragma unroll
   for (int r = 0; r < QT; r++) {
     Lr[r] = r < qtot ? s_L[r] : kNegInf;
     pr[r] = Stat{kNegInf, 0.0f, 0.0f};
   }
   int carry = 0;
-  for (int base = 0; base < n; base += blockDim.x * IT) {
-    const int c0 = base + tid * IT;
+  for (int t0 = e0; t0 < e1; t0 += blockDim.x * IT) {
+    const int c0 = t0 + tid * IT;
     float l[IT][QT], w[IT];
     int lo[IT], hi[IT];
 #pragma unroll
     for (int i = 0; i < IT; i++) {
       const int C = c0 + i;
-      const bool in = C < n;
+      const bool in = C < e1;
 #pragma unroll
       for (int r = 0; r < QT; r++)
         l[i][r] = (in && r < qtot) ? __ldcg(lg + (int64_t)C * kSmallQ + r) : kNegInf;
@@ -351,12 +404,9 @@ __device__ int fused_coarse_tail(const LookupArgs& a, int h, int nsplit, float* 
 #pragma unroll
     for (int i = 0; i < IT; i++) {
       const int C = c0 + i;
-      float acc = 0.0f;
-#pragma unroll
-      for (int r = 0; r < QT; r++)
-        if (Lr[r] != kNegInf) acc += exp2f(l[i][r] - Lr[r]);
-      k[i] = C < n && acc >= a.thr_coarse_tot;
-      if (C < n) {
+      const float acc = score_sum<QT>(l[i], Lr);
+      k[i] = C < e1 && acc >= a.thr_coarse_tot;
+      if (C < e1) {
         S[C] = acc;
         kept[C] = (uint8_t)k[i];
         if (!k[i])
@@ -365,47 +415,136 @@ __device__ int fused_coarse_tail(const LookupArgs& a, int h, int nsplit, float* 
       }
       nc += k[i] ? hi[i] - lo[i] : 0;
     }
-    if (base == 0) stamp(kStCoarseSelLoaded);
+    if (t0 == e0) stamp(kStCoarseSelLoaded);
     int tc;
     int pc = carry + block_exclusive_scan(nc, s_scan, &tc);
 #pragma unroll
     for (int i = 0; i < IT; i++) {
       if (!k[i]) continue;
-      for (int f = lo[i]; f < hi[i]; f++) cmp[pc++] = f;
+      for (int f = lo[i]; f < hi[i]; f++, pc++) {
+        gl[pc] = f;
+        if (fits) s_list[pc] = f;
+      }
     }
     carry += tc;
   }
 #pragma unroll
   for (int r = 0; r < QT; r++)
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) pr[r] = stat_merge(pr[r], shfl_stat(pr[r], o));
-  if (lane == 0)
-#pragma unroll
-    for (int r = 0; r < QT; r++) s_stat[warp][r] = pr[r];
-  __syncthreads();
-  if (tid < QT && tid < qtot) {
-    Stat s = s_stat[0][tid];
-    for (int w = 1; w < 8; w++) s = stat_merge(s, s_stat[w][tid]);
-    a.p.lse_coarse[(int64_t)h * a.p.q_max + tid] = s.sp > 0.0f ? s.m + log2f(s.sp) : kNegInf;
-  }
-  if (tid == 0) a.p.n_cmp[h] = carry;
+    for (int o = 1; o < 32; o <<= 1) pr[r] = stat_merge(pr[r], shfl_stat(pr[r], o));
+  __syncthreads();  // the list is complete before anyone scores it
   return carry;
+}
+
+// Fine selection of n compared entries against the head's base-2 denominators s_L. Entry e
+// belongs to segment g (s_segP: exclusive prefix of the nseg segments' counts; s_segB: each
+// segment's scratch block, i.e. its split's first fine index) and lives at scratch slot
+// s_segB[g] + e - s_segP[g] of cmp_tmp, bounds_tmp and the logits (after the n_coarse coarse
+// rows); ident (single level): that slot is the fine index. Scores, kept flags and
+// (hierarchical) the compacted compared list go to positions P + e; the merged ranges to R / vs
+// (from index 0). Returns {ranges, rows, first range begin, first range end} and the last kept
+// end, in every thread.
+//   Parallel tail: one segment, this split's own entries, ranges to scratch.
+//   Single tail: every split's segment in order, in the head's last CTA, ranges to the plan.
+template <int IT, int QT>
+__device__ int4 fused_fine_select(const LookupArgs& a, int h, bool ident, int n, const int* s_segP,
+                                  const int* s_segB, int nseg, int P, const float* s_L, int2* R,
+                                  int32_t* vs, int* last_end) {
+  __shared__ int s_scan[33];
+  const int tid = threadIdx.x;
+  const int64_t hb = (int64_t)h * a.p.n_fine;
+  const int32_t* ctmp = a.p.cmp_tmp + hb;
+  const int2* bt = a.p.bounds_tmp + hb;
+  const float* lg =
+      a.p.logits + ((int64_t)h * (a.p.n_coarse + a.p.n_fine) + a.p.n_coarse) * kSmallQ;
+  int32_t* cmp = a.p.cmp + hb + P;
+  float* S = a.p.s_fine + hb + P;
+  uint8_t* kept = a.p.kept_fine + hb + P;
+  float Lr[QT];
+#pragma unroll
+  for (int r = 0; r < QT; r++) Lr[r] = r < a.qtot ? s_L[r] : kNegInf;
+  int carry_r = 0, carry_rows = 0, carry_end = -1;
+  for (int t0 = 0; t0 < n; t0 += blockDim.x * IT) {
+    const int e0 = t0 + tid * IT;
+    int g = 0;  // segment of e0 (largest g with s_segP[g] <= e0), then advanced per entry
+    for (int st = 16; st > 0; st >>= 1)
+      if (g + st < nseg && s_segP[g + st] <= e0) g += st;
+    int j[IT], b[IT], en[IT];
+    float l[IT][QT];
+    bool k[IT];
+#pragma unroll
+    for (int i = 0; i < IT; i++) {
+      const int e = e0 + i;
+      const bool in = e < n;
+      while (g + 1 < nseg && s_segP[g + 1] <= e) g++;
+      const int slot = s_segB[g] + e - s_segP[g];
+      j[i] = in ? (ident ? slot : __ldcg(ctmp + slot)) : -1;
+      const int2 bd = in ? __ldcg(bt + slot) : make_int2(0, 0);
+      b[i] = bd.x;
+      en[i] = bd.y;
+#pragma unroll
+      for (int r = 0; r < QT; r++)
+        l[i][r] = (in && r < a.qtot) ? __ldcg(lg + (int64_t)slot * kSmallQ + r) : kNegInf;
+    }
+    if (t0 == 0) stamp(kStFineSelLoaded);
+#pragma unroll
+    for (int i = 0; i < IT; i++) {
+      const int e = e0 + i;
+      const float acc = score_sum<QT>(l[i], Lr);
+      k[i] = j[i] >= 0 && en[i] > b[i] && acc >= a.thr_fine_tot;
+      if (e < n) {
+        S[e] = acc;
+        kept[e] = (uint8_t)k[i];
+        if (!ident) cmp[e] = j[i];
+      }
+    }
+    ranges_tile<IT>(k, b, en, R, vs, s_scan, carry_r, carry_rows, carry_end);
+  }
+  __syncthreads();  // ranges_tile's end extensions (atomics) are done
+  *last_end = carry_end;
+  if (carry_r == 0) return make_int4(0, 0, 0, 0);
+  const int2 r0 = __ldcg(R);
+  return make_int4(carry_r, carry_rows, r0.x, r0.y);
+}
+
+// Splits' segments {count, scratch block} of head h -> s_segP (exclusive prefix, s_segP[nsplit] =
+// total) and s_segB. One warp; nsplit <= 32.
+__device__ __forceinline__ void load_segments(const int4* seg, int nsplit, int* s_segP,
+                                              int* s_segB) {
+  const int lane = threadIdx.x & 31;
+  const int4 c = lane < nsplit ? __ldcg(seg + 2 * lane) : make_int4(0, 0, 0, 0);
+  int inc = c.x;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int y = __shfl_up_sync(0xffffffffu, inc, o);
+    if (lane >= o) inc += y;
+  }
+  if (lane < nsplit) {
+    s_segP[lane] = inc - c.x;
+    s_segB[lane] = c.y;
+  }
+  if (lane == 31) s_segP[nsplit] = inc;
 }
 
 template <int D, typename T, int QT, bool ISO>
 __global__ void __launch_bounds__(256, QT <= 2 ? 3 : 2)
-    plan_small_fused_kernel(LookupArgs a, int nsplit) {
+    plan_small_fused_kernel(LookupArgs a, int nsplit, bool par_tail) {
   constexpr int LPR = D / 8;
+  constexpr int IT = QT <= 2 ? 8 : (QT <= 4 ? 4 : 2);
   __shared__ Stat s_stat[8][QT];
   __shared__ float s_L[kSmallQ];
   __shared__ float2 s_qn[ISO ? QT : 1];  // mean_iso row factors
-  __shared__ unsigned s_flag;
+  __shared__ int s_list[kFusedList];     // this split's compared children (when they fit)
+  __shared__ int s_segP[kFusedMaxSplits + 1], s_segB[kFusedMaxSplits];
+  // parallel tail: range offset, row offset, first range merged, end of last range, head totals
+  // (ranges, rows, compared), compared entries of earlier splits
+  __shared__ int s_fix[8];
   stamp(kStEntry);
   pdl_wait();
   stamp(kStWaited);
   const int h = blockIdx.y, split = blockIdx.x;
   if (split == 0) clear_ready(a.p, h);
-  const int tid = threadIdx.x, lane = tid & 31;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int lr = lane % LPR;
   const int group = a.p.group, qtot = a.qtot;
   const bool hier = a.p.n_coarse > 0;
@@ -426,47 +565,182 @@ __global__ void __launch_bounds__(256, QT <= 2 ? 3 : 2)
     }
   }
   if (ISO) iso_rows_small<D, QT>(qf, s_qn);
-  unsigned* flag = a.p.head_cnt + 2 * (size_t)a.p.n_kv + h;
-  int n_pos = a.p.n_fine;
+  unsigned* bar = a.p.head_cnt + 2 * (size_t)a.p.n_kv + h;
+  unsigned n_bar = 0;
+  int4* seg = a.p.seg + ((int64_t)h * kFusedMaxSplits) * 2;
+  float* lg = a.p.logits + (int64_t)h * (a.p.n_coarse + a.p.n_fine) * kSmallQ;
+  const int64_t hb = (int64_t)h * a.p.n_fine;
+  Stat init[QT];  // per-warp terms the fine partial starts from (hierarchical: pruned coarse)
+#pragma unroll
+  for (int r = 0; r < QT; r++) init[r] = Stat{kNegInf, 0.0f, 0.0f};
+  int base, nloc;
   if (hier) {
-    fused_score<D, T, QT, ISO>(a, true, true, h, split, nsplit, a.p.n_coarse, qf, s_qn, s_stat);
+    const int n = a.p.n_coarse, per = ceil_div_dev(n, nsplit);
+    const int c0 = min(n, split * per), c1 = min(n, c0 + per);
+    fused_score<D, T, QT, ISO>(a, true, h, split, c0, c1, nullptr, 0, lg, nullptr, 0, qf, s_qn,
+                               init, s_stat);
     stamp(kStCoarseMain);
-    if (last_of_head(a.p, 0, h, gridDim.x)) {
-      stamp(kStCoarseTail);
-      const int ncmp = fused_coarse_tail<QT>(a, h, nsplit, s_L, s_stat);
-      __threadfence();
-      __syncthreads();  // every thread's compared-list writes are ordered before the flag
-      if (tid == 0) st_release_gpu(flag, (unsigned)ncmp + 1u);
-      stamp(kStCoarseDone);
-    }
-    if (tid == 0) {
-      // Every CTA of the grid is resident (host-checked), so the head's last coarse CTA is
-      // running or done: this wait cannot deadlock.
-      unsigned v;
-      while ((v = ld_acquire_gpu(flag)) == 0u) {
-      }
-      s_flag = v;
-    }
-    __syncthreads();
-    n_pos = (int)s_flag - 1;
+    head_barrier(bar, ++n_bar * nsplit);
+    stamp(kStCoarseTail);
+    const int32_t* co = a.coarse_off + (int64_t)h * (n + 1);
+    base = __ldg(co + c0);
+    const bool fits = __ldg(co + c1) - base <= kFusedList;
+    nloc = fused_coarse_select<QT>(a, h, c0, c1, nsplit, base, fits, s_L, s_list, init);
+    stamp(kStCoarseDone);
+    stamp(kStFineStart);
+    const int* list = fits ? s_list : a.p.cmp_tmp + hb + base;
+    fused_score<D, T, QT, ISO>(a, false, h, split, 0, nloc, list, 0,
+                               lg + (int64_t)(n + base) * kSmallQ, a.p.bounds_tmp + hb + base, 1,
+                               qf, s_qn, init, s_stat);
+  } else {
+    stamp(kStFineStart);
+    const int n = a.p.n_fine, per = ceil_div_dev(n, nsplit);
+    base = min(n, split * per);
+    nloc = min(n, base + per) - base;
+    fused_score<D, T, QT, ISO>(a, false, h, split, 0, nloc, nullptr, base,
+                               lg + (int64_t)base * kSmallQ, a.p.bounds_tmp + hb + base, 1, qf,
+                               s_qn, init, s_stat);
   }
-  stamp(kStFineStart);
-  fused_score<D, T, QT, ISO>(a, false, hier, h, split, nsplit, n_pos, qf, s_qn, s_stat);
+  if (tid == 0) seg[2 * split] = make_int4(nloc, base, 0, 0);
   stamp(kStFineMain);
   pdl_trigger();  // every CTA is resident by now, so early dependents cannot starve the grid
-  if (!last_of_head(a.p, 1, h, gridDim.x)) return;
+  if (!par_tail) {
+    // Single tail: the head's last CTA selects every split's entries (one or two tiles).
+    if (!last_of_head(a.p, 1, h, gridDim.x)) return;
+    stamp(kStFineTail);
+    if (hier && tid == 0) *bar = 0u;  // every CTA of the head is past the barrier: reset
+    if (warp < qtot) {
+      const float L = fused_lse(a, h, warp, nsplit, 1);
+      if (lane == 0) s_L[warp] = L;
+    }
+    if (warp == 7) load_segments(seg, nsplit, s_segP, s_segB);  // qtot <= 8: warp 7 is free
+    __syncthreads();
+    stamp(kStFineL);
+    const int n = s_segP[nsplit];
+    int last_end;
+    const int4 t =
+        fused_fine_select<IT, QT>(a, h, !hier, n, s_segP, s_segB, nsplit, 0, s_L, a.p.ranges + hb,
+                                  a.p.vstart + (int64_t)h * (a.p.n_fine + 1), &last_end);
+    if (tid == 0) {
+      a.p.n_cmp[h] = n;
+      a.p.n_ranges[h] = t.x;
+      a.p.n_rows[h] = t.y;
+      a.p.vstart[(int64_t)h * (a.p.n_fine + 1) + t.x] = t.y;
+    }
+    stamp(kStRanges);
+    publish_ready(a.p, h, t.x, t.y);  // decode only: the run splits the rows itself, no items
+    return;
+  }
+  // Parallel tail (step 3): every split selects its own entries.
+  head_barrier(bar, ++n_bar * nsplit);
   stamp(kStFineTail);
-  if (hier && tid == 0) *flag = 0u;  // every CTA of the head is past its wait: reset for next plan
-  const int warp = tid >> 5;
   if (warp < qtot) {
-    const float extra = hier ? __ldcg(a.p.lse_coarse + (int64_t)h * a.p.q_max + warp) : kNegInf;
-    const float L = fused_lse(a, h, warp, nsplit, extra);
+    const float L = fused_lse(a, h, warp, nsplit, 1);
     if (lane == 0) s_L[warp] = L;
+  }
+  if (warp == 7) {  // this split's compared offset (qtot <= 8: warp 7 is free)
+    const int c = lane < split ? __ldcg(&seg[2 * lane].x) : 0;
+    const int P = __reduce_add_sync(0xffffffffu, c);
+    if (lane == 0) {
+      s_segP[0] = 0;
+      s_segP[1] = nloc;
+      s_segB[0] = base;
+      s_fix[7] = P;
+    }
   }
   __syncthreads();
   stamp(kStFineL);
-  // Writes n_cmp[h] = n_pos for a single level (ident = !hier). Decode only: no work items.
-  select_fine_impl<QT <= 2 ? 8 : (QT <= 4 ? 4 : 2), QT, true>(a, h, !hier, n_pos, s_L);
+  int last_end;
+  const int4 loc =
+      fused_fine_select<IT, QT>(a, h, !hier, nloc, s_segP, s_segB, 1, s_fix[7], s_L,
+                                a.p.ranges_tmp + hb + base, a.p.vstart_tmp + hb + base, &last_end);
+  if (tid == 0) {
+    seg[2 * split] = make_int4(nloc, base, loc.x, loc.y);
+    seg[2 * split + 1] = make_int4(loc.z, loc.w, last_end, 0);
+  }
+  head_barrier(bar, ++n_bar * nsplit);
+  // Step 4. Warp 0, lane i = split i: a split's first range merges into the previous non-empty
+  // split's last one when it begins where that one ends (the reference merges on row adjacency).
+  if (warp == 0) {
+    const int4 c = lane < nsplit ? __ldcg(&seg[2 * lane]) : make_int4(0, 0, 0, 0);
+    const int4 d = lane < nsplit ? __ldcg(&seg[2 * lane + 1]) : make_int4(0, 0, -1, 0);
+    const int nr = c.z;
+    int prev = nr > 0 ? lane : -1;  // inclusive max-scan of non-empty split indices
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int y = __shfl_up_sync(0xffffffffu, prev, o);
+      if (lane >= o) prev = max(prev, y);
+    }
+    int pe = __shfl_up_sync(0xffffffffu, prev, 1);  // last non-empty split before this one
+    if (lane == 0) pe = -1;
+    const int prev_end = __shfl_sync(0xffffffffu, d.z, pe < 0 ? 0 : pe);
+    const int merged = (nr > 0 && pe >= 0 && prev_end == d.x) ? 1 : 0;
+    int xr = nr - merged, xv = c.w;  // inclusive sums -> exclusive offsets
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int y1 = __shfl_up_sync(0xffffffffu, xr, o), y2 = __shfl_up_sync(0xffffffffu, xv, o);
+      if (lane >= o) {
+        xr += y1;
+        xv += y2;
+      }
+    }
+    const int tot_r = __shfl_sync(0xffffffffu, xr, 31), tot_v = __shfl_sync(0xffffffffu, xv, 31);
+    const int tot_c = __reduce_add_sync(0xffffffffu, c.x);
+    if (lane == split) {
+      s_fix[0] = xr - (nr - merged);
+      s_fix[1] = xv - c.w;
+      s_fix[2] = merged;
+    }
+    // End of this split's last range once the splits that continue it are added: a following
+    // non-empty split continues it when its first range begins at the current end, and passes
+    // the continuation on when that is its only range. Usually one step. `split` is uniform, so
+    // every lane runs the same iterations.
+    int cur = __shfl_sync(0xffffffffu, d.z, split);
+    for (int k = split + 1; k < nsplit; k++) {
+      const int knr = __shfl_sync(0xffffffffu, nr, k);
+      const int kb = __shfl_sync(0xffffffffu, d.x, k);
+      const int ke = __shfl_sync(0xffffffffu, d.y, k);
+      if (knr == 0) continue;
+      if (kb != cur) break;
+      cur = ke;  // its first range's end (its last end when it has one range)
+      if (knr > 1) break;
+    }
+    if (lane == 0) {
+      s_fix[3] = cur;
+      s_fix[4] = tot_r;
+      s_fix[5] = tot_v;
+      s_fix[6] = tot_c;
+    }
+  }
+  __syncthreads();
+  {
+    const int off_r = s_fix[0], off_v = s_fix[1], merged = s_fix[2], fend = s_fix[3];
+    const int nr = loc.x;
+    const int2* Rt = a.p.ranges_tmp + hb + base;
+    const int32_t* Vt = a.p.vstart_tmp + hb + base;
+    int2* R = a.p.ranges + hb;
+    int32_t* vs = a.p.vstart + (int64_t)h * (a.p.n_fine + 1);
+    for (int r = tid; r < nr; r += blockDim.x) {
+      if (r == 0 && merged) continue;  // the earlier split owns it and writes its end
+      int2 rg = __ldcg(Rt + r);
+      if (r == nr - 1) rg.y = fend;
+      const int g = off_r + r - merged;
+      R[g] = rg;
+      vs[g] = off_v + __ldcg(Vt + r);
+    }
+  }
+  if (!last_of_head(a.p, 1, h, gridDim.x)) return;
+  // Last CTA of the head: every split's ranges are written.
+  stamp(kStRanges);
+  const int nr = s_fix[4], rows = s_fix[5];
+  if (tid == 0) {
+    *bar = 0u;  // every CTA of the head is past the last barrier: reset for the next plan
+    a.p.n_cmp[h] = s_fix[6];
+    a.p.n_ranges[h] = nr;
+    a.p.n_rows[h] = rows;
+    a.p.vstart[(int64_t)h * (a.p.n_fine + 1) + nr] = rows;
+  }
+  publish_ready(a.p, h, nr, rows);  // decode only: the run splits the rows itself, no items
 }
 
 // Resident CTAs (256 threads each) of `kernel` on the current device, or 0.
@@ -499,9 +773,11 @@ bool launch_fused(int n_kv, const LookupArgs& a, cudaStream_t stream) {
     cap_cache[dev] = r > 0 ? r : -1;
   }
   const int cap = cap_cache[dev] > 0 ? cap_cache[dev] : 0;
-  const int nsplit = std::min(kMaxScoreSplits, cap / n_kv);
+  const int nsplit = std::min(kFusedMaxSplits, cap / n_kv);
   if (nsplit < 1) return false;
-  return launch_k(kernel, dim3(nsplit, n_kv), dim3(256), 0, stream, a, nsplit) == cudaSuccess;
+  const bool par_tail = a.p.n_fine > kParTailFine;
+  return launch_k(kernel, dim3(nsplit, n_kv), dim3(256), 0, stream, a, nsplit, par_tail) ==
+         cudaSuccess;
 }
 
 // ---- plan from caller ranges ----

@@ -13,13 +13,16 @@
 // computed as compared + (coarse denominator - kept coarse terms), clamped at >= compared.
 //
 // Kernels (launched by launch_lookup):
-//   small query (n_q * group <= 8): score_small (CUDA cores, one row per half-warp, logits kept
-//     in the workspace) per stage; the last CTA of each head finishes the stage (column sums,
+//   small query (n_q * group <= 8): plan_small_fused (both stages in one launch, every CTA of a
+//     head resident; the head's CTAs select in parallel; see lookup.cu). Fallback when the grid
+//     cannot be resident: score_small (CUDA cores, one row per half-warp, logits kept in the
+//     workspace) per stage; the last CTA of each head finishes the stage (column sums,
 //     selection, compaction) -- 1 launch per stage.
 //   large query: score_mma<LSE> (tensor cores; per-query partial denominators) then
 //     score_mma<COLSUM> (recomputes logits, accumulates column sums); the last CTA of each head
 //     selects -- 2 launches per stage.
-// After the fine stage the last head to finish partitions the kept rows into work items.
+// After the fine stage of a prefill plan the last head to finish partitions the kept rows into
+// work items (decode runs split each head's rows themselves).
 #pragma once
 
 #include <cuda_runtime.h>

@@ -20,20 +20,20 @@ enum StampEvent : int {
   kStEntry = 0,             // kernel entry (coarse kernel, or the fused kernel)
   kStWaited = 1,            // past griddepcontrol.wait
   kStCoarseMain = 2,        // coarse scoring of the CTA's slice done
-  kStCoarseTail = 3,        // last CTA of a head starts the coarse tail
+  kStCoarseTail = 3,        // coarse tail starts (fused: past the head's first barrier)
   kStCoarseL = 4,           // coarse denominators known
-  kStCoarseDone = 5,        // coarse selection published (fused: the head's flag)
-  kStFineStart = 6,         // fine stage may start (fused: flag seen; two kernels: past the wait)
+  kStCoarseDone = 5,        // coarse selection done (fused: the CTA's own slice)
+  kStFineStart = 6,         // fine stage may start (two kernels: past the wait)
   kStFineMain = 7,          // fine scoring of the CTA's slice done
-  kStFineTail = 8,          // last CTA of a head starts the fine tail
+  kStFineTail = 8,          // fine tail starts (fused: past the head's second barrier)
   kStFineL = 9,             // fine denominators known
-  kStRanges = 10,           // merged ranges written
+  kStRanges = 10,           // merged ranges written (fused: by every split of the head)
   kStExpand = 11,           // row list written (entry of partition_tail)
   kStPartStart = 12,        // the last head's CTA starts the partition
   kStPartEnd = 13,          // partition written
   kStFineEntry = 14,        // fine kernel entry (two-kernel path only)
-  kStFineSelLoaded = 15,    // fused fine tail: first tile's loads (cmp, logits, offsets) arrived
-  kStCoarseSelLoaded = 16,  // fused coarse tail: first tile's loads arrived
+  kStFineSelLoaded = 15,    // fused fine selection: first tile's loads arrived
+  kStCoarseSelLoaded = 16,  // fused coarse selection: first tile's loads arrived
   kStampEvents = 20
 };
 // g_stamp lives in lookup.cu (SQZ_LOOKUP_OWNS_STAMPS), which reads it back; without -rdc the
@@ -344,113 +344,99 @@ __device__ void expand_rows(const PlanDev& p, int h, const int2* R, const int32_
   }
 }
 
-// Kept fine clusters -> merged row ranges with the kept-row prefix at each range start.
+// One tile of the range merge: each thread holds IT consecutive entries, in order (kept flag,
+// rows [b, en)); the kept ones are appended to R / vs as merged ranges. carry_*: ranges, rows and
+// the last kept end before this tile (-1 at the start, so the first kept entry opens a range).
+// Every thread of the block calls it.
+template <int IT>
+__device__ __forceinline__ void ranges_tile(const bool (&k)[IT], const int (&b)[IT],
+                                            const int (&en)[IT], int2* R, int32_t* vs, int* s_scan,
+                                            int& carry_r, int& carry_rows, int& carry_end) {
+  int last_end = -1;
+#pragma unroll
+  for (int i = 0; i < IT; i++)
+    if (k[i]) last_end = en[i];
+  int tile_end;
+  const int in_end = max(carry_end, block_exclusive_max(last_end, -1, s_scan, &tile_end));
+  bool st[IT];
+  int ns = 0, nr = 0, pe = in_end;
+#pragma unroll
+  for (int i = 0; i < IT; i++) {
+    st[i] = k[i] && b[i] != pe;
+    if (k[i]) {
+      ns += st[i];
+      nr += en[i] - b[i];
+      pe = en[i];
+    }
+  }
+  int ts, tr;
+  const int xs = block_exclusive_scan(ns, s_scan, &ts);
+  const int xr = block_exclusive_scan(nr, s_scan, &tr);
+  int ridx = carry_r + xs - 1, rows = carry_rows + xr;
+#pragma unroll
+  for (int i = 0; i < IT; i++) {
+    if (!k[i]) continue;
+    if (st[i]) {
+      ridx++;
+      R[ridx] = make_int2(b[i], en[i]);
+      vs[ridx] = rows;
+    }
+    rows += en[i] - b[i];
+  }
+  __syncthreads();  // every range of this tile is opened before members extend it
+  ridx = carry_r + xs - 1;
+#pragma unroll
+  for (int i = 0; i < IT; i++) {
+    if (!k[i]) continue;
+    if (st[i])
+      ridx++;
+    else
+      atomicMax(&R[ridx].y, en[i]);
+  }
+  carry_r += ts;
+  carry_rows += tr;
+  carry_end = max(carry_end, tile_end);
+}
+
+// Kept fine clusters -> merged row ranges with the kept-row prefix at each range start (the
+// two-launch and tensor-core paths: one CTA per head, scores read back from s_fine).
 // A kept cluster starts a new range unless the previous kept cluster ends exactly where it
 // begins (empty clusters in between have no rows and never break a range). Each thread owns IT
 // consecutive entries; the previous kept end comes from a block max-scan (rows increase with the
 // entry index), range starts/rows from sum scans; later members of a range extend its end.
-//
-// FROM_LOGITS (fused decode tail): the scores are computed here from the stored logits and the
-// base-2 denominators s_L[QT] (and written to s_fine) instead of read back from s_fine, so the
-// score pass, its barrier and one L2 round trip disappear.
-template <int IT, int QT, bool FROM_LOGITS>
-__device__ void select_fine_impl(const LookupArgs& a, int h, bool ident, int n_pos,
-                                 const float* s_L) {
+template <int IT>
+__device__ void select_fine_impl(const LookupArgs& a, int h, bool ident, int n_pos) {
   __shared__ int s_scan[33];
   const int tid = threadIdx.x;
   const int32_t* fo = a.fine_off + (int64_t)h * (a.p.n_fine + 1);
   const int32_t* cmp = a.p.cmp + (int64_t)h * a.p.n_fine;
-  float* S = a.p.s_fine + (int64_t)h * a.p.n_fine;
-  const float* lg = a.p.logits + (int64_t)h * (a.p.n_coarse + a.p.n_fine) * kSmallQ;
+  const float* S = a.p.s_fine + (int64_t)h * a.p.n_fine;
   uint8_t* kept = a.p.kept_fine + (int64_t)h * a.p.n_fine;
   int2* R = a.p.ranges + (int64_t)h * a.p.n_fine;
   int32_t* vs = a.p.vstart + (int64_t)h * (a.p.n_fine + 1);
-  float Lr[QT];
-#pragma unroll
-  for (int r = 0; r < QT; r++) Lr[r] = FROM_LOGITS && r < a.qtot ? s_L[r] : kNegInf;
   int carry_r = 0, carry_rows = 0, carry_end = -1;
   for (int base = 0; base < n_pos; base += blockDim.x * IT) {
     const int e0 = base + tid * IT;
     int j[IT], b[IT], en[IT];
     float sv[IT];
     bool k[IT];
-    float l[IT][QT];
 #pragma unroll
     for (int i = 0; i < IT; i++) {
       const int e = e0 + i;
       j[i] = e < n_pos ? (ident ? e : __ldcg(cmp + e)) : -1;
-      if (FROM_LOGITS) {
-#pragma unroll
-        for (int r = 0; r < QT; r++)
-          l[i][r] = (e < n_pos && r < a.qtot) ? __ldcg(lg + (int64_t)e * kSmallQ + r) : kNegInf;
-      } else {
-        sv[i] = e < n_pos ? __ldcg(S + e) : 0.0f;
-      }
+      sv[i] = e < n_pos ? __ldcg(S + e) : 0.0f;
     }
 #pragma unroll
     for (int i = 0; i < IT; i++) {
       b[i] = j[i] >= 0 ? __ldg(fo + j[i]) : 0;
       en[i] = j[i] >= 0 ? __ldg(fo + j[i] + 1) : 0;
     }
-    if (FROM_LOGITS) {
-#pragma unroll
-      for (int i = 0; i < IT; i++) {
-        float acc = 0.0f;
-#pragma unroll
-        for (int r = 0; r < QT; r++)
-          if (Lr[r] != kNegInf) acc += exp2f(l[i][r] - Lr[r]);
-        sv[i] = acc;
-        if (e0 + i < n_pos) S[e0 + i] = acc;
-      }
-    }
-    int last_end = -1;
 #pragma unroll
     for (int i = 0; i < IT; i++) {
       k[i] = j[i] >= 0 && en[i] > b[i] && sv[i] >= a.thr_fine_tot;
       if (e0 + i < n_pos) kept[e0 + i] = (uint8_t)k[i];
-      if (k[i]) last_end = en[i];
     }
-    if (FROM_LOGITS && base == 0) stamp(kStFineSelLoaded);
-    int tile_end;
-    const int in_end = max(carry_end, block_exclusive_max(last_end, -1, s_scan, &tile_end));
-    bool st[IT];
-    int ns = 0, nr = 0, pe = in_end;
-#pragma unroll
-    for (int i = 0; i < IT; i++) {
-      st[i] = k[i] && b[i] != pe;
-      if (k[i]) {
-        ns += st[i];
-        nr += en[i] - b[i];
-        pe = en[i];
-      }
-    }
-    int ts, tr;
-    const int xs = block_exclusive_scan(ns, s_scan, &ts);
-    const int xr = block_exclusive_scan(nr, s_scan, &tr);
-    int ridx = carry_r + xs - 1, rows = carry_rows + xr;
-#pragma unroll
-    for (int i = 0; i < IT; i++) {
-      if (!k[i]) continue;
-      if (st[i]) {
-        ridx++;
-        R[ridx] = make_int2(b[i], en[i]);
-        vs[ridx] = rows;
-      }
-      rows += en[i] - b[i];
-    }
-    __syncthreads();  // every range of this tile is opened before members extend it
-    ridx = carry_r + xs - 1;
-#pragma unroll
-    for (int i = 0; i < IT; i++) {
-      if (!k[i]) continue;
-      if (st[i])
-        ridx++;
-      else
-        atomicMax(&R[ridx].y, en[i]);
-    }
-    carry_r += ts;
-    carry_rows += tr;
-    carry_end = max(carry_end, tile_end);
+    ranges_tile<IT>(k, b, en, R, vs, s_scan, carry_r, carry_rows, carry_end);
   }
   if (tid == 0) {
     if (ident) a.p.n_cmp[h] = n_pos;  // single level: compared = every fine cluster, in order
@@ -470,7 +456,7 @@ __device__ void select_fine_impl(const LookupArgs& a, int h, bool ident, int n_p
 
 __device__ void select_fine(const LookupArgs& a, int stage, int h) {
   const int n_pos = stage == kFineSingle ? a.p.n_fine : __ldcg(a.p.n_cmp + h);
-  select_fine_impl<8, 1, false>(a, h, stage == kFineSingle, n_pos, nullptr);
+  select_fine_impl<8>(a, h, stage == kFineSingle, n_pos);
 }
 
 // Split the kept rows of every head into work items (run by one CTA once all heads are done).

@@ -10,6 +10,7 @@
 namespace sqz::cuda {
 
 constexpr int kMaxScoreSplits = 64;    // split count of one head's centroid scoring (partials)
+constexpr int kFusedMaxSplits = 32;    // fused decode plan: a head's splits fit one warp's lanes
 constexpr int kSmallQ = 8;             // <= this many query rows per KV head: CUDA-core paths
 constexpr int kPrefillBM = 128;        // query rows per prefill attention CTA (4 warps x 32)
 constexpr int kDecodeMaxChunk = 2048;  // rows of one decode work item (row map lives in smem)
@@ -38,15 +39,15 @@ struct WsLayout {
   int decode_target = 0, prefill_target = 0, prefill_max_items = 0;
   int decode_iph = 0;  // decode run: split-KV items (CTAs) per KV head, fixed by the shape
   size_t counters = 0, counters_bytes = 0;  // zeroed once by workspace_init
-  size_t head_cnt = 0;  // uint32 [3][n_kv]: coarse / fine arrivals, fused-decode head flags
+  // uint32 [3][n_kv]: coarse / fine arrivals; fused decode plan: per-head barrier arrivals
+  size_t head_cnt = 0;
   // uint64 [n_kv]: decode plans publish each head's ranges here, (n_ranges << 32) | (n_rows + 1);
   // 0 = not ready. The decode run waits on its own head's word instead of the whole plan.
   size_t ready = 0;
   size_t global_cnt = 0;  // uint32 [4]
   size_t group_cnt = 0;   // uint32 [max_groups]
   size_t score_part = 0;  // float4 [n_kv][q_max][kMaxScoreSplits]  (m, s_pos, s_neg, -)
-  // float [n_kv][q_max]: base-2 log of the coarse denominator (fused decode plan: of the pruned,
-  // i.e. not kept, coarse terms only)
+  // float [n_kv][q_max]: base-2 log of the coarse denominator (two-launch path)
   size_t lse_coarse = 0;
   size_t logits = 0;    // float [n_kv][n_coarse + n_fine][kSmallQ]  small-query path only
   size_t s_coarse = 0;  // float [n_kv][n_coarse]
@@ -56,18 +57,28 @@ struct WsLayout {
   size_t n_kc = 0;         // int32 [n_kv]
   size_t cmp = 0;          // int32 [n_kv][n_fine]    compared fine indices, ascending
   size_t n_cmp = 0;        // int32 [n_kv]
-  size_t s_fine = 0;       // float [n_kv][n_fine]    by compared position
-  size_t kept_fine = 0;    // uint8 [n_kv][n_fine]
-  size_t ranges = 0;       // int2  [n_kv][n_fine]    {begin, end} physical rows
-  size_t vstart = 0;       // int32 [n_kv][n_fine + 1] kept-row prefix at each range start
-  size_t n_ranges = 0;     // int32 [n_kv]
-  size_t n_rows = 0;       // int32 [n_kv]
-  size_t rowidx = 0;       // int32 [n_kv][n_ctx]     physical row of each kept row, in order
-  size_t items = 0;        // int4  [max_items] {kv head, q block, v_begin, v_end}
-  size_t group_off = 0;    // int32 [max_groups + 1] first item of each merge group
-  size_t meta = 0;         // int32 [kMetaCount]
-  size_t pacc = 0;         // float [max_partial_rows][head_dim] unnormalised partial outputs
-  size_t pml = 0;          // float2 [max_partial_rows] (max, sum) base-2
+  // Fused decode plan scratch. Each split works on a contiguous block of fine indices (its
+  // coarse slice's children; single level: its fine slice) and keeps its compared entries,
+  // their row bounds and its local merged ranges at that block's first index, so splits never
+  // overlap. seg[h][split] = {{compared, first fine index, local ranges, rows},
+  // {first range begin, first range end, last range end, -}}.
+  size_t cmp_tmp = 0;     // int32 [n_kv][n_fine]
+  size_t bounds_tmp = 0;  // int2  [n_kv][n_fine]  rows [begin, end) of each compared entry
+  size_t ranges_tmp = 0;  // int2  [n_kv][n_fine]
+  size_t vstart_tmp = 0;  // int32 [n_kv][n_fine]
+  size_t seg = 0;         // int4  [n_kv][kFusedMaxSplits][2]
+  size_t s_fine = 0;      // float [n_kv][n_fine]    by compared position
+  size_t kept_fine = 0;   // uint8 [n_kv][n_fine]
+  size_t ranges = 0;      // int2  [n_kv][n_fine]    {begin, end} physical rows
+  size_t vstart = 0;      // int32 [n_kv][n_fine + 1] kept-row prefix at each range start
+  size_t n_ranges = 0;    // int32 [n_kv]
+  size_t n_rows = 0;      // int32 [n_kv]
+  size_t rowidx = 0;      // int32 [n_kv][n_ctx]     physical row of each kept row, in order
+  size_t items = 0;       // int4  [max_items] {kv head, q block, v_begin, v_end}
+  size_t group_off = 0;   // int32 [max_groups + 1] first item of each merge group
+  size_t meta = 0;        // int32 [kMetaCount]
+  size_t pacc = 0;        // float [max_partial_rows][head_dim] unnormalised partial outputs
+  size_t pml = 0;         // float2 [max_partial_rows] (max, sum) base-2
   size_t total = 0;
 };
 
@@ -92,6 +103,11 @@ struct PlanDev {
   int32_t* n_kc;
   int32_t* cmp;
   int32_t* n_cmp;
+  int32_t* cmp_tmp;
+  int2* bounds_tmp;
+  int2* ranges_tmp;
+  int32_t* vstart_tmp;
+  int4* seg;
   float* s_fine;
   uint8_t* kept_fine;
   int2* ranges;
