@@ -509,6 +509,26 @@ TEST(SqueezePack, StreamWriterMatchesPackWrite) {
   }
 }
 
+TEST(SqueezePack, StreamWriterMisuseIsAnError) {
+  // Section calls out of order are internal errors, not a corrupt pack; nothing is left behind.
+  const std::string b = test::temp_pack_path("misuse");
+  {
+    auto w = PackStreamWriter::create(b);
+    ASSERT_TRUE(w.ok()) << w.status().message();
+    const uint32_t x = 7;
+    EXPECT_EQ((*w)->end().code(), Code::kInternal);          // no open section
+    EXPECT_EQ((*w)->append(&x, 4).code(), Code::kInternal);  // write outside a section
+    ASSERT_TRUE((*w)->begin(PackSection::kTokens).ok());
+    EXPECT_EQ((*w)->begin(PackSection::kKClustered).code(), Code::kInternal);  // still open
+    ASSERT_TRUE((*w)->append(&x, 4).ok());
+    const SqueezedContext sc;
+    EXPECT_EQ((*w)->finish(sc, PackFingerprint{}, nullptr, nullptr).code(), Code::kInternal);
+    ASSERT_TRUE((*w)->end().ok());
+  }
+  EXPECT_FALSE(fs::exists(b));
+  EXPECT_FALSE(fs::exists(b + ".tmp." + std::to_string(::getpid())));
+}
+
 TEST(SqueezePack, AtomicWriteAndCaptureValidation) {
   Compiled c = compile_small(DType::kF16, 0.03);
   const PackFingerprint fp = test::synth_fingerprint(c.spec);

@@ -80,6 +80,46 @@ struct SectionEntry {
   uint64_t offset, size, hash;
 };
 
+// Section bookkeeping shared by the two pack writers (buffered and streaming): the open
+// section's entry and running hash, and the finished entries for the header.
+struct SectionLog {
+  std::vector<SectionEntry> entries;
+  SectionEntry cur{};
+  Xxh64 hash;
+  bool open = false;
+
+  Status closed() const {
+    if (open) return Error(Code::kInternal, "pack writer: section {} still open", cur.id);
+    return Status::Ok();
+  }
+  // Callers pad to the section alignment between closed() and begin().
+  Status begin(uint32_t id, uint64_t offset) {
+    SQZ_RETURN_IF_ERROR(closed());
+    cur = {id, offset, 0, 0};
+    hash.reset();
+    open = true;
+    return Status::Ok();
+  }
+  Status add(const void* p, size_t n) {
+    if (!open) return Error(Code::kInternal, "pack writer: write outside a section");
+    hash.update(p, n);
+    return Status::Ok();
+  }
+  Status end(uint64_t offset) {
+    if (!open) return Error(Code::kInternal, "pack writer: no open section");
+    cur.size = offset - cur.offset;
+    cur.hash = hash.digest();
+    entries.push_back(cur);
+    open = false;
+    return Status::Ok();
+  }
+};
+
+// The temporary file both writers fill and then rename over `path`.
+std::string temp_pack_path(const std::string& path) {
+  return path + ".tmp." + std::to_string(getpid());
+}
+
 // Writes the header (fixed part + section table, hashed) at offset 0 of the temp file, fsyncs,
 // closes and renames it over `path`, then fsyncs the directory. Closes fd (sets it to -1) and
 // removes the temp file on failure.
@@ -145,7 +185,7 @@ class PackFileWriter {
   }
   Status open(const std::string& path, size_t header_bytes) {
     path_ = path;
-    tmp_ = path + ".tmp." + std::to_string(getpid());
+    tmp_ = temp_pack_path(path);
     fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd_ < 0) return Error(Code::kIo, "{}: cannot create: {}", tmp_, std::strerror(errno));
     buf_.reserve(kBuf);
@@ -153,31 +193,25 @@ class PackFileWriter {
     return raw_write(zeros.data(), zeros.size());
   }
   Status begin_section(uint32_t id) {
+    SQZ_RETURN_IF_ERROR(log_.closed());
     SQZ_RETURN_IF_ERROR(pad());
-    cur_ = {id, offset_, 0, 0};
-    hash_.reset();
-    return Status::Ok();
+    return log_.begin(id, offset_);
   }
   Status write(const void* p, size_t n) {
-    hash_.update(p, n);
+    SQZ_RETURN_IF_ERROR(log_.add(p, n));
     return raw_write(p, n);
   }
-  void end_section() {
-    cur_.size = offset_ - cur_.offset;
-    cur_.hash = hash_.digest();
-    entries_.push_back(cur_);
-  }
+  Status end_section() { return log_.end(offset_); }
   // Writes the header, fsyncs and renames into place.
   Status finish() {
     SQZ_RETURN_IF_ERROR(pad());
     SQZ_RETURN_IF_ERROR(flush());
-    return commit_pack_file(fd_, tmp_, path_, entries_, offset_);
+    return commit_pack_file(fd_, tmp_, path_, log_.entries, offset_);
   }
   uint64_t bytes() const { return offset_; }
 
  private:
   static constexpr size_t kBuf = 4 << 20;
-  using Entry = SectionEntry;
   Status pad() {
     static const uint8_t zeros[kAlign] = {};
     const size_t n = align_up(offset_) - offset_;
@@ -210,9 +244,7 @@ class PackFileWriter {
   int fd_ = -1;
   size_t offset_ = 0;
   std::vector<uint8_t> buf_;
-  Xxh64 hash_;
-  Entry cur_{};
-  std::vector<Entry> entries_;
+  SectionLog log_;
 };
 
 const char* kv_name(DType t) {
@@ -291,8 +323,7 @@ template <class W, class Body>
 Status write_section(W& w, PackSection id, Body&& body) {
   SQZ_RETURN_IF_ERROR(w.begin_section((uint32_t)id));
   SQZ_RETURN_IF_ERROR(body());
-  w.end_section();
-  return Status::Ok();
+  return w.end_section();
 }
 
 // The sections after v_clustered, in file order: per-head arrays, observation-window K/V
@@ -445,10 +476,7 @@ struct PackStreamWriter::Impl {
   size_t fill = 0;
   uint64_t cur_off = 0;
   uint64_t offset = 0;  // logical file size so far
-  Xxh64 hash;
-  SectionEntry entry{};
-  bool in_section = false;
-  std::vector<SectionEntry> entries;
+  SectionLog log;
   // I/O thread.
   struct Job {
     uint8_t* p;
@@ -563,24 +591,15 @@ struct PackStreamWriter::Impl {
 
   // The PackFileWriter interface, for write_tail_sections.
   Status begin_section(uint32_t id) {
-    if (in_section) return Error(Code::kInternal, "pack stream: section {} still open", entry.id);
+    SQZ_RETURN_IF_ERROR(log.closed());
     SQZ_RETURN_IF_ERROR(pad());
-    entry = {id, offset, 0, 0};
-    hash.reset();
-    in_section = true;
-    return Status::Ok();
+    return log.begin(id, offset);
   }
   Status write(const void* p, size_t n) {
-    if (!in_section) return Error(Code::kInternal, "pack stream: write outside a section");
-    hash.update(p, n);
+    SQZ_RETURN_IF_ERROR(log.add(p, n));
     return raw(p, n);
   }
-  void end_section() {
-    entry.size = offset - entry.offset;
-    entry.hash = hash.digest();
-    entries.push_back(entry);
-    in_section = false;
-  }
+  Status end_section() { return log.end(offset); }
 };
 
 Result<std::unique_ptr<PackStreamWriter>> PackStreamWriter::create(const std::string& path) {
@@ -588,7 +607,7 @@ Result<std::unique_ptr<PackStreamWriter>> PackStreamWriter::create(const std::st
   w->impl_ = std::make_unique<Impl>();
   Impl& I = *w->impl_;
   I.path = path;
-  I.tmp = path + ".tmp." + std::to_string(getpid());
+  I.tmp = temp_pack_path(path);
   const int flags = O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC;
   I.fd = ::open(I.tmp.c_str(), flags | O_DIRECT, 0644);
   I.direct = I.fd >= 0;
@@ -619,8 +638,7 @@ Status PackStreamWriter::append(const void* p, size_t n) {
   return impl_->write(p, n);
 }
 Status PackStreamWriter::end() {
-  if (!impl_->in_section) return Error(Code::kInternal, "pack stream: no open section");
-  impl_->end_section();
+  SQZ_RETURN_IF_ERROR(impl_->end_section());
   return impl_->error();
 }
 bool PackStreamWriter::direct_io() const {
@@ -637,11 +655,11 @@ uint64_t PackStreamWriter::bytes() const {
 Status PackStreamWriter::finish(const SqueezedContext& sc, const PackFingerprint& fp,
                                 const void* k_obs, const void* v_obs) {
   Impl& I = *impl_;
-  if (I.in_section) return Error(Code::kInternal, "pack stream: section {} still open", I.entry.id);
+  SQZ_RETURN_IF_ERROR(I.log.closed());
   bool seen[kPackSectionCount + 1] = {};
-  for (const SectionEntry& e : I.entries) seen[e.id] = true;
+  for (const SectionEntry& e : I.log.entries) seen[e.id] = true;
   if (!seen[(uint32_t)PackSection::kTokens] || !seen[(uint32_t)PackSection::kKClustered] ||
-      !seen[(uint32_t)PackSection::kVClustered] || I.entries.size() != 3)
+      !seen[(uint32_t)PackSection::kVClustered] || I.log.entries.size() != 3)
     return Error(Code::kInternal, "pack stream: tokens, k_clustered, v_clustered must come first");
   const size_t obs_bytes = (size_t)sc.n_layer * sc.n_head_kv * sc.n_obs * sc.head_dim *
                            (sc.params.kv_type == DType::kF32 ? 4 : 2);
@@ -669,7 +687,7 @@ Status PackStreamWriter::finish(const SqueezedContext& sc, const PackFingerprint
   if (fl >= 0 && (fl & O_DIRECT)) (void)::fcntl(I.fd, F_SETFL, fl & ~O_DIRECT);
   if (::ftruncate(I.fd, (off_t)size) != 0)
     return Error(Code::kIo, "{}: truncate failed: {}", I.tmp, std::strerror(errno));
-  return commit_pack_file(I.fd, I.tmp, I.path, I.entries, size);
+  return commit_pack_file(I.fd, I.tmp, I.path, I.log.entries, size);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -14,7 +14,12 @@ constexpr int kFusedMaxSplits = 32;    // fused decode plan: a head's splits fit
 constexpr int kSmallQ = 8;             // <= this many query rows per KV head: CUDA-core paths
 constexpr int kPrefillBM = 128;        // query rows per prefill attention CTA (4 warps x 32)
 constexpr int kDecodeMaxChunk = 2048;  // rows of one decode work item (row map lives in smem)
-constexpr int kDecodeMinChunk = 128;   // shorter items cost more in latency than they balance
+// Shortest decode item: shorter ones cost more in fixed per-CTA work (row map, reduction,
+// partial, arrival) than they gain in balance. SQZ_DECODE_MIN_ROWS overrides it in tuning builds.
+#ifndef SQZ_DECODE_MIN_ROWS
+#define SQZ_DECODE_MIN_ROWS 256
+#endif
+constexpr int kDecodeMinChunk = SQZ_DECODE_MIN_ROWS;
 
 // Plan mode written by the partition step; the run must use the matching kernel.
 enum PlanMode : int32_t { kModeDecode = 0, kModePrefill = 1 };
