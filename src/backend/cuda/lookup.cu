@@ -307,15 +307,10 @@ __device__ __forceinline__ void fused_score(const LookupArgs& a, bool coarse, in
 // Base-2 log denominator of query row r from half `slot` of the split partials (lanes over
 // splits). Every lane returns it.
 __device__ float fused_lse(const LookupArgs& a, int h, int r, int nsplit, int slot) {
-  const int lane = threadIdx.x & 31;
   const float4* part = a.p.score_part + ((int64_t)h * a.p.q_max + r) * kMaxScoreSplits;
-  Stat s{kNegInf, 0.0f, 0.0f};
-  for (int i = lane; i < nsplit; i += 32) {
-    const float4 v = __ldcg(part + i);
-    s = stat_merge(s, slot ? Stat{v.z, v.w, 0.0f} : Stat{v.x, v.y, 0.0f});
-  }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) s = stat_merge(s, shfl_stat(s, o));
+  const Stat s = warp_partials(part, nsplit, [slot](float4 v) {
+    return slot ? Stat{v.z, v.w, 0.0f} : Stat{v.x, v.y, 0.0f};
+  });
   return s.sp > 0.0f ? s.m + log2f(s.sp) : kNegInf;
 }
 

@@ -232,17 +232,12 @@ __device__ __forceinline__ void entry_batch(const LookupArgs& a, int stage, int 
   }
 }
 
-// Base-2 log of query row m's denominator, from the per-split partials.
-__device__ float finish_lse(const LookupArgs& a, int stage, int h, int m, int nsplit) {
-  const float4* part = a.p.score_part + ((int64_t)h * a.p.q_max + m) * kMaxScoreSplits;
-  Stat s{kNegInf, 0.0f, 0.0f};
-#pragma unroll 8
-  for (int i = 0; i < nsplit; i++) {
-    const float4 v = __ldcg(part + i);
-    s = stat_merge(s, Stat{v.x, v.y, v.z});
-  }
+// Base-2 log of query row m's denominator from its merged split partials s. In the
+// hierarchical fine stage of the two-launch path: compared fine terms + (coarse denominator -
+// kept coarse terms) = compared + pruned coarse.
+__device__ __forceinline__ float lse_from_partials(const LookupArgs& a, int stage, int h, int m,
+                                                   Stat s) {
   if (stage != kFineHier) return s.sp > 0.0f ? s.m + log2f(s.sp) : kNegInf;
-  // compared fine terms + (coarse denominator - kept coarse terms) = compared + pruned coarse.
   const float Lc = __ldcg(a.p.lse_coarse + (int64_t)h * a.p.q_max + m);
   const float M = fmaxf(s.m, Lc);
   if (M == kNegInf) return kNegInf;
@@ -253,26 +248,36 @@ __device__ float finish_lse(const LookupArgs& a, int stage, int h, int m, int ns
   return den > 0.0f ? M + log2f(den) : kNegInf;
 }
 
-// finish_lse with the split partials spread over a warp's lanes (the serial version costs one L2
-// round trip per split, ~50 of them in the small-query path). Every lane returns the result.
-__device__ float finish_lse_warp(const LookupArgs& a, int stage, int h, int m, int nsplit) {
-  const int lane = threadIdx.x & 31;
+// Base-2 log of query row m's denominator, from the per-split partials (one thread).
+__device__ float finish_lse(const LookupArgs& a, int stage, int h, int m, int nsplit) {
   const float4* part = a.p.score_part + ((int64_t)h * a.p.q_max + m) * kMaxScoreSplits;
   Stat s{kNegInf, 0.0f, 0.0f};
-  for (int i = lane; i < nsplit; i += 32) {
+#pragma unroll 8
+  for (int i = 0; i < nsplit; i++) {
     const float4 v = __ldcg(part + i);
     s = stat_merge(s, Stat{v.x, v.y, v.z});
   }
+  return lse_from_partials(a, stage, h, m, s);
+}
+
+// The nsplit partials at `part` merged over a warp's lanes (the serial loop of finish_lse costs
+// one L2 round trip per split, ~50 of them in the small-query path); every lane gets the result.
+// load turns a stored float4 into its Stat.
+template <class Load>
+__device__ __forceinline__ Stat warp_partials(const float4* part, int nsplit, Load load) {
+  const int lane = threadIdx.x & 31;
+  Stat s{kNegInf, 0.0f, 0.0f};
+  for (int i = lane; i < nsplit; i += 32) s = stat_merge(s, load(__ldcg(part + i)));
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) s = stat_merge(s, shfl_stat(s, o));
-  if (stage != kFineHier) return s.sp > 0.0f ? s.m + log2f(s.sp) : kNegInf;
-  const float Lc = __ldcg(a.p.lse_coarse + (int64_t)h * a.p.q_max + m);
-  const float M = fmaxf(s.m, Lc);
-  if (M == kNegInf) return kNegInf;
-  const float cs = exp2_diff(s.m, M);
-  const float pruned = fmaxf(0.0f, exp2_diff(Lc, M) - s.sn * cs);
-  const float den = s.sp * cs + pruned;
-  return den > 0.0f ? M + log2f(den) : kNegInf;
+  return s;
+}
+
+// finish_lse with the partials spread over a warp's lanes. Every lane returns the result.
+__device__ float finish_lse_warp(const LookupArgs& a, int stage, int h, int m, int nsplit) {
+  const float4* part = a.p.score_part + ((int64_t)h * a.p.q_max + m) * kMaxScoreSplits;
+  const Stat s = warp_partials(part, nsplit, [](float4 v) { return Stat{v.x, v.y, v.z}; });
+  return lse_from_partials(a, stage, h, m, s);
 }
 
 // ---- selection (run by the last CTA of a head) ----
