@@ -24,8 +24,7 @@ int main(int argc, char** argv) {
   std::vector<double> threads = {1, 2}, budgets = {0.3, 0.2, 0.1};
   std::string llamacpp_json, estimator = "auto";
   int64_t sinks = 4, levels = 0, block = 0;
-  std::string coarse_rule = "child";
-  SelectParams::CoarseRule rule = SelectParams::CoarseRule::kChildBound;
+  SelectParams::CoarseRule rule = SelectParams{}.coarse_rule;
   const char* usage =
       "usage: bench_squeeze [--model PATH] [--ctx-tokens 7800] [--question 256] [--decode 32]\n"
       "  [--threads 1,2] [--budgets 0.3,0.2,0.1] [--reps 3] [--llamacpp JSON]\n"
@@ -67,7 +66,7 @@ int main(int argc, char** argv) {
     else if (a == "--block")
       block = std::stoll(v);
     else if (a == "--coarse-rule" && parse_coarse_rule(v, &rule))
-      coarse_rule = v;
+      continue;  // parsed into rule
     else {
       std::fprintf(stderr, "unknown flag or value: %s %s\n%s", a.c_str(), v.c_str(), usage);
       return 2;
@@ -215,10 +214,14 @@ int main(int argc, char** argv) {
       }
     }
   }
-  out["settings"] = {{"estimator", estimator},     {"sinks", sinks},
-                     {"levels", levels},           {"block", block},
-                     {"coarse_rule", coarse_rule}, {"question_tokens", q_tokens},
-                     {"decode_tokens", n_decode},  {"reps", reps}};
+  out["settings"] = {{"estimator", estimator},
+                     {"sinks", sinks},
+                     {"levels", levels},
+                     {"block", block},
+                     {"coarse_rule", coarse_rule_name(rule)},
+                     {"question_tokens", q_tokens},
+                     {"decode_tokens", n_decode},
+                     {"reps", reps}};
   out["peak_rss_mib"] = bench::peak_rss_mib();
   bench::write_result("squeeze", out);
   return 0;

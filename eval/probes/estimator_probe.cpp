@@ -14,7 +14,7 @@
 //   python3 eval/probes/planted_context.py > /tmp/ctx.txt
 //   build/sqz compile --context /tmp/ctx.txt --out /tmp/ctx.pack -t 2
 //   /tmp/estimator_probe /tmp/ctx.pack METHOD BUDGET [EST LEVELS COARSE_FACTOR ALLOC BLOCK
-//       COARSE_PERCENTILE [calib|child [CHILD_SCALE]]]
+//       COARSE_PERCENTILE [calibrated|child [CHILD_SCALE]]]
 //     e.g. /tmp/estimator_probe /tmp/ctx.pack squeeze 0.1 mean_iso 1 2 global 0
 #include <algorithm>
 #include <cmath>
@@ -267,15 +267,13 @@ int main(int argc, char** argv) {
       ap.selector = nullptr;
       ap.budget = budget;
       ap.select.levels = atoi(argv[5]);
-      ap.select.alloc = (argc > 7 && std::string(argv[7]) == "head") ? SelectParams::Alloc::kPerHead
-                                                                     : SelectParams::Alloc::kGlobal;
+      if (argc > 7 && !parse_alloc(argv[7], &ap.select.alloc))
+        return std::fprintf(stderr, "bad ALLOC %s\n", argv[7]), 1;
       if (argc > 6) ap.select.coarse_factor = atof(argv[6]);
       if (argc > 8) ap.select.block = atoi(argv[8]);
       if (argc > 9) ap.select.coarse_percentile = atof(argv[9]);
-      if (argc > 10)
-        ap.select.coarse_rule = std::string(argv[10]) == "calib"
-                                    ? SelectParams::CoarseRule::kCalibrated
-                                    : SelectParams::CoarseRule::kChildBound;
+      if (argc > 10 && !parse_coarse_rule(argv[10], &ap.select.coarse_rule))
+        return std::fprintf(stderr, "bad COARSE_RULE %s\n", argv[10]), 1;
       if (argc > 11) ap.select.child_bound_scale = atof(argv[11]);
       parse_estimator(argv[4], &ap.select.estimator);
     }

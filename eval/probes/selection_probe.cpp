@@ -114,7 +114,8 @@ int main(int argc, char** argv) {
   Probe probe(idx);
   SelectParams sp;
   sp.levels = levels;
-  sp.percentile = pk.percentile_for_budget(kept_target, pk.n_coarse() > 0 ? levels : 1);
+  // The table column that matches this lookup (the child rule maps through one level's).
+  sp = select_for_budget(pk, sp, kept_target);
   probe.lookup.set_params(sp);
   for (int qi = 0; qi < std::min<int>(n_questions, (int)t->questions.size()); qi++) {
     AskParams ap;

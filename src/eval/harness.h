@@ -23,6 +23,7 @@
 #include "core/status.h"
 #include "eval/corpus.h"
 #include "eval/tasks.h"
+#include "squeeze/squeeze.h"
 
 namespace sqz::eval {
 
@@ -52,8 +53,8 @@ struct EvalConfig {
   double squeeze_head_floor = 0;         // SelectParams::head_floor (global allocation)
   // SelectParams::coarse_rule for squeeze_h: "child" (best-child bound vs the fine
   // threshold, the product default) or "calibrated" (the coarse level's own threshold).
-  std::string squeeze_coarse_rule = "child";
-  double squeeze_child_scale = 1.5;  // SelectParams::child_bound_scale
+  std::string squeeze_coarse_rule = coarse_rule_name(SelectParams{}.coarse_rule);
+  double squeeze_child_scale = SelectParams{}.child_bound_scale;
   // Compile.
   double clusters = 0.05;
   double coarse = 0.01;

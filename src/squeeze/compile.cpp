@@ -52,6 +52,10 @@ bool parse_coarse_rule(const std::string& s, SelectParams::CoarseRule* out) {
   return true;
 }
 
+const char* coarse_rule_name(SelectParams::CoarseRule r) {
+  return r == SelectParams::CoarseRule::kCalibrated ? "calibrated" : "child";
+}
+
 namespace {
 
 // "< 1: fraction of n; >= 1: absolute count", clamped to [1, n].
@@ -318,7 +322,6 @@ void assemble_head(const float* raw, int64_t n, int64_t d, int k_f, int k_c,
 
 }  // namespace
 
-// Shapes and counts of a SqueezedContext for a validated capture (heads sized, not filled).
 // After the clustering (started at t0): the K-means statistics, the calibration and the
 // timings; shared by the CPU K-means and the external clusterer.
 static Status finish_squeeze(const ContextCapture& cap, SqueezedContext& sc, double t0,
@@ -335,6 +338,7 @@ static Status finish_squeeze(const ContextCapture& cap, SqueezedContext& sc, dou
   return Status::Ok();
 }
 
+// Shapes and counts of a SqueezedContext for a validated capture (heads sized, not filled).
 static SqueezedContext context_shape(const ContextCapture& cap, const CompileParams& p) {
   SqueezedContext sc;
   sc.n_layer = cap.n_layer;

@@ -424,7 +424,7 @@ Status pack_write(const SqueezedContext& sc, const ContextCapture& cap, const Pa
   // K/V rows of every head, converted to kv_type; `rows` maps row r to the source position.
   std::vector<uint8_t> rowbuf;
   auto write_rows = [&](const std::vector<std::vector<float>>& src, bool clustered) -> Status {
-    const size_t esz = kt == DType::kF32 ? 4 : 2;
+    const size_t esz = dtype_row_size(kt, 1);
     for (int64_t job = 0; job < jobs; job++) {
       const int l = (int)(job / sc.n_head_kv), h = (int)(job % sc.n_head_kv);
       const float* base = src[(size_t)l].data() + (int64_t)h * sc.n_ctx * d;
@@ -662,7 +662,7 @@ Status PackStreamWriter::finish(const SqueezedContext& sc, const PackFingerprint
       !seen[(uint32_t)PackSection::kVClustered] || I.log.entries.size() != 3)
     return Error(Code::kInternal, "pack stream: tokens, k_clustered, v_clustered must come first");
   const size_t obs_bytes = (size_t)sc.n_layer * sc.n_head_kv * sc.n_obs * sc.head_dim *
-                           (sc.params.kv_type == DType::kF32 ? 4 : 2);
+                           dtype_row_size(sc.params.kv_type, 1);
   auto nop = [] {};
   SQZ_RETURN_IF_ERROR(write_tail_sections(
       I, sc, [&](bool v) { return I.write(v ? v_obs : k_obs, obs_bytes); }, nop));
@@ -918,7 +918,7 @@ Status Pack::load() {
   // 128-bit products: crafted dims must not wrap around to a small "expected" size.
   using u128 = unsigned __int128;
   const u128 H = (u128)n_layer_ * (u128)n_head_kv_;
-  const u128 esz = kv_type_ == DType::kF32 ? 4 : 2;
+  const u128 esz = dtype_row_size(kv_type_, 1);
   const u128 d = (u128)head_dim_;
   const u128 expect[kPackSectionCount + 1] = {
       0,
@@ -1048,13 +1048,13 @@ Status Pack::load() {
 }
 
 KvHeadView Pack::clustered_kv(int layer, int h) const {
-  const size_t esz = kv_type_ == DType::kF32 ? 4 : 2;
+  const size_t esz = dtype_row_size(kv_type_, 1);
   const size_t off = head_index(layer, h) * (size_t)n_clustered_ * head_dim_ * esz;
   return {sec_[(uint32_t)PackSection::kKClustered] + off,
           sec_[(uint32_t)PackSection::kVClustered] + off, kv_type_, head_dim_};
 }
 KvHeadView Pack::obs_kv(int layer, int h) const {
-  const size_t esz = kv_type_ == DType::kF32 ? 4 : 2;
+  const size_t esz = dtype_row_size(kv_type_, 1);
   const size_t off = head_index(layer, h) * (size_t)n_obs_ * head_dim_ * esz;
   return {sec_[(uint32_t)PackSection::kKObs] + off, sec_[(uint32_t)PackSection::kVObs] + off,
           kv_type_, head_dim_};

@@ -195,9 +195,16 @@ void ClusterScorer::score_coarse(const HeadCentroidsView& v, const HeadCentroids
   // The bound needs the plain q·C as well: kept from the same pass (for kMean it is lc_).
   const bool own_dots = bound && t.est != Estimator::kMean;
   if (own_dots) lb_.resize((size_t)(nqv * k));
-  cluster_logits(t, true, Q, nqv, 0, k, lc_.data(), k, tmp_, own_dots ? lb_.data() : nullptr);
+  // |q|² once per query row for this step: the mean_iso logits here and in score_fine_hier,
+  // and the bound, all use it.
+  const bool iso = t.est == Estimator::kMeanIso;
+  if (iso || bound) {
+    q2_.resize((size_t)nqv);
+    for (int64_t i = 0; i < nqv; i++) q2_[(size_t)i] = query_norm2(Q + i * t.dim, t.head_dim);
+  }
+  cluster_logits(t, true, Q, nqv, 0, k, lc_.data(), k, tmp_, own_dots ? lb_.data() : nullptr,
+                 iso ? q2_.data() : nullptr);
   const float* dots_all = own_dots ? lb_.data() : lc_.data();
-  const int64_t hd = t.head_dim;
   for (int64_t q = 0; q < nqv; q++) {
     const float* l = lc_.data() + q * k;
     float m = -std::numeric_limits<float>::infinity();
@@ -210,7 +217,7 @@ void ClusterScorer::score_coarse(const HeadCentroidsView& v, const HeadCentroids
     const double inv = 1.0 / D;
     for (int64_t c = 0; c < k; c++) scores[c] += ec_[(size_t)c] * inv;
     if (!bound) continue;
-    const float q2 = query_norm2(Q + q * t.dim, hd);
+    const float q2 = q2_[(size_t)q];
     const float qn = std::sqrt(q2);
     const float* dots = dots_all + q * k;
     for (int64_t c = 0; c < k; c++) {
@@ -250,13 +257,8 @@ int64_t ClusterScorer::score_fine_hier(const HeadCentroidsView& v, const HeadCen
     std::fill(scores + cols_[r], scores + cols_[r + 1], 0.0);
   if (nqv <= 0) return compared;
   lf_.resize((size_t)(nqv * k));
-  // |q|² once for every column range (kMeanIso), not once per range.
-  const float* q2s = nullptr;
-  if (t.est == Estimator::kMeanIso) {
-    q2_.resize((size_t)nqv);
-    for (int64_t i = 0; i < nqv; i++) q2_[(size_t)i] = query_norm2(Q + i * t.dim, t.head_dim);
-    q2s = q2_.data();
-  }
+  // |q|² of the same Q, from score_coarse (kMeanIso), for every column range.
+  const float* q2s = t.est == Estimator::kMeanIso ? q2_.data() : nullptr;
   for (size_t r = 0; r < cols_.size(); r += 2)
     cluster_logits(t, false, Q, nqv, cols_[r], cols_[r + 1], lf_.data() + cols_[r], k, tmp_,
                    nullptr, q2s);

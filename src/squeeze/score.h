@@ -112,7 +112,8 @@ class ClusterScorer {
   void score_fine_all(const HeadCentroidsView& v, const HeadCentroidsT& t, const float* Q,
                       int64_t nqv, double* scores);
   // Coarse level: scores[C] for every coarse cluster (coarse denominator). Keeps the coarse
-  // logits for a following score_fine_hier with the same Q. bound (optional, [n_coarse]): the
+  // logits (and, for kMeanIso, |q|² of each row) for a following score_fine_hier with the same
+  // Q. bound (optional, [n_coarse]): the
   // estimated score of each coarse cluster's best child against the same denominator, with
   // the child spread term multiplied by spread_scale (HeadCentroidsT::child_spread), for
   // comparison with the fine threshold.
@@ -133,7 +134,7 @@ class ClusterScorer {
   std::vector<double> acc_;    // [max(n_fine, n_coarse)] score accumulators
   std::vector<int32_t> cols_;  // compared fine column ranges as [begin, end) pairs
   std::vector<float> tmp_;     // cluster_logits scratch
-  std::vector<float> q2_;      // [nqv] |q|² (kMeanIso, score_fine_hier)
+  std::vector<float> q2_;      // [nqv] |q|² (kMeanIso or bound; set by score_coarse)
 };
 
 // Quantile of a size-weighted score distribution: the smallest score s_i (ascending order)

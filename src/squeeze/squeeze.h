@@ -235,6 +235,7 @@ inline int budget_table_levels(const SelectParams& sp, bool pack_has_coarse) {
 // false (out untouched) for anything else.
 bool parse_alloc(const std::string& s, SelectParams::Alloc* out);
 bool parse_coarse_rule(const std::string& s, SelectParams::CoarseRule* out);
+const char* coarse_rule_name(SelectParams::CoarseRule r);  // the spelling parse_coarse_rule reads
 
 struct HeadSelection {
   std::vector<RowRange> ranges;  // rows of clustered_kv(layer, h), ascending, disjoint, merged

@@ -36,8 +36,8 @@ struct SqueezeFlags {
   int sinks = -1;  // < 0: the default (AskParams::sink_tokens)
   std::string alloc = "global";
   double coarse_percentile = -1;
-  std::string coarse_rule = "child";
-  double child_scale = 1.5;
+  std::string coarse_rule = coarse_rule_name(SelectParams{}.coarse_rule);
+  double child_scale = SelectParams{}.child_bound_scale;
   double head_floor = 0;
   bool mass = false;
 };
@@ -66,10 +66,12 @@ void add_squeeze_flags(CLI::App* app, SqueezeFlags& f, bool pack_required) {
   app->add_option("--coarse-rule", f.coarse_rule,
                   "levels 2: which coarse clusters survive: child (best-child estimate passes "
                   "the fine threshold) or calibrated (the coarse level's own threshold)")
-      ->check(CLI::IsMember({"child", "calibrated"}));
+      ->check(CLI::IsMember({"child", "calibrated"}))
+      ->capture_default_str();
   app->add_option("--child-scale", f.child_scale,
-                  "--coarse-rule child: multiplier of the child-spread term (default 1.5)")
-      ->check(CLI::Range(0.0, 100.0));
+                  "--coarse-rule child: multiplier of the child-spread term")
+      ->check(CLI::Range(0.0, 100.0))
+      ->capture_default_str();
   app->add_option("--coarse-percentile", f.coarse_percentile,
                   "--coarse-rule calibrated: percentile of the coarse threshold (default: "
                   "max(0, 2p - 1))")
