@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -397,17 +398,44 @@ TEST(CudaCompile, AssemblyAndCalibrationMatchCpu) {
     ASSERT_TRUE(cpu.ok()) << cpu.status().message();
     const SqueezedContext& C = *cpu;
 
-    // Assembly.
+    // Assembly. Every head writes its statistics to its slice of device buffers for all heads,
+    // as the GPU compile does for its calibration; head 0 is assembled once more into the
+    // assembler's own scratch, which must give the same clusters.
     gpu::HeadAssemblerGpu as;
     ASSERT_TRUE(as.init(n, d, kf, kc, DType::kF16, nullptr).ok());
+    gpu::DevBuf sfc, sfv, sfr, scc, scv, scr;
+    for (auto [b, cnt] : {std::pair{&sfc, (size_t)kf * d},
+                          {&sfv, (size_t)kf * d},
+                          {&sfr, (size_t)kf},
+                          {&scc, (size_t)kc * d},
+                          {&scv, (size_t)kc * d},
+                          {&scr, (size_t)kc}})
+      ASSERT_TRUE(b->alloc((size_t)J * cnt * 4, "test").ok());
+    const gpu::HeadStatsDev all{sfc.as<float>(), sfv.as<float>(), sfr.as<float>(),
+                                scc.as<float>(), scv.as<float>(), scr.as<float>()};
+    SqueezedContext A = C;  // the GPU-assembled clusters
+    auto stats_of = [](const HeadClusters& h) {
+      return std::array<const std::vector<float>*, 6>{&h.fine_centroids, &h.fine_var,
+                                                      &h.fine_radius,    &h.coarse_centroids,
+                                                      &h.coarse_var,     &h.coarse_radius};
+    };
     double worst_stat = 0, worst_obj = 0;
     int64_t rows_differ = 0;
     for (int64_t job = 0; job < J; job++) {
       ExternalAssign a = assign[(size_t)job];
       HeadClusters hc;
-      ASSERT_TRUE(as.enqueue(0, keys.as<uint16_t>() + job * n_ctx * d, a, hc).ok());
+      const gpu::HeadStatsDev mine = all.head(job, kf, kc, d);
+      ASSERT_TRUE(as.enqueue(0, keys.as<uint16_t>() + job * n_ctx * d, a, hc, nullptr, &mine).ok());
       auto rows = as.collect(0, hc);
       ASSERT_TRUE(rows.ok()) << rows.status().message();
+      A.heads[(size_t)job] = hc;
+      if (job == 0) {
+        ExternalAssign a0 = assign[0];
+        HeadClusters h0;
+        ASSERT_TRUE(as.enqueue(1, keys.as<uint16_t>(), a0, h0).ok());
+        ASSERT_TRUE(as.collect(1, h0).ok());
+        for (int i = 0; i < 6; i++) EXPECT_EQ(*stats_of(h0)[i], *stats_of(hc)[i]) << "stat " << i;
+      }
       const HeadClusters& ref = C.heads[(size_t)job];
       ASSERT_EQ(hc.perm, ref.perm) << "head " << job;
       ASSERT_EQ(hc.fine_offsets, ref.fine_offsets);
@@ -419,12 +447,7 @@ TEST(CudaCompile, AssemblyAndCalibrationMatchCpu) {
           worst_stat = std::max(
               worst_stat, std::fabs((double)g[i] - c[i]) / std::max(1.0, std::fabs((double)c[i])));
       };
-      cmp(hc.fine_centroids, ref.fine_centroids);
-      cmp(hc.fine_var, ref.fine_var);
-      cmp(hc.fine_radius, ref.fine_radius);
-      cmp(hc.coarse_centroids, ref.coarse_centroids);
-      cmp(hc.coarse_var, ref.coarse_var);
-      cmp(hc.coarse_radius, ref.coarse_radius);
+      for (int i = 0; i < 6; i++) cmp(*stats_of(hc)[i], *stats_of(ref)[i]);
       worst_obj = std::max(worst_obj, std::fabs(hc.fine_objective - ref.fine_objective) /
                                           std::max(1.0, std::fabs(ref.fine_objective)));
       worst_obj = std::max(worst_obj, std::fabs(hc.coarse_objective - ref.coarse_objective) /
@@ -478,6 +501,21 @@ TEST(CudaCompile, AssemblyAndCalibrationMatchCpu) {
       EXPECT_LE(thr, 1e-5) << names[e];
       EXPECT_LE(kf_, one_cluster) << names[e];
       EXPECT_LE(kh, one_cluster) << names[e];
+    }
+
+    // The GPU compile's calibration reads the statistics where the assembly left them on the
+    // device; uploading the collected host copies must give the same tables, bit for bit.
+    SqueezedContext U = A, Dv = A;
+    ASSERT_TRUE(gpu::gpu_calibrate(cap.q_obs, U, nullptr).ok());
+    ASSERT_TRUE(gpu::gpu_calibrate(cap.q_obs, Dv, nullptr, &all).ok());
+    const CalibTable* ut[3] = {&U.calib, &U.calib_var, &U.calib_iso};
+    const CalibTable* dt[3] = {&Dv.calib, &Dv.calib_var, &Dv.calib_iso};
+    for (int e = 0; e < 3; e++) {
+      EXPECT_EQ(dt[e]->fine_threshold, ut[e]->fine_threshold) << names[e];
+      EXPECT_EQ(dt[e]->coarse_threshold, ut[e]->coarse_threshold) << names[e];
+      EXPECT_EQ(dt[e]->kept_fine, ut[e]->kept_fine) << names[e];
+      EXPECT_EQ(dt[e]->kept_hier, ut[e]->kept_hier) << names[e];
+      EXPECT_FALSE(dt[e]->fine_threshold.empty()) << names[e];
     }
   }
 #endif

@@ -18,6 +18,7 @@
 #include "core/clock.h"
 #include "core/fp16.h"
 #include "squeeze/calib_internal.h"
+#include "squeeze/cluster_scalars.h"
 #include "squeeze/kmeans.h"
 #include "squeeze/pack.h"
 #include "squeeze/pack_stream.h"
@@ -57,6 +58,25 @@ size_t kv_size(DType t) {
   return t == DType::kF32 ? 4 : 2;
 }
 
+// Owner of the arrays of a HeadStatsDev for n_heads heads (the coarse ones only when k_c > 0).
+struct HeadStatsBufs {
+  DevBuf fc, fv, fr, cc, cv, cr;
+  Status alloc(int64_t n_heads, int k_f, int k_c, int d, const char* what) {
+    const size_t fd = (size_t)n_heads * k_f * d, cd = (size_t)n_heads * k_c * d;
+    SQZ_RETURN_IF_ERROR(fc.alloc(fd * 4, what));
+    SQZ_RETURN_IF_ERROR(fv.alloc(fd * 4, what));
+    SQZ_RETURN_IF_ERROR(fr.alloc((size_t)n_heads * k_f * 4, what));
+    if (k_c == 0) return Status::Ok();
+    SQZ_RETURN_IF_ERROR(cc.alloc(cd * 4, what));
+    SQZ_RETURN_IF_ERROR(cv.alloc(cd * 4, what));
+    return cr.alloc((size_t)n_heads * k_c * 4, what);
+  }
+  HeadStatsDev view() const {
+    return {fc.as<float>(), fv.as<float>(), fr.as<float>(),
+            cc.as<float>(), cv.as<float>(), cr.as<float>()};
+  }
+};
+
 }  // namespace
 
 // ---- HeadAssemblerGpu ----
@@ -66,7 +86,8 @@ struct HeadAssemblerGpu::Impl {
   int d = 0, kf = 0, kc = 0;
   DType kv = DType::kF16;
   cudaStream_t st = nullptr;
-  DevBuf perm, off, ranges, sizes, rows, rows32, sum, dir, len, fc, fv, fr, cc, cv, cr, cobj;
+  DevBuf perm, off, ranges, sizes, rows, rows32, sum, dir, len, cobj;
+  HeadStatsBufs stats;  // the head's statistics, unless enqueue is given where to put them
   struct Slot {
     PinnedBuf up;  // perm [n] | off [kf + 1] | ranges [kc + 1] int32, sizes [kf] f32
     PinnedBuf fc, fv, fr, len, cc, cv, cr, cobj, rows;
@@ -98,12 +119,7 @@ Status HeadAssemblerGpu::init(int64_t n, int d, int k_f, int k_c, DType kv_type,
   SQZ_RETURN_IF_ERROR(I.sum.alloc(fd * 8, w));
   SQZ_RETURN_IF_ERROR(I.dir.alloc(fd * 8, w));
   SQZ_RETURN_IF_ERROR(I.len.alloc((size_t)k_f * 8, w));
-  SQZ_RETURN_IF_ERROR(I.fc.alloc(fd * 4, w));
-  SQZ_RETURN_IF_ERROR(I.fv.alloc(fd * 4, w));
-  SQZ_RETURN_IF_ERROR(I.fr.alloc((size_t)k_f * 4, w));
-  SQZ_RETURN_IF_ERROR(I.cc.alloc(cd * 4, w));
-  SQZ_RETURN_IF_ERROR(I.cv.alloc(cd * 4, w));
-  SQZ_RETURN_IF_ERROR(I.cr.alloc(cd / d * 4, w));
+  SQZ_RETURN_IF_ERROR(I.stats.alloc(1, k_f, k_c, d, w));
   SQZ_RETURN_IF_ERROR(I.cobj.alloc(cd / d * 8, w));
   for (Impl::Slot& S : I.slot) {
     SQZ_RETURN_IF_ERROR(S.up.ensure(((size_t)n + k_f + 1 + k_c + 1 + k_f) * 4, w));
@@ -121,7 +137,7 @@ Status HeadAssemblerGpu::init(int64_t n, int d, int k_f, int k_c, DType kv_type,
 }
 
 Status HeadAssemblerGpu::enqueue(int s, const void* k_dev, ExternalAssign& a, HeadClusters& hc,
-                                 int32_t* perm_out_dev) {
+                                 int32_t* perm_out_dev, const HeadStatsDev* stats_out) {
   Impl& I = *impl_;
   Impl::Slot& S = I.slot[s & 1];
   const int64_t n = I.n;
@@ -145,18 +161,19 @@ Status HeadAssemblerGpu::enqueue(int s, const void* k_dev, ExternalAssign& a, He
   SQZ_RETURN_IF_ERROR(h2d(I.ranges.get(), up + n + kf + 1, hc.coarse_ranges.size() * 4, st, w));
   SQZ_RETURN_IF_ERROR(h2d(I.sizes.get(), upsz, (size_t)kf * 4, st, w));
   const int32_t* perm = I.perm.as<int32_t>();
+  const HeadStatsDev o = stats_out ? *stats_out : I.stats.view();
   SQZ_RETURN_IF_ERROR(sqz_status(fwd::gather_rows(k_dev, perm, n, d, I.rows.get(), false, st), w));
-  SQZ_RETURN_IF_ERROR(sqz_status(
-      fwd::fine_cluster_stats(I.rows.get(), I.off.as<int32_t>(), kf, d, I.sum.as<double>(),
-                              I.fc.as<float>(), I.fv.as<float>(), I.fr.as<float>(),
-                              I.len.as<double>(), I.dir.as<double>(), st),
-      w));
+  SQZ_RETURN_IF_ERROR(
+      sqz_status(fwd::fine_cluster_stats(I.rows.get(), I.off.as<int32_t>(), kf, d,
+                                         I.sum.as<double>(), o.fine_centroids, o.fine_var,
+                                         o.fine_radius, I.len.as<double>(), I.dir.as<double>(), st),
+                 w));
   if (kc > 0)
     SQZ_RETURN_IF_ERROR(sqz_status(
         fwd::coarse_cluster_stats(I.rows.get(), I.off.as<int32_t>(), I.ranges.as<int32_t>(),
                                   I.sizes.as<float>(), kc, d, I.sum.as<double>(),
-                                  I.dir.as<double>(), I.cc.as<float>(), I.cv.as<float>(),
-                                  I.cr.as<float>(), I.cobj.as<double>(), st),
+                                  I.dir.as<double>(), o.coarse_centroids, o.coarse_var,
+                                  o.coarse_radius, I.cobj.as<double>(), st),
         w));
   if (perm_out_dev)
     SQZ_RETURN_IF_ERROR(cuda_status(
@@ -169,14 +186,14 @@ Status HeadAssemblerGpu::enqueue(int s, const void* k_dev, ExternalAssign& a, He
   } else {
     SQZ_RETURN_IF_ERROR(d2h(S.rows.get(), I.rows.get(), (size_t)n * d * 2, st, w));
   }
-  SQZ_RETURN_IF_ERROR(d2h(S.fc.get(), I.fc.get(), fd * 4, st, w));
-  SQZ_RETURN_IF_ERROR(d2h(S.fv.get(), I.fv.get(), fd * 4, st, w));
-  SQZ_RETURN_IF_ERROR(d2h(S.fr.get(), I.fr.get(), (size_t)kf * 4, st, w));
+  SQZ_RETURN_IF_ERROR(d2h(S.fc.get(), o.fine_centroids, fd * 4, st, w));
+  SQZ_RETURN_IF_ERROR(d2h(S.fv.get(), o.fine_var, fd * 4, st, w));
+  SQZ_RETURN_IF_ERROR(d2h(S.fr.get(), o.fine_radius, (size_t)kf * 4, st, w));
   SQZ_RETURN_IF_ERROR(d2h(S.len.get(), I.len.get(), (size_t)kf * 8, st, w));
   if (kc > 0) {
-    SQZ_RETURN_IF_ERROR(d2h(S.cc.get(), I.cc.get(), cd * 4, st, w));
-    SQZ_RETURN_IF_ERROR(d2h(S.cv.get(), I.cv.get(), cd * 4, st, w));
-    SQZ_RETURN_IF_ERROR(d2h(S.cr.get(), I.cr.get(), (size_t)kc * 4, st, w));
+    SQZ_RETURN_IF_ERROR(d2h(S.cc.get(), o.coarse_centroids, cd * 4, st, w));
+    SQZ_RETURN_IF_ERROR(d2h(S.cv.get(), o.coarse_var, cd * 4, st, w));
+    SQZ_RETURN_IF_ERROR(d2h(S.cr.get(), o.coarse_radius, (size_t)kc * 4, st, w));
     SQZ_RETURN_IF_ERROR(d2h(S.cobj.get(), I.cobj.get(), (size_t)kc * 8, st, w));
   }
   return S.done.record(st);
@@ -213,7 +230,7 @@ Result<const void*> HeadAssemblerGpu::collect(int s, HeadClusters& hc) {
 // ---- calibration ----
 
 Status gpu_calibrate(const std::vector<std::vector<float>>& q_obs, SqueezedContext& sc,
-                     void* stream) {
+                     void* stream, const HeadStatsDev* stats_dev) {
   cudaStream_t st = as_stream(stream);
   const char* w = "GPU calibration";
   const int64_t J = (int64_t)sc.n_layer * sc.n_head_kv;
@@ -229,27 +246,25 @@ Status gpu_calibrate(const std::vector<std::vector<float>>& q_obs, SqueezedConte
   for (const auto& q : q_obs)
     if (q.size() != qsz) return Error(Code::kInvalidArgument, "GPU calibration: q_obs size");
 
-  // Every head's clusters on the device, [J, ...] each.
+  // Every head's clusters on the device, [J, ...] each: the statistics from stats_dev when the
+  // caller has them there, else uploaded from sc.heads.
   const size_t fd = (size_t)kf * hd, cd = (size_t)kc * hd;
-  DevBuf q, fc, fv, fr, fsz, cc, cv, cr, csz, rng, cof;
+  DevBuf q, fsz, csz, rng, cof;
+  HeadStatsBufs own;
+  const bool upload_stats = stats_dev == nullptr;
   SQZ_RETURN_IF_ERROR(q.alloc(qsz * sc.n_layer * 4, w));
-  SQZ_RETURN_IF_ERROR(fc.alloc(J * fd * 4, w));
-  SQZ_RETURN_IF_ERROR(fv.alloc(J * fd * 4, w));
-  SQZ_RETURN_IF_ERROR(fr.alloc(J * kf * 4, w));
+  if (upload_stats) SQZ_RETURN_IF_ERROR(own.alloc(J, kf, kc, hd, w));
+  const HeadStatsDev dev = upload_stats ? own.view() : *stats_dev;
   SQZ_RETURN_IF_ERROR(fsz.alloc(J * kf * 4, w));
   SQZ_RETURN_IF_ERROR(cof.alloc(J * kf * 4, w));
-  std::vector<std::vector<float>> coarse_sizes((size_t)J);
-  std::vector<const float*> csz_ptr((size_t)J, nullptr);
   if (kc > 0) {
-    SQZ_RETURN_IF_ERROR(cc.alloc(J * cd * 4, w));
-    SQZ_RETURN_IF_ERROR(cv.alloc(J * cd * 4, w));
-    SQZ_RETURN_IF_ERROR(cr.alloc(J * kc * 4, w));
     SQZ_RETURN_IF_ERROR(csz.alloc(J * kc * 4, w));
     SQZ_RETURN_IF_ERROR(rng.alloc(J * (kc + 1) * 4, w));
   }
   for (int l = 0; l < sc.n_layer; l++)
     SQZ_RETURN_IF_ERROR(h2d(q.as<float>() + l * qsz, q_obs[(size_t)l].data(), qsz * 4, st, w));
   std::vector<int32_t> cof_h((size_t)kf);
+  std::vector<float> cs_h((size_t)kc);
   for (int64_t job = 0; job < J; job++) {
     const HeadClusters& hc = sc.heads[(size_t)job];
     if (hc.fine_centroids.size() != fd || hc.fine_var.size() != fd ||
@@ -257,44 +272,45 @@ Status gpu_calibrate(const std::vector<std::vector<float>>& q_obs, SqueezedConte
         hc.coarse_ranges.size() != (size_t)kc + 1 || hc.coarse_centroids.size() != cd ||
         hc.coarse_var.size() != cd || hc.coarse_radius.size() != (size_t)kc)
       return Error(Code::kInvalidArgument, "GPU calibration: head {} is incomplete", job);
-    // Synchronous copies: the host vectors are pageable and the loop reuses cof_h.
-    auto up = [&](DevBuf& b, size_t off, const void* p, size_t bytes) {
-      return cuda_status(cudaMemcpy(b.as<uint8_t>() + off, p, bytes, cudaMemcpyHostToDevice), w);
+    // Synchronous copies: the host vectors are pageable and the loop reuses cof_h and cs_h.
+    auto up = [&](void* b, size_t off, const void* p, size_t bytes) {
+      return cuda_status(
+          cudaMemcpy(static_cast<uint8_t*>(b) + off, p, bytes, cudaMemcpyHostToDevice), w);
     };
-    SQZ_RETURN_IF_ERROR(up(fc, job * fd * 4, hc.fine_centroids.data(), fd * 4));
-    SQZ_RETURN_IF_ERROR(up(fv, job * fd * 4, hc.fine_var.data(), fd * 4));
-    SQZ_RETURN_IF_ERROR(up(fr, job * kf * 4, hc.fine_radius.data(), kf * 4));
-    SQZ_RETURN_IF_ERROR(up(fsz, job * kf * 4, hc.fine_sizes.data(), kf * 4));
+    if (upload_stats) {
+      SQZ_RETURN_IF_ERROR(up(dev.fine_centroids, job * fd * 4, hc.fine_centroids.data(), fd * 4));
+      SQZ_RETURN_IF_ERROR(up(dev.fine_var, job * fd * 4, hc.fine_var.data(), fd * 4));
+      SQZ_RETURN_IF_ERROR(up(dev.fine_radius, job * kf * 4, hc.fine_radius.data(), kf * 4));
+    }
+    SQZ_RETURN_IF_ERROR(up(fsz.get(), job * kf * 4, hc.fine_sizes.data(), kf * 4));
     std::fill(cof_h.begin(), cof_h.end(), 0);
     if (kc > 0) {
-      // HeadCentroidsT::coarse_sizes: f32 of the f64 sum of the children's sizes.
-      std::vector<float>& cs = coarse_sizes[(size_t)job];
-      cs.resize((size_t)kc);
       for (int c = 0; c < kc; c++) {
-        double s = 0.0;
-        for (int32_t j = hc.coarse_ranges[(size_t)c]; j < hc.coarse_ranges[(size_t)c + 1]; j++) {
-          s += hc.fine_sizes[(size_t)j];
+        for (int32_t j = hc.coarse_ranges[(size_t)c]; j < hc.coarse_ranges[(size_t)c + 1]; j++)
           cof_h[(size_t)j] = c;
-        }
-        cs[(size_t)c] = (float)s;
+        cs_h[(size_t)c] = coarse_cluster_size(hc.fine_sizes.data(), hc.coarse_ranges.data(), c);
       }
-      csz_ptr[(size_t)job] = cs.data();
-      SQZ_RETURN_IF_ERROR(up(cc, job * cd * 4, hc.coarse_centroids.data(), cd * 4));
-      SQZ_RETURN_IF_ERROR(up(cv, job * cd * 4, hc.coarse_var.data(), cd * 4));
-      SQZ_RETURN_IF_ERROR(up(cr, job * kc * 4, hc.coarse_radius.data(), kc * 4));
-      SQZ_RETURN_IF_ERROR(up(csz, job * kc * 4, cs.data(), kc * 4));
-      SQZ_RETURN_IF_ERROR(up(rng, job * (kc + 1) * 4, hc.coarse_ranges.data(), (kc + 1) * 4));
+      if (upload_stats) {
+        SQZ_RETURN_IF_ERROR(
+            up(dev.coarse_centroids, job * cd * 4, hc.coarse_centroids.data(), cd * 4));
+        SQZ_RETURN_IF_ERROR(up(dev.coarse_var, job * cd * 4, hc.coarse_var.data(), cd * 4));
+        SQZ_RETURN_IF_ERROR(up(dev.coarse_radius, job * kc * 4, hc.coarse_radius.data(), kc * 4));
+      }
+      SQZ_RETURN_IF_ERROR(up(csz.get(), job * kc * 4, cs_h.data(), kc * 4));
+      SQZ_RETURN_IF_ERROR(up(rng.get(), job * (kc + 1) * 4, hc.coarse_ranges.data(), (kc + 1) * 4));
     }
-    SQZ_RETURN_IF_ERROR(up(cof, job * kf * 4, cof_h.data(), kf * 4));
+    SQZ_RETURN_IF_ERROR(up(cof.get(), job * kf * 4, cof_h.data(), kf * 4));
   }
 
   // Per-head scratch.
   const int kmax = std::max(kf, kc);
-  DevBuf Qs, Q2, q2, s2, L, Lc, V, inv, isof, isoc;
+  DevBuf Qs, Q2, q2, s2, Df, Dc, L, Lc, V, inv, isof, isoc;
   SQZ_RETURN_IF_ERROR(Qs.alloc((size_t)nqv * hd * 4, w));
   SQZ_RETURN_IF_ERROR(Q2.alloc((size_t)nqv * hd * 4, w));
   SQZ_RETURN_IF_ERROR(q2.alloc((size_t)nqv * 4, w));
   SQZ_RETURN_IF_ERROR(s2.alloc((size_t)nqv * 4, w));
+  SQZ_RETURN_IF_ERROR(Df.alloc((size_t)nqv * kf * 4, w));
+  SQZ_RETURN_IF_ERROR(Dc.alloc((size_t)nqv * std::max(kc, 1) * 4, w));
   SQZ_RETURN_IF_ERROR(L.alloc((size_t)nqv * kf * 4, w));
   SQZ_RETURN_IF_ERROR(Lc.alloc((size_t)nqv * std::max(kc, 1) * 4, w));
   SQZ_RETURN_IF_ERROR(V.alloc((size_t)nqv * kmax * 4, w));
@@ -314,7 +330,8 @@ Status gpu_calibrate(const std::vector<std::vector<float>>& q_obs, SqueezedConte
     ~BlasGuard() { fwd::calib_blas_destroy(h); }
   } guard{blas};
 
-  // Head `job`'s query rows and mean variances (shared by the estimators).
+  // Head `job`'s query rows, mean variances and query . centroid products of both levels
+  // (Df, Dc), shared by the estimators: each one's logits start from the same products.
   auto prepare = [&](int64_t job) -> Status {
     const int l = (int)(job / sc.n_head_kv), h = (int)(job % sc.n_head_kv);
     SQZ_RETURN_IF_ERROR(sqz_status(
@@ -322,33 +339,42 @@ Status gpu_calibrate(const std::vector<std::vector<float>>& q_obs, SqueezedConte
                            Qs.as<float>(), Q2.as<float>(), q2.as<float>(), s2.as<float>(), st),
         w));
     SQZ_RETURN_IF_ERROR(
-        sqz_status(fwd::calib_iso_var(fv.as<float>() + job * fd, kf, hd, isof.as<float>(), st), w));
-    if (kc > 0)
-      SQZ_RETURN_IF_ERROR(sqz_status(
-          fwd::calib_iso_var(cv.as<float>() + job * cd, kc, hd, isoc.as<float>(), st), w));
-    return Status::Ok();
-  };
-  // Logits of one level for estimator e into out ([nqv, k]).
-  auto logits = [&](int64_t job, int e, bool coarse, float* out) -> Status {
-    const int k = coarse ? kc : kf;
-    const size_t o = coarse ? job * cd : job * fd;
-    const float* C = (coarse ? cc : fc).as<float>() + o;
-    const float* var = (coarse ? cv : fv).as<float>() + o;
-    const float* r = (coarse ? cr : fr).as<float>() + job * k;
+        sqz_status(fwd::calib_iso_var(dev.fine_var + job * fd, kf, hd, isof.as<float>(), st), w));
     SQZ_RETURN_IF_ERROR(
-        sqz_status(fwd::calib_dots(blas, Qs.as<float>(), nqv, hd, C, k, out, st), w));
-    if (ests[e] == Estimator::kMeanVar) {
-      SQZ_RETURN_IF_ERROR(
-          sqz_status(fwd::calib_dots(blas, Q2.as<float>(), nqv, hd, var, k, V.as<float>(), st), w));
+        sqz_status(fwd::calib_dots(blas, Qs.as<float>(), nqv, hd, dev.fine_centroids + job * fd, kf,
+                                   Df.as<float>(), st),
+                   w));
+    if (kc > 0) {
       SQZ_RETURN_IF_ERROR(sqz_status(
-          fwd::calib_correct(out, nqv, k, V.as<float>(), nullptr, r, s2.as<float>(), st), w));
-    } else if (ests[e] == Estimator::kMeanIso) {
+          fwd::calib_iso_var(dev.coarse_var + job * cd, kc, hd, isoc.as<float>(), st), w));
       SQZ_RETURN_IF_ERROR(
-          sqz_status(fwd::calib_correct(out, nqv, k, nullptr, (coarse ? isoc : isof).as<float>(), r,
-                                        q2.as<float>(), st),
+          sqz_status(fwd::calib_dots(blas, Qs.as<float>(), nqv, hd, dev.coarse_centroids + job * cd,
+                                     kc, Dc.as<float>(), st),
                      w));
     }
     return Status::Ok();
+  };
+  // Logits of one level for estimator e into out ([nqv, k]): the products plus the estimator's
+  // correction.
+  auto logits = [&](int64_t job, int e, bool coarse, float* out) -> Status {
+    const int k = coarse ? kc : kf;
+    const size_t o = coarse ? job * cd : job * fd;
+    const float* dots = (coarse ? Dc : Df).as<float>();
+    const float* var = (coarse ? dev.coarse_var : dev.fine_var) + o;
+    const float* r = (coarse ? dev.coarse_radius : dev.fine_radius) + job * k;
+    if (ests[e] == Estimator::kMeanVar) {
+      SQZ_RETURN_IF_ERROR(
+          sqz_status(fwd::calib_dots(blas, Q2.as<float>(), nqv, hd, var, k, V.as<float>(), st), w));
+      return sqz_status(
+          fwd::calib_correct(dots, out, nqv, k, V.as<float>(), nullptr, r, s2.as<float>(), st), w);
+    }
+    if (ests[e] == Estimator::kMeanIso)
+      return sqz_status(
+          fwd::calib_correct(dots, out, nqv, k, nullptr, (coarse ? isoc : isof).as<float>(), r,
+                             q2.as<float>(), st),
+          w);
+    return cuda_status(
+        cudaMemcpyAsync(out, dots, (size_t)nqv * k * 4, cudaMemcpyDeviceToDevice, st), w);
   };
 
   // One level's scores of one head: logits, per-row softmax denominators, column means.
@@ -388,7 +414,7 @@ Status gpu_calibrate(const std::vector<std::vector<float>>& q_obs, SqueezedConte
     CalibTable& T = *tables[e];
     T = CalibTable{};
     T.percentiles = grid;
-    calib_thresholds(sc, f, c, csz_ptr, T);
+    calib_thresholds(sc, f, c, T);
   }
   if (kc == 0) return Status::Ok();
 
@@ -536,6 +562,11 @@ Status gpu_squeeze_and_write(const KvCacheGpu& cache, const ContextCapture& cap,
   SQZ_RETURN_IF_ERROR(as.init(n, d, kf, kc, cp.kv_type, stream));
   DevBuf perm_all;
   SQZ_RETURN_IF_ERROR(perm_all.alloc((size_t)J * n * 4, "GPU compile"));
+  // Every head's statistics stay on the device for the calibration (it reads them there rather
+  // than uploading the host copies collect() makes of them).
+  HeadStatsBufs stat_bufs;
+  SQZ_RETURN_IF_ERROR(stat_bufs.alloc(J, kf, kc, d, "GPU compile"));
+  const HeadStatsDev stats = stat_bufs.view();
   PinnedBuf pa[2];
   Event ev_a[2];
   ExternalAssign ea[2];
@@ -565,8 +596,9 @@ Status gpu_squeeze_and_write(const KvCacheGpu& cache, const ContextCapture& cap,
       a.coarse_of.clear();
     a.fine_iters = iters;
     a.coarse_iters = kc > 0 ? iters : 0;
+    const HeadStatsDev head_stats = stats.head(job, kf, kc, d);
     SQZ_RETURN_IF_ERROR(as.enqueue((int)(job & 1), k_head(job), a, sc.heads[(size_t)job],
-                                   perm_all.as<int32_t>() + job * n));
+                                   perm_all.as<int32_t>() + job * n, &head_stats));
     if (job >= 1) {
       SQZ_ASSIGN_OR_RETURN(const void* rows,
                            as.collect((int)((job - 1) & 1), sc.heads[(size_t)job - 1]));
@@ -581,7 +613,8 @@ Status gpu_squeeze_and_write(const KvCacheGpu& cache, const ContextCapture& cap,
   const double t2 = now_s();
 
   // V rows in cluster order, gathered on the device by the saved perms and streamed to disk,
-  // while the calibration runs on its own stream and thread (it only reads sc.heads and q_obs).
+  // while the calibration runs on its own stream and thread (it only reads sc.heads, q_obs and
+  // the statistics, which the last collect() has waited for).
   int dev = 0;
   SQZ_RETURN_IF_ERROR(cuda_status(cudaGetDevice(&dev), "cudaGetDevice"));
   cudaStream_t cst = nullptr;
@@ -596,7 +629,7 @@ Status gpu_squeeze_and_write(const KvCacheGpu& cache, const ContextCapture& cap,
   std::thread calib_thread([&] {
     const double a = now_s();
     const cudaError_t e = cudaSetDevice(dev);
-    calib_st = e == cudaSuccess ? gpu_calibrate(cap.q_obs, sc, cst)
+    calib_st = e == cudaSuccess ? gpu_calibrate(cap.q_obs, sc, cst, &stats)
                                 : cuda_status(e, "calibration thread: cudaSetDevice");
     calib_s = now_s() - a;
   });
@@ -632,11 +665,8 @@ Status gpu_squeeze_and_write(const KvCacheGpu& cache, const ContextCapture& cap,
   const double t4 = now_s();
 
   CompileStats& s = sc.stats;
-  s.kmeans_s = t2 - t1;
+  summarize_kmeans(sc, t2 - t1);
   s.calib_s = calib_s;
-  s.n_fine = kf;
-  s.n_coarse = kc;
-  summarize_kmeans(sc.heads, n, s);
   SQZ_RETURN_IF_ERROR(wr->finish(sc, fp, k_obs.data(), v_obs.data()));
   const double t5 = now_s();
   // Wall time after the K-means: V rows (the calibration overlapped), any calibration tail, the

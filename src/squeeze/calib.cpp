@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "squeeze/calib_internal.h"
+#include "squeeze/cluster_scalars.h"
 #include "squeeze/pack.h"
 
 namespace sqz {
@@ -89,8 +90,7 @@ double calib_percentile_for_budget(const CalibTable& t, double fraction, int lev
 }
 
 void calib_thresholds(const SqueezedContext& sc, const std::vector<std::vector<double>>& sf,
-                      const std::vector<std::vector<double>>& scs,
-                      const std::vector<const float*>& coarse_sizes, CalibTable& T) {
+                      const std::vector<std::vector<double>>& scs, CalibTable& T) {
   const int64_t jobs = (int64_t)sc.n_layer * sc.n_head_kv;
   const int kf = sc.n_fine, kc = sc.n_coarse;
   const size_t G = T.percentiles.size();
@@ -109,9 +109,12 @@ void calib_thresholds(const SqueezedContext& sc, const std::vector<std::vector<d
   for (size_t g = 0; g < G; g++)
     T.fine_threshold[g] = weighted_quantile_sorted(fi, W, T.percentiles[g]);
   if (kc > 0) {
-    for (int64_t job = 0; job < jobs; job++)
+    for (int64_t job = 0; job < jobs; job++) {
+      const HeadClusters& hc = sc.heads[(size_t)job];
       for (int c = 0; c < kc; c++)
-        ci.push_back({scs[(size_t)job][(size_t)c], coarse_sizes[(size_t)job][c]});
+        ci.push_back({scs[(size_t)job][(size_t)c],
+                      coarse_cluster_size(hc.fine_sizes.data(), hc.coarse_ranges.data(), c)});
+    }
     std::stable_sort(ci.begin(), ci.end(), by_score);
     for (size_t g = 0; g < G; g++)
       T.coarse_threshold[g] = weighted_quantile_sorted(ci, W, T.percentiles[g]);
@@ -179,9 +182,7 @@ void calibrate_estimator(const ContextCapture& cap, const SqueezedContext& sc, E
     }
   }
 
-  std::vector<const float*> csz((size_t)jobs, nullptr);
-  for (int64_t job = 0; job < jobs; job++) csz[(size_t)job] = ht[(size_t)job].coarse_sizes.data();
-  calib_thresholds(sc, sf, scs, csz, T);
+  calib_thresholds(sc, sf, scs, T);
 
   // Pass 2: kept fraction of the two-level lookup at each grid point (automatic coarse
   // percentile). The logits do not depend on the thresholds, so exponentials and per-coarse

@@ -22,11 +22,10 @@ void gather_group_queries(const float* q, int64_t t0, int64_t t1, int n_head, in
 // which computes the per-head scores and kept counts on the device.
 // Pass 1 -> table: T.fine_threshold, coarse_threshold, kept_fine (and kept_hier = kept_fine) from
 // every head's scores of one estimator, T.percentiles already set. sf[job]: [n_fine] fine-cluster
-// scores; scs[job]: [n_coarse] coarse scores (unused if n_coarse == 0); coarse_sizes[job]:
-// [n_coarse] keys per coarse cluster (HeadCentroidsT::coarse_sizes).
+// scores; scs[job]: [n_coarse] coarse scores (unused if n_coarse == 0). Coarse clusters weigh
+// their keys (coarse_cluster_size of sc.heads, as HeadCentroidsT::coarse_sizes).
 void calib_thresholds(const SqueezedContext& sc, const std::vector<std::vector<double>>& sf,
-                      const std::vector<std::vector<double>>& scs,
-                      const std::vector<const float*>& coarse_sizes, CalibTable& T);
+                      const std::vector<std::vector<double>>& scs, CalibTable& T);
 // Pass 2 -> T.kept_hier from kept_job[job][g], the keys head `job` keeps with the two-level
 // lookup at grid point g (< 0 at the grid points where every coarse cluster survives).
 void calib_kept_hier(const SqueezedContext& sc, const std::vector<std::vector<double>>& kept_job,

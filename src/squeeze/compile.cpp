@@ -328,10 +328,7 @@ static Status finish_squeeze(const ContextCapture& cap, SqueezedContext& sc, dou
                              const CompileProgress& progress) {
   const double t1 = now_s();
   CompileStats& st = sc.stats;
-  st.kmeans_s = t1 - t0;
-  st.n_fine = sc.n_fine;
-  st.n_coarse = sc.n_coarse;
-  summarize_kmeans(sc.heads, sc.n_clustered, st);
+  summarize_kmeans(sc, t1 - t0);
   SQZ_RETURN_IF_ERROR(calibrate(cap, sc, progress));
   st.calib_s = now_s() - t1;
   st.total_s = now_s() - t0;
@@ -451,11 +448,15 @@ void fill_empty_clusters(std::vector<int32_t>& assign, int k) {
   }
 }
 
-void summarize_kmeans(const std::vector<HeadClusters>& heads, int64_t n_clustered,
-                      CompileStats& st) {
-  const double jobs = (double)std::max<size_t>(heads.size(), 1);
+void summarize_kmeans(SqueezedContext& sc, double kmeans_s) {
+  CompileStats& st = sc.stats;
+  st.kmeans_s = kmeans_s;
+  st.n_fine = sc.n_fine;
+  st.n_coarse = sc.n_coarse;
+  const int64_t n_clustered = sc.n_clustered;
+  const double jobs = (double)std::max<size_t>(sc.heads.size(), 1);
   double fi = 0, ci = 0, fo = 0, co = 0, fr = 0, steps = 0;
-  for (const HeadClusters& hc : heads) {
+  for (const HeadClusters& hc : sc.heads) {
     fi += hc.fine_iters;
     ci += hc.coarse_iters;
     fo += hc.fine_objective;

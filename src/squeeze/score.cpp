@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "squeeze/centroid_kernels.h"
+#include "squeeze/cluster_scalars.h"
 
 namespace sqz {
 
@@ -44,11 +45,7 @@ void augment_queries(const float* Q, int64_t nqv, int64_t head_dim, Estimator es
 // Mean over dimensions of each cluster's per-dimension variance (Estimator::kMeanIso).
 static void iso_var_of(const float* V, int64_t k, int64_t d, std::vector<float>& out) {
   out.assign((size_t)k, 0.0f);
-  for (int64_t j = 0; j < k; j++) {
-    double s = 0.0;
-    for (int64_t t = 0; t < d; t++) s += V[j * d + t];
-    out[(size_t)j] = (float)(s / (double)d);
-  }
+  for (int64_t j = 0; j < k; j++) out[(size_t)j] = iso_variance(V + j * d, d);
 }
 
 void HeadCentroidsT::build(const HeadCentroidsView& v, Estimator e) {
@@ -74,11 +71,8 @@ void HeadCentroidsT::build(const HeadCentroidsView& v, Estimator e) {
     if (var || iso) coarse_r.assign(v.coarse_radius, v.coarse_radius + v.n_coarse);
     if (iso) iso_var_of(v.coarse_var, v.n_coarse, v.head_dim, coarse_iso);
     coarse_sizes.resize((size_t)v.n_coarse);
-    for (int c = 0; c < v.n_coarse; c++) {
-      double s = 0.0;
-      for (int32_t j = v.coarse_ranges[c]; j < v.coarse_ranges[c + 1]; j++) s += v.fine_sizes[j];
-      coarse_sizes[(size_t)c] = (float)s;
-    }
+    for (int c = 0; c < v.n_coarse; c++)
+      coarse_sizes[(size_t)c] = coarse_cluster_size(v.fine_sizes, v.coarse_ranges, c);
     build_child_bounds(v, var || iso);
   }
 }

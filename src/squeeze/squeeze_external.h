@@ -43,10 +43,9 @@ void fill_empty_clusters(std::vector<int32_t>& assign, int k);
 // clusters re-seeded (fill_empty_clusters), every fine cluster in coarse cluster 0 if k_c = 0.
 Status normalize_external_assign(ExternalAssign& a, int64_t n, int k_f, int k_c);
 
-// CompileStats' K-means summary (iterations, objectives per key, full-row fraction) over the
-// heads of a squeezed context with n_clustered keys per head.
-void summarize_kmeans(const std::vector<HeadClusters>& heads, int64_t n_clustered,
-                      CompileStats& st);
+// The K-means part of sc.stats: kmeans_s (the clustering's wall time), the cluster counts and
+// the summary over sc.heads (iterations, objectives per key, full-row fraction).
+void summarize_kmeans(SqueezedContext& sc, double kmeans_s);
 
 // Row layout of one head from its assignments (fine_assign: [n]; coarse_of: [k_f], all zero
 // when k_c == 0): out.perm, fine_offsets, fine_sizes and coarse_ranges, exactly as

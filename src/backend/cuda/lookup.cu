@@ -170,7 +170,7 @@ __global__ void __launch_bounds__(256, QT <= 2 ? 3 : 2)
 //      (single level: its slice of the fine clusters). Its partial fine denominator includes its
 //      pruned coarse terms N_C 2^{l_C}. Compared entries, their row bounds and logits go to
 //      scratch at the first fine index of the split's block (blocks are disjoint).
-// Then the fine selection, in one of two ways (chosen by the host from n_fine, kParTailFine):
+// Then the fine selection, in one of two ways (by n_fine: the parallel one above kParTailFine):
 //   single tail: the head's last CTA to finish step 2 selects every split's entries in order and
 //      writes the merged ranges;
 //   parallel tail: barrier; every split selects its own entries and merges their ranges locally
@@ -523,7 +523,7 @@ __device__ __forceinline__ void load_segments(const int4* seg, int nsplit, int* 
 
 template <int D, typename T, int QT, bool ISO>
 __global__ void __launch_bounds__(256, QT <= 2 ? 3 : 2)
-    plan_small_fused_kernel(LookupArgs a, int nsplit, bool par_tail) {
+    plan_small_fused_kernel(LookupArgs a, int nsplit) {
   constexpr int LPR = D / 8;
   constexpr int IT = QT <= 2 ? 8 : (QT <= 4 ? 4 : 2);
   __shared__ Stat s_stat[8][QT];
@@ -543,6 +543,7 @@ __global__ void __launch_bounds__(256, QT <= 2 ? 3 : 2)
   const int lr = lane % LPR;
   const int group = a.p.group, qtot = a.qtot;
   const bool hier = a.p.n_coarse > 0;
+  const bool par_tail = a.p.n_fine > kParTailFine;  // the fine selection's tail (see above)
   float qf[QT][8];
   const T* q = static_cast<const T*>(a.q);
 #pragma unroll
@@ -770,9 +771,7 @@ bool launch_fused(int n_kv, const LookupArgs& a, cudaStream_t stream) {
   const int cap = cap_cache[dev] > 0 ? cap_cache[dev] : 0;
   const int nsplit = std::min(kFusedMaxSplits, cap / n_kv);
   if (nsplit < 1) return false;
-  const bool par_tail = a.p.n_fine > kParTailFine;
-  return launch_k(kernel, dim3(nsplit, n_kv), dim3(256), 0, stream, a, nsplit, par_tail) ==
-         cudaSuccess;
+  return launch_k(kernel, dim3(nsplit, n_kv), dim3(256), 0, stream, a, nsplit) == cudaSuccess;
 }
 
 // ---- plan from caller ranges ----
@@ -856,12 +855,7 @@ int launch_typed(const sqz_cuda_shape& s, const LookupArgs& a, int num_sms, cuda
           break;
       }
     };
-    if (hier) {
-      run(kCoarse);
-      run(kFineHier);
-    } else {
-      run(kFineSingle);
-    }
+    run_stages(hier, run);
     return cudaGetLastError() == cudaSuccess ? SQZ_CUDA_OK : SQZ_CUDA_ECUDA;
   }
   return launch_lookup_mma<D, T, ISO>(s, a, num_sms, stream);

@@ -74,6 +74,18 @@ namespace {
 
 enum Stage : int { kCoarse = 0, kFineSingle = 1, kFineHier = 2 };
 
+// Host: a plan's stages in order, run(stage) launching each: coarse then the hierarchical fine
+// stage, or the single fine level.
+template <class Run>
+void run_stages(bool hier, Run&& run) {
+  if (hier) {
+    run(kCoarse);
+    run(kFineHier);
+  } else {
+    run(kFineSingle);
+  }
+}
+
 // Release / acquire of a per-head flag between CTAs of one grid (gpu scope).
 __device__ __forceinline__ unsigned ld_acquire_gpu(const unsigned* p) {
   unsigned v;
@@ -465,13 +477,14 @@ __device__ void select_fine(const LookupArgs& a, int stage, int h) {
 }
 
 // Split the kept rows of every head into work items (run by one CTA once all heads are done).
+// Prefill plans only (qtot > kSmallQ): both callers of partition_tail (select_stage,
+// plan_ranges_kernel) check it, as decode runs split each head's published rows themselves.
 __device__ void partition_block(const PlanDev& p, int qtot) {
   __shared__ int s_scan[33];
   __shared__ unsigned long long s_sum;
   __shared__ int s_chunk;
   const int tid = threadIdx.x;
-  const bool decode = qtot <= kSmallQ;
-  const int n_qb = decode ? 1 : ceil_div_dev(qtot, kPrefillBM);
+  const int n_qb = ceil_div_dev(qtot, kPrefillBM);
   const int n_groups = p.n_kv * n_qb;
   if (tid == 0) s_sum = 0;
   __syncthreads();
@@ -481,23 +494,14 @@ __device__ void partition_block(const PlanDev& p, int qtot) {
   __syncthreads();
   if (tid == 0) {
     const long long R = (long long)s_sum;
-    long long chunk;
-    if (decode) {
-      chunk = (R + p.decode_target - 1) / p.decode_target;
-      chunk = (chunk + 63) / 64 * 64;
-      chunk = chunk < kDecodeMinChunk ? kDecodeMinChunk
-                                      : (chunk > kDecodeMaxChunk ? kDecodeMaxChunk : chunk);
-    } else {
-      // Enough items to fill the machine, never more than the partial buffers hold.
-      const long long W = R * n_qb;
-      const long long c1 = (W + p.prefill_target - 1) / p.prefill_target;
-      const long long room =
-          p.prefill_max_items - n_groups > 1 ? p.prefill_max_items - n_groups : 1;
-      const long long c2 = (W + room - 1) / room;
-      chunk = c1 > c2 ? c1 : c2;
-      chunk = (chunk + 63) / 64 * 64;
-      if (chunk < 256) chunk = 256;
-    }
+    // Enough items to fill the machine, never more than the partial buffers hold.
+    const long long W = R * n_qb;
+    const long long c1 = (W + p.prefill_target - 1) / p.prefill_target;
+    const long long room = p.prefill_max_items - n_groups > 1 ? p.prefill_max_items - n_groups : 1;
+    const long long c2 = (W + room - 1) / room;
+    long long chunk = c1 > c2 ? c1 : c2;
+    chunk = (chunk + 63) / 64 * 64;
+    if (chunk < 256) chunk = 256;
     s_chunk = (int)chunk;
   }
   __syncthreads();
@@ -530,7 +534,7 @@ __device__ void partition_block(const PlanDev& p, int qtot) {
     p.group_off[n_groups] = carry;
     p.meta[kMetaItems] = carry < p.max_items ? carry : p.max_items;
     p.meta[kMetaChunk] = chunk;
-    p.meta[kMetaMode] = decode ? kModeDecode : kModePrefill;
+    p.meta[kMetaMode] = kModePrefill;
     p.meta[kMetaQtot] = qtot;
     p.meta[kMetaGroups] = n_groups;
     p.meta[kMetaQBlocks] = n_qb;

@@ -262,12 +262,7 @@ int launch_lookup_mma(const sqz_cuda_shape& s, const LookupArgs& a, int num_sms,
     launch_k(score_mma_kernel<D, T, false, ISO>, grid, 128, 0, stream, a, stage, nsplit);
     launch_k(score_mma_kernel<D, T, true, ISO>, grid, 128, 0, stream, a, stage, nsplit);
   };
-  if (hier) {
-    run(kCoarse);
-    run(kFineHier);
-  } else {
-    run(kFineSingle);
-  }
+  run_stages(hier, run);
   return cudaGetLastError() == cudaSuccess ? SQZ_CUDA_OK : SQZ_CUDA_ECUDA;
 }
 

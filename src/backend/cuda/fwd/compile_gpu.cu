@@ -212,9 +212,9 @@ __global__ void iso_kernel(const float* __restrict__ var, int k, int d, float* _
   iso[j] = (float)(s / (double)d);
 }
 
-__global__ void correct_kernel(float* __restrict__ L, int nqv, int k, const float* __restrict__ V,
-                               const float* __restrict__ iso, const float* __restrict__ r,
-                               const float* __restrict__ qa) {
+__global__ void correct_kernel(const float* __restrict__ D, float* __restrict__ L, int nqv, int k,
+                               const float* __restrict__ V, const float* __restrict__ iso,
+                               const float* __restrict__ r, const float* __restrict__ qa) {
   const int64_t n = (int64_t)nqv * k;
   for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n;
        e += (int64_t)gridDim.x * blockDim.x) {
@@ -227,7 +227,7 @@ __global__ void correct_kernel(float* __restrict__ L, int nqv, int k, const floa
       const float qn = __fsqrt_rn(qa[i]);
       corr = fminf(__fmul_rn(__fmul_rn(0.5f, qa[i]), iso[j]), __fmul_rn(qn, r[j]));
     }
-    L[e] = __fadd_rn(L[e], corr);
+    L[e] = __fadd_rn(D[e], corr);
   }
 }
 
@@ -414,11 +414,11 @@ int calib_iso_var(const float* var, int k, int d, float* iso, cudaStream_t s) {
   return launch_status();
 }
 
-int calib_correct(float* L, int nqv, int k, const float* V, const float* iso, const float* r,
-                  const float* qa, cudaStream_t s) {
+int calib_correct(const float* D, float* L, int nqv, int k, const float* V, const float* iso,
+                  const float* r, const float* qa, cudaStream_t s) {
   const int64_t n = (int64_t)nqv * k;
   if (n <= 0) return SQZ_CUDA_OK;
-  correct_kernel<<<grid_for(n, 256), 256, 0, s>>>(L, nqv, k, V, iso, r, qa);
+  correct_kernel<<<grid_for(n, 256), 256, 0, s>>>(D, L, nqv, k, V, iso, r, qa);
   return launch_status();
 }
 

@@ -59,11 +59,12 @@ int calib_queries(const float* q, int n_obs, int n_head, int group, int h, int h
 // iso[j] = f32(sum_t var[j, t] / d) in f64 (HeadCentroidsT's kMeanIso scalar).
 int calib_iso_var(const float* var, int k, int d, float* iso, cudaStream_t s);
 
-// Estimator corrections of the logits L [nqv, k], in place:
-//   kMeanIso (V == null): L += min(½ q2_i iso_j, sqrt(q2_i) r_j), qa = q2;
-//   kMeanVar: L += min(V_ij, sqrt(2 s2_i) r_j), V = Q2 . var^T, qa = s2.
-int calib_correct(float* L, int nqv, int k, const float* V, const float* iso, const float* r,
-                  const float* qa, cudaStream_t s);
+// Logits L [nqv, k] of an estimator from the query . centroid products D [nqv, k] (calib_dots;
+// shared by the estimators, so not overwritten; D and L must not overlap):
+//   kMeanIso (V == null): L = D + min(½ q2_i iso_j, sqrt(q2_i) r_j), qa = q2;
+//   kMeanVar: L = D + min(V_ij, sqrt(2 s2_i) r_j), V = Q2 . var^T, qa = s2.
+int calib_correct(const float* D, float* L, int nqv, int k, const float* V, const float* iso,
+                  const float* r, const float* qa, cudaStream_t s);
 
 // Per row i: m = max of L[i, :k] and (Lc) Lc[i, :kc]; L = exp(L - m) in place, Lc too when
 // exp_coarse; inv (optional) [i] = 1 / sum_j w_j L_ij (f64, j in order).

@@ -13,6 +13,7 @@
 #include "backend/cuda/squeeze_cuda.h"
 #include "core/clock.h"
 #include "core/fp16.h"
+#include "squeeze/cluster_scalars.h"
 
 namespace sqz::gpu {
 
@@ -220,16 +221,14 @@ struct SqueezeAttentionGpu::Impl {
                        what);
   }
   // mean_iso statistics of k clusters: {mean over hd dims of var, radius} per cluster, f32. The
-  // mean is summed in double as the CPU's HeadCentroidsT::build does.
+  // mean is the CPU's (iso_variance, as HeadCentroidsT::build).
   Status upload_iso(DevBuf& dst, const float* var, const float* radius, int64_t k, int64_t hd,
                     const char* what) {
     if (!var || !radius)
       return Error(Code::kInvalidArgument, "--device cuda: mean_iso needs the pack's {}", what);
     std::vector<float> h((size_t)k * 2);
     for (int64_t j = 0; j < k; j++) {
-      double sum = 0.0;
-      for (int64_t t = 0; t < hd; t++) sum += var[j * hd + t];
-      h[(size_t)(2 * j)] = (float)(sum / (double)hd);
+      h[(size_t)(2 * j)] = iso_variance(var + j * hd, hd);
       h[(size_t)(2 * j + 1)] = radius[j];
     }
     SQZ_RETURN_IF_ERROR(dst.alloc(h.size() * 4, what));
