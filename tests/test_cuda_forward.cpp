@@ -283,38 +283,42 @@ TEST(CudaForward, TinyCompileAndAsk) {
   const Compare ca = compare_logits(*la, *lg, rp.n_vocab);
   std::printf("[cuda-fwd] keep-all vs dense on the GPU: relative L2 %.3e\n", ca.worst_rel);
   EXPECT_LE(ca.worst_rel, 1e-3);
-  // Squeezed with each estimator the CUDA lookup implements, CPU and GPU on the same pack with
-  // the same estimator and coarse rule (the CPU's default coarse rule is the child bound, which
-  // the CUDA lookup lacks).
-  for (Estimator est : {Estimator::kMean, Estimator::kMeanIso}) {
-    AskParams sq;
-    sq.select.percentile = 0.8;
-    sq.select.estimator = est;
-    sq.select.coarse_rule = SelectParams::CoarseRule::kCalibrated;
-    AskResult ss, sc;
-    auto ls = ask_first_logits(*gpu, P, q, sq, &ss);
-    ASSERT_TRUE(ls.ok()) << ls.status().message();
-    auto lsc = ask_first_logits(**cpu, P, q, sq, &sc);
-    ASSERT_TRUE(lsc.ok()) << lsc.status().message();
-    std::printf(
-        "[cuda-fwd] squeezed %s p=0.8 (sinks %d): GPU kept %.4f centroids %.4f, CPU kept %.4f "
-        "centroids %.4f\n",
-        estimator_name(est), sq.sink_tokens, ss.kept_fraction, ss.centroid_fraction,
-        sc.kept_fraction, sc.centroid_fraction);
-    EXPECT_GT(ss.kept_fraction, 0.0);
-    EXPECT_LT(ss.kept_fraction, 1.0);
-    EXPECT_GT(ss.centroid_fraction, 0.0);
-    // Same lookup definition and thresholds: the selections differ only where a cluster's mean
-    // score sits within the f16 / f32 rounding of the threshold (and by the sink rows' sizes).
-    EXPECT_NEAR(ss.kept_fraction, sc.kept_fraction, 0.03) << estimator_name(est);
-    if (est == P.estimator()) {  // --estimator auto is the pack's default, on the GPU too
-      AskParams au = sq;
-      au.select.estimator = Estimator::kAuto;
-      AskResult sa;
-      ASSERT_TRUE(ask_first_logits(*gpu, P, q, au, &sa).ok());
-      EXPECT_DOUBLE_EQ(sa.kept_fraction, ss.kept_fraction);
+  // Squeezed with each estimator and coarse rule the CUDA lookup implements (the default, the
+  // child bound, and the calibrated coarse threshold), CPU and GPU on the same pack.
+  for (Estimator est : {Estimator::kMean, Estimator::kMeanIso})
+    for (auto rule :
+         {SelectParams::CoarseRule::kChildBound, SelectParams::CoarseRule::kCalibrated}) {
+      AskParams sq;
+      sq.select.percentile = 0.8;
+      sq.select.estimator = est;
+      sq.select.coarse_rule = rule;
+      AskResult ss, sc;
+      auto ls = ask_first_logits(*gpu, P, q, sq, &ss);
+      ASSERT_TRUE(ls.ok()) << ls.status().message();
+      auto lsc = ask_first_logits(**cpu, P, q, sq, &sc);
+      ASSERT_TRUE(lsc.ok()) << lsc.status().message();
+      std::printf(
+          "[cuda-fwd] squeezed %s, %s rule, p=0.8 (sinks %d): GPU kept %.4f centroids %.4f, CPU "
+          "kept %.4f centroids %.4f\n",
+          estimator_name(est), coarse_rule_name(rule), sq.sink_tokens, ss.kept_fraction,
+          ss.centroid_fraction, sc.kept_fraction, sc.centroid_fraction);
+      EXPECT_GT(ss.kept_fraction, 0.0);
+      EXPECT_LT(ss.kept_fraction, 1.0);
+      EXPECT_GT(ss.centroid_fraction, 0.0);
+      // Same lookup definition and thresholds: the selections differ only where a cluster's mean
+      // score sits within the f16 / f32 rounding of the threshold (and by the sink rows' sizes).
+      EXPECT_NEAR(ss.kept_fraction, sc.kept_fraction, 0.03) << estimator_name(est);
+      // The compared centroids follow from the coarse survivors: the same rule on both sides.
+      EXPECT_NEAR(ss.centroid_fraction, sc.centroid_fraction, 0.1 * sc.centroid_fraction + 1e-3)
+          << estimator_name(est) << " " << coarse_rule_name(rule);
+      if (est == P.estimator()) {  // --estimator auto is the pack's default, on the GPU too
+        AskParams au = sq;
+        au.select.estimator = Estimator::kAuto;
+        AskResult sa;
+        ASSERT_TRUE(ask_first_logits(*gpu, P, q, au, &sa).ok());
+        EXPECT_DOUBLE_EQ(sa.kept_fraction, ss.kept_fraction);
+      }
     }
-  }
   {
     AskParams mv;
     mv.select.percentile = 0.8;
@@ -586,8 +590,7 @@ TEST(CudaForward, DefaultModelPlantedFact) {
     for (double b : {0.5, 0.2}) {
       AskParams sq;
       sq.budget = b;
-      sq.select.estimator = est;
-      sq.select.coarse_rule = SelectParams::CoarseRule::kCalibrated;
+      sq.select.estimator = est;  // and the default coarse rule, the child bound
       const std::string tag =
           std::string(estimator_name(est)) + " budget " + (b == 0.5 ? "0.5" : "0.2");
       run(*gpu, sq, ("gpu " + tag).c_str());

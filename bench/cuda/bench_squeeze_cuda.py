@@ -21,6 +21,11 @@ before the start event fires (device time, not Python launch latency).
 Bandwidth: bytes the sqz step must move (selected K+V rows, centroids read, queries) over its
 time, against a device-to-device copy measured in the same run (bytes read + written).
 
+Lookups (--coarse-rule, a comma list): calibrated (default here; two levels, the coarse threshold
+keeps ~2.5x the target), child (two levels, the engine's default rule: a coarse cluster survives if
+its best child's estimated score reaches the fine threshold; bound inputs built from the synthetic
+clusters as score.h child_bounds does, scale 1.5), single (the fine level alone).
+
 Estimators (--estimator): mean (default; sqz_cuda_plan) and/or mean_iso (iso; sqz_cuda_plan_iso)
 with synthetic per-cluster {vbar, radius} pairs: vbar uniform in [0.5, 1.5] x 2 / mean |q_s|^2 (so
 the term 1/2 |q_s|^2 vbar is 0.5 .. 1.5 nats, q_s the scaled query), radius uniform in [0.5, 1.5] x
@@ -87,11 +92,23 @@ class Iso(ctypes.Structure):
     _fields_ = [("fine", c_void_p), ("coarse", c_void_p)]
 
 
+class Child(ctypes.Structure):
+    _fields_ = [("bound", c_void_p)]
+
+
+_VIEW_FIELDS = [("coarse_scores", c_void_p), ("coarse_bounds", c_void_p), ("coarse_kept", c_void_p),
+                ("n_compared", c_void_p), ("compared", c_void_p), ("fine_scores", c_void_p),
+                ("fine_kept", c_void_p), ("n_ranges", c_void_p), ("ranges", c_void_p),
+                ("n_rows", c_void_p), ("n_items", c_void_p), ("items", c_void_p),
+                ("max_items", c_int32)]
+
+
 class PlanView(ctypes.Structure):
-    _fields_ = [("coarse_scores", c_void_p), ("coarse_kept", c_void_p), ("n_compared", c_void_p),
-                ("compared", c_void_p), ("fine_scores", c_void_p), ("fine_kept", c_void_p),
-                ("n_ranges", c_void_p), ("ranges", c_void_p), ("n_rows", c_void_p),
-                ("n_items", c_void_p), ("items", c_void_p), ("max_items", c_int32)]
+    _fields_ = _VIEW_FIELDS
+
+
+class PlanViewV1(ctypes.Structure):  # libraries before sqz_cuda_plan_ex: no coarse_bounds
+    _fields_ = [f for f in _VIEW_FIELDS if f[0] != "coarse_bounds"]
 
 
 def load_lib(path):
@@ -105,10 +122,14 @@ def load_lib(path):
     lib.sqz_cuda_dense_causal.argtypes = [P(Shape), P(DenseArgs), P(State), c_void_p]
     lib.sqz_cuda_merge.argtypes = [c_int32, c_int32, c_int32, P(State), P(State), c_void_p,
                                    ctypes.c_int, c_void_p, c_void_p]
-    lib.sqz_cuda_get_plan_view.argtypes = [P(Shape), c_void_p, P(PlanView)]
+    lib.sqz_cuda_get_plan_view.argtypes = [P(Shape), c_void_p, c_void_p]  # PlanView or V1
     if hasattr(lib, "sqz_cuda_plan_iso"):  # libraries before the mean_iso estimator lack it
         lib.sqz_cuda_plan_iso.argtypes = [P(Shape), P(Context), P(Query), P(Iso), c_void_p, c_void_p]
         lib.sqz_cuda_plan_iso.restype = ctypes.c_int
+    if hasattr(lib, "sqz_cuda_plan_ex"):  # libraries before the GPU child rule lack it
+        lib.sqz_cuda_plan_ex.argtypes = [P(Shape), P(Context), P(Query), P(Iso), P(Child), c_void_p,
+                                         c_void_p]
+        lib.sqz_cuda_plan_ex.restype = ctypes.c_int
     lib.sqz_cuda_status_str.restype = ctypes.c_char_p
     lib.sqz_cuda_kmeans_create.argtypes = [c_int32, c_int32, c_int32, P(c_void_p)]
     lib.sqz_cuda_kmeans_destroy.argtypes = [c_void_p]
@@ -247,9 +268,11 @@ def best_sdpa(q, k, v, gqa, timer, reps):
 
 # ---------------------------------------------------------------- sqz driver
 class Sqz:
-    def __init__(self, lib, n_heads, n_kv, D, ctx, cx, max_q):
+    def __init__(self, lib, n_heads, n_kv, D, ctx, cx, max_q, levels=2):
         self.lib = lib
-        self.shape = Shape(n_heads, n_kv, D, ctx, cx["n_fine"], cx["n_coarse"], max_q, SQZ_BF16, 0)
+        two = levels == 2
+        self.shape = Shape(n_heads, n_kv, D, ctx, cx["n_fine"], cx["n_coarse"] if two else 0, max_q,
+                           SQZ_BF16, 0)
         self.cx = cx
         size = lib.sqz_cuda_workspace_size(ctypes.byref(self.shape))
         if size == 0:
@@ -259,18 +282,25 @@ class Sqz:
         check(lib, lib.sqz_cuda_workspace_init(ctypes.byref(self.shape), c_void_p(self.ws.data_ptr()),
                                                self.stream), "init")
         self.ctx = Context(cx["K"].data_ptr(), cx["V"].data_ptr(), 0, 0, cx["fine_c"].data_ptr(),
-                           cx["fine_off"].data_ptr(), cx["coarse_c"].data_ptr(),
-                           cx["coarse_off"].data_ptr())
-        self.view = PlanView()
+                           cx["fine_off"].data_ptr(), cx["coarse_c"].data_ptr() if two else None,
+                           cx["coarse_off"].data_ptr() if two else None)
+        self.view = PlanView() if hasattr(lib, "sqz_cuda_plan_ex") else PlanViewV1()
         check(lib, lib.sqz_cuda_get_plan_view(ctypes.byref(self.shape), c_void_p(self.ws.data_ptr()),
                                               ctypes.byref(self.view)), "view")
         self.n_kv = n_kv
         self.iso = None  # an Iso struct: plans use the mean_iso estimator (sqz_cuda_plan_iso)
+        self.child = None  # a Child struct: plans use the child-bound coarse rule (sqz_cuda_plan_ex)
 
     def query(self, q, t_fine, t_coarse):
         return Query(q.data_ptr(), q.shape[0], 0, 1.0 / math.sqrt(q.shape[2]), t_fine, t_coarse)
 
     def plan(self, qs):
+        if self.child is not None:
+            check(self.lib, self.lib.sqz_cuda_plan_ex(
+                ctypes.byref(self.shape), ctypes.byref(self.ctx), ctypes.byref(qs),
+                ctypes.byref(self.iso) if self.iso is not None else None, ctypes.byref(self.child),
+                c_void_p(self.ws.data_ptr()), self.stream), "plan_ex")
+            return
         if self.iso is not None:
             check(self.lib, self.lib.sqz_cuda_plan_iso(
                 ctypes.byref(self.shape), ctypes.byref(self.ctx), ctypes.byref(qs),
@@ -293,7 +323,8 @@ class Sqz:
 
 
 def calibrate(sqz, q, ctx_rows, target):
-    """Thresholds so ~target of the keys are kept (coarse keeps ~2.5x target)."""
+    """Thresholds so ~target of the keys are kept (calibrated coarse rule: the coarse threshold
+    keeps ~2.5x target; child rule: the fine threshold decides both levels)."""
 
     def frac(tf, tc):
         sqz.plan(sqz.query(q, tf, tc))
@@ -310,7 +341,10 @@ def calibrate(sqz, q, ctx_rows, target):
                 hi = mid
         return 2.0 ** lo  # keeps >= want (the lower threshold)
 
-    tc = bisect(lambda t: frac(0.0, t), min(1.0, 2.5 * target)) if target * 2.5 < 1.0 else 0.0
+    child = sqz.child is not None
+    tc = 0.0
+    if not child and target * 2.5 < 1.0:
+        tc = bisect(lambda t: frac(0.0, t), min(1.0, 2.5 * target))
     tf = bisect(lambda t: frac(t, tc), target)
     return tf, tc, frac(tf, tc)
 
@@ -329,10 +363,35 @@ def make_iso(cx, q, gen):
     return out
 
 
+CHILD_SCALE = 1.5  # SelectParams::child_bound_scale
+
+
+def make_child(cx, iso_t):
+    """Child-bound inputs f32 [n_kv, n_coarse, 4] {scale * spread, iso, r, 0} from the synthetic
+    clusters, as score.h child_bounds builds them (iso, r: the children's largest mean_iso
+    statistics when iso_t is given, else 0)."""
+    n_kv, n_coarse, D = cx["coarse_c"].shape
+    ch = cx["n_fine"] // n_coarse  # contiguous children per coarse cluster (make_context)
+    e = cx["fine_c"].float().view(n_kv, n_coarse, ch, D) - cx["coarse_c"].float().unsqueeze(2)
+    e2 = e.pow(2).sum(-1)
+    gauss = (2.0 * math.log(ch) * e2.sum(-1) / ch / D).sqrt()
+    spread = torch.minimum(gauss, e2.max(-1).values.sqrt()) if ch > 1 else e2.max(-1).values.sqrt()
+    out = torch.zeros(n_kv, n_coarse, 4, device="cuda")
+    out[..., 0] = CHILD_SCALE * spread
+    if iso_t is not None:
+        st = iso_t[0].view(n_kv, n_coarse, ch, 2)
+        out[..., 1] = st[..., 0].max(-1).values
+        out[..., 2] = st[..., 1].max(-1).values
+    return out.contiguous()
+
+
 def bench_config(lib, timer, shape_name, n_heads, n_kv, D, ctx, cx, q_tokens, kept_list, reps,
-                 copy_gbps, card, commit, jsonl, gen, estimators=("mean",)):
+                 copy_gbps, card, commit, jsonl, gen, estimators=("mean",), rules=("calibrated",)):
     rows = []
-    sqz = Sqz(lib, n_heads, n_kv, D, ctx, cx, max(q_tokens, 1))
+    sqz2 = Sqz(lib, n_heads, n_kv, D, ctx, cx, max(q_tokens, 1))
+    sqz1 = Sqz(lib, n_heads, n_kv, D, ctx, cx, max(q_tokens, 1), levels=1) if "single" in rules \
+        else None
+    sqz = sqz2
     q = make_queries(q_tokens, n_heads, n_kv, D, cx, gen)
     gqa = n_heads != n_kv
     # Dense: SDPA over the whole fixed context, [1, H, L, D] views of the same tensors.
@@ -357,8 +416,11 @@ def bench_config(lib, timer, shape_name, n_heads, n_kv, D, ctx, cx, q_tokens, ke
         None, sqz.stream), "merge"), reps)
     iso_t = make_iso(cx, q, gen) if "iso" in estimators else None
     iso = Iso(iso_t[0].data_ptr(), iso_t[1].data_ptr()) if iso_t else None
-    for kept, est in [(k, e) for k in kept_list for e in estimators]:
+    child_t = {e: make_child(cx, iso_t if e == "iso" else None) for e in estimators}
+    for kept, est, rule in [(k, e, r) for k in kept_list for e in estimators for r in rules]:
+        sqz = sqz1 if rule == "single" else sqz2
         sqz.iso = iso if est == "iso" else None
+        sqz.child = Child(child_t[est].data_ptr()) if rule == "child" else None
         tf, tc, actual = calibrate(sqz, q, n_kv * ctx, kept)
         qs = sqz.query(q, tf, tc)
         plan_ms = timer.median_ms(lambda: sqz.plan(qs), reps)
@@ -369,11 +431,12 @@ def bench_config(lib, timer, shape_name, n_heads, n_kv, D, ctx, cx, q_tokens, ke
         # here only sanity: finite outputs.
         ok = bool(torch.isfinite(out).all().item())
         kept_rows, compared = sqz.kept_rows(), sqz.compared()
-        moved = (kept_rows * D * 2 * 2 + n_kv * cx["n_coarse"] * D * 2 + compared * D * 2
+        moved = (kept_rows * D * 2 * 2 + n_kv * sqz.shape.n_coarse * D * 2 + compared * D * 2
                  + q.numel() * 2 + out.numel() * 4)
         gbps = moved / (sqz_ms * 1e-3) / 1e9
         floor_ms = moved / (copy_gbps * 1e9) * 1e3
         rec = dict(card=card, shape=shape_name, ctx=ctx, q_tokens=q_tokens, kept=kept, estimator=est,
+                   coarse_rule=rule,
                    kept_actual=round(actual, 4), dense_ms=round(dense_ms, 4), dense_backend=dense_be,
                    sqz_ms=round(sqz_ms, 4), plan_ms=round(plan_ms, 4), run_ms=round(run_ms, 4),
                    speedup=round(dense_ms / sqz_ms, 2), gbps=round(gbps, 1),
@@ -392,9 +455,9 @@ def bench_config(lib, timer, shape_name, n_heads, n_kv, D, ctx, cx, q_tokens, ke
         print(f"{shape_name:10s} {ctx // 1024:4d}K {q_tokens:5d} {kept:5.2f} {actual:6.3f} "
               f"{dense_ms:9.3f} {dense_be:9s} {sqz_ms:8.3f} {plan_ms:7.3f} {run_ms:8.3f} "
               f"{dense_ms / sqz_ms:7.2f}x {gbps:7.0f} {100 * floor_ms / sqz_ms:5.1f}% "
-              f"{100 * plan_ms / sqz_ms:5.1f}% {est}", flush=True)
-    sqz.iso = None
-    del sqz
+              f"{100 * plan_ms / sqz_ms:5.1f}% {est}{'' if rule == 'calibrated' else '+' + rule}",
+              flush=True)
+    del sqz, sqz1, sqz2
     return rows
 
 
@@ -512,6 +575,10 @@ def main():
     ap.add_argument("--estimator", default="mean", choices=["mean", "iso", "both"],
                     help="lookup estimator timed: mean (sqz_cuda_plan), iso (mean_iso, "
                          "sqz_cuda_plan_iso with synthetic {vbar, radius}), or both")
+    ap.add_argument("--coarse-rule", default="calibrated",
+                    help="comma list of lookups timed: calibrated (two levels, threshold_coarse), "
+                         "child (two levels, sqz_cuda_plan_ex with the child bound; the engine's "
+                         "default), single (the fine level alone)")
     ap.add_argument("--kmeans-heads", type=int, default=16, help="(layer, KV head) runs to time; 0 = skip")
     ap.add_argument("--kmeans-iters", type=int, default=10)
     ap.add_argument("--seed", type=int, default=1234)
@@ -564,6 +631,11 @@ def main():
           f"{'backend':9s} {'sqz_ms':>8s} {'plan_ms':>7s} {'run_ms':>8s} {'speedup':>8s} "
           f"{'GB/s':>7s} {'floor':>6s} {'lookup':>6s} estimator")
     estimators = ("mean", "iso") if args.estimator == "both" else (args.estimator,)
+    rules = tuple(args.coarse_rule.split(","))
+    if any(r not in ("calibrated", "child", "single") for r in rules):
+        sys.exit(f"--coarse-rule {args.coarse_rule}: calibrated, child or single")
+    if "child" in rules and not hasattr(lib, "sqz_cuda_plan_ex"):
+        sys.exit("--coarse-rule child: the library has no sqz_cuda_plan_ex")
     if "iso" in estimators and not hasattr(lib, "sqz_cuda_plan_iso"):
         sys.exit("--estimator iso: the library has no sqz_cuda_plan_iso")
     kmeans_done = args.kmeans_heads <= 0
@@ -575,7 +647,7 @@ def main():
             for qt in [int(x) for x in args.q_tokens.split(",")]:
                 bench_config(lib, timer, sname, n_heads, n_kv, D, ctx, cx, qt,
                              [float(x) for x in args.kept.split(",")], args.reps, copy_gbps, card,
-                             commit, args.jsonl, gen, estimators)
+                             commit, args.jsonl, gen, estimators, rules)
             if not kmeans_done and ctx == 131072 and n_kv == 8:
                 bench_kmeans(lib, cx, args.kmeans_heads, args.kmeans_iters, card, commit, args.jsonl)
                 kmeans_done = True

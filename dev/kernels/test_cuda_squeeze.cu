@@ -140,28 +140,34 @@ static std::vector<int32_t> random_offsets(std::mt19937_64& rng, int total, int 
   return off;
 }
 
-// Threshold strictly inside a clear gap of the sorted per-query-mean scores, near the quantile
+// Thresholds strictly inside clear gaps of the sorted per-query-mean scores, near the quantile
 // `keep` from the top (fraction of entries kept), so f32-vs-double rounding cannot flip a
-// decision. Returns +huge for keep <= 0 and -1 for keep >= 1.
-static double pick_threshold(std::vector<double> mean_scores, double keep) {
-  if (keep <= 0.0) return 1e30;
-  if (keep >= 1.0) return -1.0;
+// decision: every gap of the window around the target as {relative gap, threshold}, widest first.
+static std::vector<std::pair<double, double>> gap_thresholds(std::vector<double> mean_scores,
+                                                             double keep) {
+  std::vector<std::pair<double, double>> out;
   std::sort(mean_scores.begin(), mean_scores.end(), std::greater<double>());
   const int n = (int)mean_scores.size();
-  if (n == 0) return 1e30;
+  if (n == 0) return out;
   const int target = std::clamp((int)std::lround(keep * n), 1, n);
-  double best_gap = -1.0, thr = 1e30;
   for (int i = std::max(1, target - n / 4 - 1); i <= std::min(n - 1, target + n / 4 + 1); i++) {
     const double hi = mean_scores[i - 1], lo = mean_scores[i];
     if (!(lo > 0.0)) continue;
-    const double gap = (hi - lo) / hi;
-    if (gap > best_gap) {
-      best_gap = gap;
-      thr = std::sqrt(hi * lo);
-    }
+    out.push_back({(hi - lo) / hi, std::sqrt(hi * lo)});
   }
-  if (best_gap < 2e-3) return 1e30;  // no safe gap: keep nothing (still a valid case)
-  return thr;
+  std::stable_sort(out.begin(), out.end(),
+                   [](const auto& a, const auto& b) { return a.first > b.first; });
+  return out;
+}
+
+// The widest gap's threshold (gap_thresholds). Returns +huge for keep <= 0 (or no safe gap:
+// keep nothing, still a valid case) and -1 for keep >= 1.
+static double pick_threshold(std::vector<double> mean_scores, double keep) {
+  if (keep <= 0.0) return 1e30;
+  if (keep >= 1.0) return -1.0;
+  const auto g = gap_thresholds(std::move(mean_scores), keep);
+  if (g.empty() || g[0].first < 2e-3) return 1e30;
+  return g[0].second;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -179,6 +185,10 @@ struct Case {
   // mean_iso estimator (sqz_cuda_plan_iso) with random per-cluster {vbar, radius}, spread so
   // that both sides of the min(½|q|² vbar, |q| r) cap decide for some (query, cluster) pairs.
   bool iso = false;
+  // Child-bound coarse rule (sqz_cuda_plan_ex with sqz_cuda_child), random bound inputs; one
+  // threshold (the fine one) decides both levels, at a gap of both the bounds and the fine
+  // scores (keep_coarse targets the bounds; keep_fine is unused).
+  bool child = false;
 };
 
 static void check_attention(const char* tag, int n_q, int n_heads, int D, sqz_cuda_dtype dt,
@@ -225,8 +235,8 @@ static void run_case(const Case& c, std::mt19937_64& rng) {
   const int n_fine = std::max(2, n_ctx / 19);
   const int n_coarse = c.hier ? std::max(2, n_fine / 5) : 0;
   char tag[200];
-  std::snprintf(tag, sizeof tag, "ctx=%d kv=%d g=%d nq=%d D=%d %s %s %s keep=(%.2f,%.2f) sms=%d",
-                n_ctx, n_kv, c.group, c.n_q, D, c.hier ? "hier" : "flat",
+  std::snprintf(tag, sizeof tag, "ctx=%d kv=%d g=%d nq=%d D=%d %s%s %s %s keep=(%.2f,%.2f) sms=%d",
+                n_ctx, n_kv, c.group, c.n_q, D, c.hier ? "hier" : "flat", c.child ? "+child" : "",
                 c.dt == SQZ_CUDA_BF16 ? "bf16" : "f16", c.iso ? "mean_iso" : "mean", c.keep_coarse,
                 c.keep_fine, c.num_sms);
   std::printf("case %s\n", tag);
@@ -316,6 +326,20 @@ static void run_case(const Case& c, std::mt19937_64& rng) {
     gen(fine_iso, (size_t)n_kv * n_fine);
     if (c.hier) gen(coarse_iso, (size_t)n_kv * n_coarse);
   }
+  // Child-bound inputs {scaled spread, iso, r, 0}: spread terms of 0 .. ~1.5 nats; the iso and
+  // radius terms as mean_iso's (0 for the mean estimator, as the CPU builds them).
+  std::vector<float> coarse_child;
+  if (c.child && c.hier) {
+    std::uniform_real_distribution<float> uv(0.0f, 1.0f);
+    coarse_child.resize((size_t)n_kv * n_coarse * 4);
+    for (size_t i = 0; i < (size_t)n_kv * n_coarse; i++) {
+      const float a = uv(rng);
+      coarse_child[4 * i] = 3.0f * uv(rng);
+      coarse_child[4 * i + 1] = c.iso ? 6.0f * a * a : 0.0f;
+      coarse_child[4 * i + 2] = c.iso ? 3.0f * uv(rng) : 0.0f;
+      coarse_child[4 * i + 3] = 0.0f;
+    }
+  }
 
   // Reference lookup per KV head, thresholds picked at clear gaps.
   const int qtot = c.n_q * c.group;
@@ -342,11 +366,44 @@ static void run_case(const Case& c, std::mt19937_64& rng) {
       lh.fine_iso = &fine_iso[(size_t)h * n_fine * 2];
       if (c.hier) lh.coarse_iso = &coarse_iso[(size_t)h * n_coarse * 2];
     }
+    if (!coarse_child.empty()) lh.coarse_child = &coarse_child[(size_t)h * n_coarse * 4];
     return lh;
+  };
+  // Mean fine scores (non-empty compared clusters) of every head at fine threshold thr_f.
+  auto fine_pool = [&](double thr_f, double thr_c) {
+    std::vector<double> pool;
+    for (int h = 0; h < n_kv; h++) {
+      auto qs = head_queries(h);
+      auto r = rc::lookup(ref_head(h), qs.data(), qtot, scale, thr_f, thr_c);
+      const int32_t* fo = &fine_off[(size_t)h * (n_fine + 1)];
+      for (size_t e = 0; e < r.compared.size(); e++)
+        if (fo[r.compared[e] + 1] > fo[r.compared[e]]) pool.push_back(r.fine_score[e] / qtot);
+    }
+    return pool;
   };
   // Thresholds are per layer (shared by heads): pick from the pooled mean scores of both heads.
   double thr_c = -1.0, thr_f;
-  if (c.hier) {
+  if (c.hier && c.child) {
+    // One threshold for both levels: at a gap of the pooled child bounds near keep_coarse whose
+    // resulting fine scores also keep clear of it (the bounds do not depend on thresholds).
+    std::vector<double> pool;
+    for (int h = 0; h < n_kv; h++) {
+      auto qs = head_queries(h);
+      auto r = rc::lookup(ref_head(h), qs.data(), qtot, scale, 1e30, -1.0);
+      for (double s : r.coarse_bound) pool.push_back(s / qtot);
+    }
+    thr_f = c.keep_coarse >= 1 ? -1.0 : 1e30;  // also when no gap is clear: keep nothing
+    if (c.keep_coarse > 0 && c.keep_coarse < 1)
+      for (const auto& [gap, t] : gap_thresholds(pool, c.keep_coarse)) {
+        if (gap < 2e-3) break;
+        bool clear = true;
+        for (double f : fine_pool(t, -1.0)) clear &= std::fabs(f - t) > 2e-3 * t;
+        if (clear) {
+          thr_f = t;
+          break;
+        }
+      }
+  } else if (c.hier) {
     std::vector<double> pool;
     for (int h = 0; h < n_kv; h++) {
       auto qs = head_queries(h);
@@ -355,17 +412,7 @@ static void run_case(const Case& c, std::mt19937_64& rng) {
     }
     thr_c = pick_threshold(pool, c.keep_coarse);
   }
-  {
-    std::vector<double> pool;
-    for (int h = 0; h < n_kv; h++) {
-      auto qs = head_queries(h);
-      auto r = rc::lookup(ref_head(h), qs.data(), qtot, scale, 1e30, thr_c);
-      const int32_t* fo = &fine_off[(size_t)h * (n_fine + 1)];
-      for (size_t e = 0; e < r.compared.size(); e++)
-        if (fo[r.compared[e] + 1] > fo[r.compared[e]]) pool.push_back(r.fine_score[e] / qtot);
-    }
-    thr_f = pick_threshold(pool, c.keep_fine);
-  }
+  if (!(c.hier && c.child)) thr_f = pick_threshold(fine_pool(1e30, thr_c), c.keep_fine);
   std::vector<rc::LookupResult> ref(n_kv);
   for (int h = 0; h < n_kv; h++) {
     auto qs = head_queries(h);
@@ -389,6 +436,9 @@ static void run_case(const Case& c, std::mt19937_64& rng) {
   if (c.iso) dFi.upload(fine_iso);
   if (c.iso && c.hier) dCi.upload(coarse_iso);
   const sqz_cuda_iso iso{dFi.p, c.hier ? dCi.p : nullptr};
+  Dev<float> dCb(std::max<size_t>(4, coarse_child.size()));
+  if (!coarse_child.empty()) dCb.upload(coarse_child);
+  const sqz_cuda_child child{dCb.p};
   sqz_cuda_shape shape{n_heads, n_kv, D, n_ctx, n_fine, n_coarse, c.n_q + 3, c.dt, c.num_sms};
   const size_t wsb = sqz_cuda_workspace_size(&shape);
   expect(wsb > 0, "workspace size");
@@ -406,8 +456,12 @@ static void run_case(const Case& c, std::mt19937_64& rng) {
   for (int rep = 0; rep < 3; rep++) {
     out.poison();
     lse.poison();
-    if (rep < 2 && c.iso) SQZ_OK(sqz_cuda_plan_iso(&shape, &ctx, &q, &iso, ws.p, 0));
-    if (rep < 2 && !c.iso) SQZ_OK(sqz_cuda_plan(&shape, &ctx, &q, ws.p, 0));
+    if (rep < 2 && c.child)
+      SQZ_OK(sqz_cuda_plan_ex(&shape, &ctx, &q, c.iso ? &iso : nullptr, &child, ws.p, 0));
+    else if (rep < 2 && c.iso)
+      SQZ_OK(sqz_cuda_plan_iso(&shape, &ctx, &q, &iso, ws.p, 0));
+    else if (rep < 2)
+      SQZ_OK(sqz_cuda_plan(&shape, &ctx, &q, ws.p, 0));
     SQZ_OK(sqz_cuda_run(&shape, &ctx, &q, ws.p, &st, 0));
     CUDA_OK(cudaDeviceSynchronize());
   }
@@ -419,11 +473,12 @@ static void run_case(const Case& c, std::mt19937_64& rng) {
   const auto g_nr = d2h(pv.n_ranges, n_kv);
   const auto g_rg = d2h(pv.ranges, (size_t)n_kv * n_fine * 2);
   const auto g_rows = d2h(pv.n_rows, n_kv);
-  std::vector<float> g_cs;
+  std::vector<float> g_cs, g_cb;
   std::vector<uint8_t> g_ck;
   if (c.hier) {
     g_cs = d2h(pv.coarse_scores, (size_t)n_kv * n_coarse);
     g_ck = d2h(pv.coarse_kept, (size_t)n_kv * n_coarse);
+    if (c.child) g_cb = d2h(pv.coarse_bounds, (size_t)n_kv * n_coarse);
   }
   char buf[300];
   std::vector<std::vector<std::pair<int, int>>> ranges(n_kv);
@@ -432,16 +487,24 @@ static void run_case(const Case& c, std::mt19937_64& rng) {
     const auto& r = ref[h];
     if (c.hier) {
       bool same = true;
-      double worst = 0.0;
+      double worst = 0.0, worst_b = 0.0;
       for (int C = 0; C < n_coarse; C++) {
         same &= (g_ck[(size_t)h * n_coarse + C] != 0) == (r.coarse_kept[C] != 0);
         const double gs = g_cs[(size_t)h * n_coarse + C], rs = r.coarse_score[C];
         worst = std::max(worst, std::fabs(gs - rs) / (std::fabs(rs) + 1e-6 * qtot));
+        if (c.child) {
+          const double gb = g_cb[(size_t)h * n_coarse + C], rb = r.coarse_bound[C];
+          worst_b = std::max(worst_b, std::fabs(gb - rb) / (std::fabs(rb) + 1e-6 * qtot));
+        }
       }
       std::snprintf(buf, sizeof buf, "head %d: coarse kept set equals reference", h);
       expect(same, buf);
       std::snprintf(buf, sizeof buf, "head %d: coarse scores rel err %.3g <= 2e-3", h, worst);
       expect(worst <= 2e-3, buf);
+      if (c.child) {
+        std::snprintf(buf, sizeof buf, "head %d: child bounds rel err %.3g <= 2e-3", h, worst_b);
+        expect(worst_b <= 2e-3, buf);
+      }
     }
     // Compared set (as a set) and the scores of non-empty compared clusters.
     std::set<int> gset, rset(r.compared.begin(), r.compared.end());
@@ -497,9 +560,9 @@ static void run_case(const Case& c, std::mt19937_64& rng) {
   check_attention(tag, c.n_q, n_heads, D, c.dt, qtot > 8, g_out, g_lse, ref_out, ref_lse, vmax);
 }
 
-// sqz_cuda_plan_iso refuses incomplete or misaligned statistics (nothing is launched).
+// sqz_cuda_plan_iso / _ex refuse incomplete or misaligned statistics (nothing is launched).
 static void iso_argument_checks() {
-  std::printf("case plan_iso argument checks\n");
+  std::printf("case plan_iso / plan_ex argument checks\n");
   Dev<uint16_t> buf(1 << 16);
   Dev<int32_t> off(1 << 10);
   Dev<float> st(1 << 10);
@@ -515,6 +578,11 @@ static void iso_argument_checks() {
          "plan_iso: hierarchical without coarse statistics -> EINVAL");
   expect(sqz_cuda_plan_iso(&shape, &ctx, &q, &odd, ws.p, 0) == SQZ_CUDA_EINVAL,
          "plan_iso: statistics not 8-byte aligned -> EINVAL");
+  const sqz_cuda_child no_bound{nullptr}, odd_bound{st.p + 2};
+  expect(sqz_cuda_plan_ex(&shape, &ctx, &q, nullptr, &no_bound, ws.p, 0) == SQZ_CUDA_EINVAL,
+         "plan_ex: child rule without bound inputs -> EINVAL");
+  expect(sqz_cuda_plan_ex(&shape, &ctx, &q, nullptr, &odd_bound, ws.p, 0) == SQZ_CUDA_EINVAL,
+         "plan_ex: bound inputs not 16-byte aligned -> EINVAL");
   CUDA_OK(cudaDeviceSynchronize());
 }
 
@@ -880,6 +948,21 @@ int main(int argc, char** argv) {
       {3771, 4, 40, 128, false, BF, 0, 0.15, 2, 2, true},
       {3771, 8, 20, 64, true, BF, 0.3, 0.3, 0, 2, true},
       {3771, 4, 64, 128, true, F16, 1.0, 1.0, 0, 2, true},  // full selection, prefill
+      // Child-bound coarse rule (sqz_cuda_child), mean and mean_iso: fused decode (QT 1/2/4/8),
+      // the two-launch fallback, prefill (tensor cores), empty and full selections, the
+      // parallel tail.
+      {3771, 1, 1, 128, true, BF, 0.3, 0, 0, 2, false, true},
+      {3771, 2, 1, 128, true, BF, 0.3, 0, 0, 8, true, true},
+      {2000, 4, 1, 64, true, F16, 0.25, 0, 0, 4, false, true},
+      {501, 8, 1, 128, true, BF, 0.4, 0, 0, 2, true, true},
+      {3771, 1, 1, 128, true, BF, 0.0, 0, 0, 2, true, true},   // empty selection
+      {3771, 1, 1, 128, true, BF, 1.0, 0, 1, 2, false, true},  // full selection
+      {113, 1, 1, 128, true, BF, 0.5, 0, 0, 1100, false, true},
+      {113, 4, 1, 64, true, F16, 0.5, 0, 0, 1100, true, true},
+      {3771, 1, 77, 128, true, BF, 0.3, 0, 0, 2, false, true},
+      {3771, 4, 40, 128, true, BF, 0.3, 0, 0, 2, true, true},
+      {501, 8, 9, 64, true, F16, 0.4, 0, 0, 2, false, true},
+      {160000, 1, 1, 128, true, BF, 0.3, 0, 0, 2, true, true},
   };
   for (const Case& c : cases) run_case(c, rng);
   iso_argument_checks();

@@ -10,6 +10,7 @@
 #include "backend/cuda/fwd/gpu_llama.h"
 #include "core/clock.h"
 #include "engine/gpu_compile.h"
+#include "squeeze/score.h"
 #endif
 
 namespace sqz {
@@ -157,9 +158,6 @@ Result<GpuAskSetup> make_gpu_setup(const Engine& e, const Pack& pack, int64_t n_
   GpuAskSetup s;
   SelectParams sp = ap.select;
   sp.estimator = est;
-  // The CUDA lookup implements the calibrated coarse rule only (docs/cuda.md); the budget maps
-  // through that rule's column of the calibration table.
-  sp.coarse_rule = SelectParams::CoarseRule::kCalibrated;
   s.levels = sp.levels >= 2 && pack.n_coarse() > 0 ? 2 : 1;
   if (ap.budget > 0) {
     if (ap.budget > 1)
@@ -194,6 +192,11 @@ Result<GpuAskSetup> make_gpu_setup(const Engine& e, const Pack& pack, int64_t n_
   ph.n_coarse = pack.n_coarse();
   ph.kv_f32 = pack.kv_type() == DType::kF32;
   ph.layers.resize((size_t)pack.n_layer());
+  // The child-bound coarse rule (the CPU's default) reads each coarse cluster's bound inputs,
+  // built as the CPU scorer builds them (with the mean_iso terms when that is the estimator).
+  const bool child =
+      s.levels == 2 && !ap.dense && sp.coarse_rule == SelectParams::CoarseRule::kChildBound;
+  std::vector<std::vector<float>> child_tab(child ? (size_t)pack.n_layer() : 0);
   for (int l = 0; l < pack.n_layer(); l++) {
     gpu::PackLayerHost& L = ph.layers[(size_t)l];
     const KvHeadView kc = pack.clustered_kv(l, 0), ko = pack.obs_kv(l, 0);
@@ -212,6 +215,23 @@ Result<GpuAskSetup> make_gpu_setup(const Engine& e, const Pack& pack, int64_t n_
       L.coarse_var = pack.coarse_var(l, 0);
       L.coarse_radius = pack.coarse_radius(l, 0);
     }
+    if (child) {
+      const int kc = pack.n_coarse();
+      std::vector<float>& t = child_tab[(size_t)l];
+      t.assign((size_t)ph.n_kv * kc * 4, 0.0f);
+      std::vector<float> spread((size_t)kc), iso((size_t)kc), r((size_t)kc);
+      for (int h = 0; h < ph.n_kv; h++) {
+        child_bounds(pack.centroids_view(l, h), est == Estimator::kMeanIso, spread.data(),
+                     iso.data(), r.data());
+        for (int c = 0; c < kc; c++) {
+          float* e = &t[((size_t)h * kc + c) * 4];
+          e[0] = (float)(sp.child_bound_scale * spread[(size_t)c]);
+          e[1] = iso[(size_t)c];
+          e[2] = r[(size_t)c];
+        }
+      }
+      L.coarse_child = t.data();
+    }
   }
   gpu::SqueezeOptions o;
   o.dense = ap.dense;
@@ -219,6 +239,7 @@ Result<GpuAskSetup> make_gpu_setup(const Engine& e, const Pack& pack, int64_t n_
   o.iso = est == Estimator::kMeanIso;
   o.threshold_fine = tf;
   o.threshold_coarse = tc;
+  o.child_rule = child;
   o.max_q = (int)std::min<int64_t>(gpu_batch(e), std::max<int64_t>(1, n_user_max));
   o.user_capacity = s.user_cap;
   o.sink_tokens = ap.sink_tokens;

@@ -136,10 +136,15 @@ struct LookupHead {
   // mean_iso (both null = the mean estimator): {vbar, radius} per cluster.
   const float* fine_iso = nullptr;    // [n_fine, 2]
   const float* coarse_iso = nullptr;  // [n_coarse, 2]
+  // Child-bound coarse rule (null = calibrated rule): {scaled spread, iso, r, -} per coarse
+  // cluster. C survives iff the mean over queries of e^{b_C} / den >= thr_fine, with the
+  // coarse denominator and b_C = x.C + s |x| + min(½|x|² iso, |x| r), x = scale * q.
+  const float* coarse_child = nullptr;  // [n_coarse, 4]
 };
 
 struct LookupResult {
   std::vector<double> coarse_score;  // [n_coarse] sum over queries of s_C
+  std::vector<double> coarse_bound;  // [n_coarse] sum over queries of the child bound (child rule)
   std::vector<uint8_t> coarse_kept;  // [n_coarse]
   std::vector<int32_t> compared;     // fine indices scored, ascending
   std::vector<double> fine_score;    // [compared.size()] sum over queries of s_j
@@ -149,7 +154,8 @@ struct LookupResult {
 // Scores of the query rows `qs` ([nq, D]) for one KV head. s_c(q) = e^{l_c} / den(q),
 // l = scale * q.c (mean_iso: + min(½|x|² vbar_c, |x| r_c) with x = scale * q); single level den =
 // sum_j n_j e^{l_j}; hierarchical: coarse den over all coarse clusters, fine den = sum_{compared}
-// n_j e^{l_j} + sum_{pruned C} N_C e^{L_C}. Kept iff mean over queries >= threshold.
+// n_j e^{l_j} + sum_{pruned C} N_C e^{L_C}. Kept iff mean over queries >= threshold (coarse:
+// thr_coarse, or the child bound against thr_fine when h.coarse_child is set).
 inline LookupResult lookup(const LookupHead& h, const float* qs, int nq, double scale,
                            double thr_fine, double thr_coarse) {
   const int D = h.D;
@@ -160,7 +166,7 @@ inline LookupResult lookup(const LookupHead& h, const float* qs, int nq, double 
   };
   // |x|^2 of every scaled query row x = scale * q, computed once (mean_iso only).
   std::vector<double> qx2(nq, 0.0);
-  if (h.fine_iso || h.coarse_iso)
+  if (h.fine_iso || h.coarse_iso || h.coarse_child)
     for (int q = 0; q < nq; q++) {
       double x2 = 0.0;
       for (int j = 0; j < D; j++)
@@ -183,6 +189,7 @@ inline LookupResult lookup(const LookupHead& h, const float* qs, int nq, double 
     };
     std::vector<double> L((size_t)nq * h.n_coarse);
     r.coarse_score.assign(h.n_coarse, 0.0);
+    r.coarse_bound.assign(h.n_coarse, 0.0);
     for (int q = 0; q < nq; q++) {
       double mx = kNegInf;
       for (int C = 0; C < h.n_coarse; C++) {
@@ -195,11 +202,21 @@ inline LookupResult lookup(const LookupHead& h, const float* qs, int nq, double 
         if (ncoarse(C) > 0) den += ncoarse(C) * std::exp(L[(size_t)q * h.n_coarse + C] - mx);
       for (int C = 0; C < h.n_coarse; C++)
         r.coarse_score[C] += den > 0 ? std::exp(L[(size_t)q * h.n_coarse + C] - mx) / den : 0.0;
+      if (h.coarse_child && den > 0) {
+        const double xn = std::sqrt(qx2[q]);
+        for (int C = 0; C < h.n_coarse; C++) {
+          const float* cb = h.coarse_child + 4 * C;
+          const double b = dot(qs + (size_t)q * D, h.coarse_c + (size_t)C * D) + cb[0] * xn +
+                           std::min(0.5 * qx2[q] * cb[1], xn * cb[2]);
+          r.coarse_bound[C] += std::exp(b - mx) / den;
+        }
+      }
     }
     r.coarse_kept.assign(h.n_coarse, 0);
     std::fill(cmp_flag.begin(), cmp_flag.end(), 0);
     for (int C = 0; C < h.n_coarse; C++) {
-      r.coarse_kept[C] = r.coarse_score[C] >= thr_coarse * nq;
+      r.coarse_kept[C] = h.coarse_child ? r.coarse_bound[C] >= thr_fine * nq
+                                        : r.coarse_score[C] >= thr_coarse * nq;
       if (r.coarse_kept[C]) {
         for (int j = h.coarse_off[C]; j < h.coarse_off[C + 1]; j++) cmp_flag[j] = 1;
       } else if (ncoarse(C) > 0) {

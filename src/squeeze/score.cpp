@@ -73,15 +73,15 @@ void HeadCentroidsT::build(const HeadCentroidsView& v, Estimator e) {
     coarse_sizes.resize((size_t)v.n_coarse);
     for (int c = 0; c < v.n_coarse; c++)
       coarse_sizes[(size_t)c] = coarse_cluster_size(v.fine_sizes, v.coarse_ranges, c);
-    build_child_bounds(v, var || iso);
+    child_spread.assign((size_t)v.n_coarse, 0.0f);
+    child_iso.assign((size_t)v.n_coarse, 0.0f);
+    child_r.assign((size_t)v.n_coarse, 0.0f);
+    child_bounds(v, var || iso, child_spread.data(), child_iso.data(), child_r.data());
   }
 }
 
-void HeadCentroidsT::build_child_bounds(const HeadCentroidsView& v, bool corr) {
+void child_bounds(const HeadCentroidsView& v, bool corr, float* spread, float* iso, float* r) {
   const int64_t d = v.head_dim;
-  child_spread.assign((size_t)v.n_coarse, 0.0f);
-  child_iso.assign((size_t)v.n_coarse, 0.0f);
-  child_r.assign((size_t)v.n_coarse, 0.0f);
   for (int c = 0; c < v.n_coarse; c++) {
     const float* C = v.coarse_centroids + (int64_t)c * d;
     const int32_t j0 = v.coarse_ranges[c], j1 = v.coarse_ranges[c + 1];
@@ -97,19 +97,19 @@ void HeadCentroidsT::build_child_bounds(const HeadCentroidsView& v, bool corr) {
       sum2 += e2;
       max2 = std::max(max2, e2);
       if (corr) {
-        vmax = std::max(vmax, fine_iso[(size_t)j]);
-        rmax = std::max(rmax, fine_r[(size_t)j]);
+        vmax = std::max(vmax, iso_variance(v.fine_var + (int64_t)j * d, d));
+        rmax = std::max(rmax, v.fine_radius[j]);
       }
     }
     const int64_t m = j1 - j0;
     if (m > 1) {
       const double gauss = std::sqrt(2.0 * std::log((double)m) * sum2 / (double)m / (double)d);
-      child_spread[(size_t)c] = (float)std::min(gauss, std::sqrt(max2));
+      spread[c] = (float)std::min(gauss, std::sqrt(max2));
     } else {
-      child_spread[(size_t)c] = (float)std::sqrt(max2);
+      spread[c] = (float)std::sqrt(max2);
     }
-    child_iso[(size_t)c] = vmax;
-    child_r[(size_t)c] = rmax;
+    iso[c] = vmax;
+    r[c] = rmax;
   }
 }
 

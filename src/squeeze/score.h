@@ -80,10 +80,13 @@ struct HeadCentroidsT {
   std::vector<float> child_r;       // [n_coarse] max over children of the radius
   // est: kMean, kMeanVar or kMeanIso (the last two require the view's variances and radii).
   void build(const HeadCentroidsView& v, Estimator est = Estimator::kMean);
-
- private:
-  void build_child_bounds(const HeadCentroidsView& v, bool corr);
 };
+
+// The child-bound inputs of one head's coarse clusters, as HeadCentroidsT::build computes them
+// (child_spread, child_iso, child_r; each [n_coarse]): corr adds the children's largest mean_iso
+// statistics (then v.fine_var and v.fine_radius are read), else they are 0. Shared with the
+// CUDA lookup's upload (sqz_cuda_child).
+void child_bounds(const HeadCentroidsView& v, bool corr, float* spread, float* iso, float* r);
 
 // Logits of clusters [j0, j1) of one level (fine, or coarse when `coarse`) for nqv query rows
 // Q ([nqv, t.dim], augmented for t.est): L[i * lds + (j - j0)]. tmp: scratch (kMeanVar), grown

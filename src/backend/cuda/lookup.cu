@@ -35,7 +35,7 @@ __global__ void __launch_bounds__(256, QT <= 2 ? 3 : 2)
   constexpr int RPW = 32 / LPR, NW = 8, NRG = NW * RPW, U = QT == 1 ? 8 : 4;
   __shared__ Stat s_stat[NW][QT];
   __shared__ float s_L[kSmallQ];
-  __shared__ float2 s_qn[ISO ? QT : 1];  // mean_iso row factors
+  __shared__ float2 s_qn[QT];  // row factors of the mean_iso correction and the child bound
   stamp(stage == kCoarse ? kStEntry : kStFineEntry);
   pdl_wait();
   stamp(stage == kCoarse ? kStWaited : kStFineStart);
@@ -66,7 +66,8 @@ __global__ void __launch_bounds__(256, QT <= 2 ? 3 : 2)
       for (int i = 0; i < 8; i++) qf[r][i] = 0.0f;
     }
   }
-  if (ISO) iso_rows_small<D, QT>(qf, s_qn);
+  const bool child = stage == kCoarse && a.child;
+  if (ISO || child) iso_rows_small<D, QT>(qf, s_qn);
   Stat st[QT];
 #pragma unroll
   for (int r = 0; r < QT; r++) st[r] = Stat{kNegInf, 0.0f, 0.0f};
@@ -135,23 +136,42 @@ __global__ void __launch_bounds__(256, QT <= 2 ? 3 : 2)
   stamp(stage == kCoarse ? kStCoarseL : kStFineL);
   float* S = stage == kCoarse ? a.p.s_coarse + (int64_t)h * a.p.n_coarse
                               : a.p.s_fine + (int64_t)h * a.p.n_fine;
+  float* B = a.p.b_coarse + (int64_t)h * a.p.n_coarse;
   for (int e0 = tid; e0 < n_pos; e0 += 4 * blockDim.x) {
     float l[4][QT];
+    float4 cb[4];
+    float2 cst[4];
 #pragma unroll
     for (int u = 0; u < 4; u++) {
       const int e = e0 + u * blockDim.x;
 #pragma unroll
       for (int r = 0; r < QT; r++)
         l[u][r] = (e < n_pos && r < qtot) ? __ldcg(lg + (int64_t)e * kSmallQ + r) : kNegInf;
+      cb[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      cst[u] = make_float2(0.0f, 0.0f);
+      if (child && e < n_pos) {
+        cb[u] = __ldg(a.child + (int64_t)h * a.p.n_coarse + e);
+        if (ISO) cst[u] = __ldg(a.coarse_iso + (int64_t)h * a.p.n_coarse + e);
+      }
     }
 #pragma unroll
     for (int u = 0; u < 4; u++) {
       const int e = e0 + u * blockDim.x;
-      float acc = 0.0f;
+      float acc = 0.0f, bnd = 0.0f;
 #pragma unroll
       for (int r = 0; r < QT; r++)
-        if (r < qtot && s_L[r] != kNegInf) acc += exp2f(l[u][r] - s_L[r]);
-      if (e < n_pos) S[e] = acc;
+        if (r < qtot && s_L[r] != kNegInf) {
+          acc += exp2f(l[u][r] - s_L[r]);
+          // The stored logit carries the coarse cluster's own mean_iso correction: remove it.
+          if (child)
+            bnd += exp2f(
+                child_logit(l[u][r] - (ISO ? iso_corr(s_qn[r], cst[u]) : 0.0f), s_qn[r], cb[u]) -
+                s_L[r]);
+        }
+      if (e < n_pos) {
+        S[e] = acc;
+        if (child) B[e] = bnd;
+      }
     }
   }
   __syncthreads();
@@ -342,20 +362,31 @@ __device__ __forceinline__ float score_sum(const float (&l)[QT], const float (&L
   return acc;
 }
 
+// The stored logits of entry C for the query rows (-inf past qtot, or when !in).
+template <int QT>
+__device__ __forceinline__ void entry_logits(const float* lg, int C, bool in, int qtot,
+                                             float (&l)[QT]) {
+#pragma unroll
+  for (int r = 0; r < QT; r++)
+    l[r] = (in && r < qtot) ? __ldcg(lg + (int64_t)C * kSmallQ + r) : kNegInf;
+}
+
 // Shared-memory compared list of one split; a longer one is read back from cmp_tmp (L2).
 constexpr int kFusedList = 2048;
 // Heads with more fine clusters than this take the parallel tail (see above). At 5% clusters
 // that is contexts above ~160K tokens.
 constexpr int kParTailFine = 8192;
 
-// Coarse selection of this CTA's slice [e0, e1) (after the head barrier): coarse scores and kept
+// Coarse selection of this CTA's slice [e0, e1) (after the head barrier): coarse scores (and,
+// child rule, child-bound scores from the same logits; s_qn the rows' iso_row factors) and kept
 // flags, the compared children of its kept clusters (ascending, into cmp_tmp from the slice's
 // first fine index `base`, and into s_list when they fit) and, per warp (the same in each lane),
 // the pruned coarse terms N_C 2^{l_C} of each query row (pr). Returns the number of compared
 // children.
 template <int QT>
 __device__ int fused_coarse_select(const LookupArgs& a, int h, int e0, int e1, int nsplit, int base,
-                                   bool fits, float* s_L, int* s_list, Stat (&pr)[QT]) {
+                                   bool fits, float* s_L, const float2* s_qn, int* s_list,
+                                   Stat (&pr)[QT]) {
   constexpr int IT = QT <= 2 ? 8 : (QT <= 4 ? 4 : 2);  // consecutive entries per thread
   __shared__ int s_scan[33];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, qtot = a.qtot;
@@ -364,8 +395,10 @@ __device__ int fused_coarse_select(const LookupArgs& a, int h, int e0, int e1, i
   const float* cw = a.p.coarse_w + (int64_t)h * n;
   const int32_t* co = a.coarse_off + (int64_t)h * (n + 1);
   float* S = a.p.s_coarse + (int64_t)h * n;
+  float* B = a.p.b_coarse + (int64_t)h * n;
   uint8_t* kept = a.p.kept_coarse + (int64_t)h * n;
   int32_t* gl = a.p.cmp_tmp + (int64_t)h * a.p.n_fine + base;
+  const bool child = a.child != nullptr, iso = a.coarse_iso != nullptr;
   if (warp < qtot) {
     const float L = fused_lse(a, h, warp, nsplit, 0);
     if (lane == 0) s_L[warp] = L;
@@ -378,6 +411,35 @@ __device__ int fused_coarse_select(const LookupArgs& a, int h, int e0, int e1, i
     Lr[r] = r < qtot ? s_L[r] : kNegInf;
     pr[r] = Stat{kNegInf, 0.0f, 0.0f};
   }
+  if (child) {
+    // Child-bound scores first, in a loop of their own: kept live beside the selection's, their
+    // inputs would spill. Each thread reads its own entries' scores back below.
+    for (int t0 = e0; t0 < e1; t0 += blockDim.x * IT) {
+      const int c0 = t0 + tid * IT;
+      float l[IT][QT];
+      float4 cb[IT];
+      float2 cst[IT];
+#pragma unroll
+      for (int i = 0; i < IT; i++) {
+        const int C = c0 + i;
+        const bool in = C < e1;
+        entry_logits<QT>(lg, C, in, qtot, l[i]);
+        cb[i] = in ? __ldg(a.child + (int64_t)h * n + C) : make_float4(0.f, 0.f, 0.f, 0.f);
+        cst[i] = in && iso ? __ldg(a.coarse_iso + (int64_t)h * n + C) : make_float2(0.f, 0.f);
+      }
+#pragma unroll
+      for (int i = 0; i < IT; i++) {
+        if (c0 + i >= e1) continue;
+        float b[QT];
+#pragma unroll
+        for (int r = 0; r < QT; r++)  // the stored logit carries C's own mean_iso correction
+          b[r] = r < qtot ? child_logit(l[i][r] - (iso ? iso_corr(s_qn[r], cst[i]) : 0.0f), s_qn[r],
+                                        cb[i])
+                          : kNegInf;
+        B[c0 + i] = score_sum<QT>(b, Lr);
+      }
+    }
+  }
   int carry = 0;
   for (int t0 = e0; t0 < e1; t0 += blockDim.x * IT) {
     const int c0 = t0 + tid * IT;
@@ -387,9 +449,7 @@ __device__ int fused_coarse_select(const LookupArgs& a, int h, int e0, int e1, i
     for (int i = 0; i < IT; i++) {
       const int C = c0 + i;
       const bool in = C < e1;
-#pragma unroll
-      for (int r = 0; r < QT; r++)
-        l[i][r] = (in && r < qtot) ? __ldcg(lg + (int64_t)C * kSmallQ + r) : kNegInf;
+      entry_logits<QT>(lg, C, in, qtot, l[i]);
       w[i] = in ? __ldcg(cw + C) : kNegInf;
       lo[i] = in ? __ldg(co + C) : 0;
       hi[i] = in ? __ldg(co + C + 1) : 0;
@@ -400,7 +460,7 @@ __device__ int fused_coarse_select(const LookupArgs& a, int h, int e0, int e1, i
     for (int i = 0; i < IT; i++) {
       const int C = c0 + i;
       const float acc = score_sum<QT>(l[i], Lr);
-      k[i] = C < e1 && acc >= a.thr_coarse_tot;
+      k[i] = C < e1 && (child ? B[C] >= a.thr_fine_tot : acc >= a.thr_coarse_tot);
       if (C < e1) {
         S[C] = acc;
         kept[C] = (uint8_t)k[i];
@@ -528,8 +588,8 @@ __global__ void __launch_bounds__(256, QT <= 2 ? 3 : 2)
   constexpr int IT = QT <= 2 ? 8 : (QT <= 4 ? 4 : 2);
   __shared__ Stat s_stat[8][QT];
   __shared__ float s_L[kSmallQ];
-  __shared__ float2 s_qn[ISO ? QT : 1];  // mean_iso row factors
-  __shared__ int s_list[kFusedList];     // this split's compared children (when they fit)
+  __shared__ float2 s_qn[QT];         // row factors of the mean_iso correction and child bound
+  __shared__ int s_list[kFusedList];  // this split's compared children (when they fit)
   __shared__ int s_segP[kFusedMaxSplits + 1], s_segB[kFusedMaxSplits];
   // parallel tail: range offset, row offset, first range merged, end of last range, head totals
   // (ranges, rows, compared), compared entries of earlier splits
@@ -560,7 +620,7 @@ __global__ void __launch_bounds__(256, QT <= 2 ? 3 : 2)
       for (int i = 0; i < 8; i++) qf[r][i] = 0.0f;
     }
   }
-  if (ISO) iso_rows_small<D, QT>(qf, s_qn);
+  if (ISO || (hier && a.child)) iso_rows_small<D, QT>(qf, s_qn);
   unsigned* bar = a.p.head_cnt + 2 * (size_t)a.p.n_kv + h;
   unsigned n_bar = 0;
   int4* seg = a.p.seg + ((int64_t)h * kFusedMaxSplits) * 2;
@@ -581,7 +641,7 @@ __global__ void __launch_bounds__(256, QT <= 2 ? 3 : 2)
     const int32_t* co = a.coarse_off + (int64_t)h * (n + 1);
     base = __ldg(co + c0);
     const bool fits = __ldg(co + c1) - base <= kFusedList;
-    nloc = fused_coarse_select<QT>(a, h, c0, c1, nsplit, base, fits, s_L, s_list, init);
+    nloc = fused_coarse_select<QT>(a, h, c0, c1, nsplit, base, fits, s_L, s_qn, s_list, init);
     stamp(kStCoarseDone);
     stamp(kStFineStart);
     const int* list = fits ? s_list : a.p.cmp_tmp + hb + base;
@@ -865,7 +925,7 @@ int launch_typed(const sqz_cuda_shape& s, const LookupArgs& a, int num_sms, cuda
 
 int launch_lookup(const sqz_cuda_shape& s, const WsLayout& L, const PlanDev& p,
                   const sqz_cuda_context& ctx, const sqz_cuda_query& q, const sqz_cuda_iso* iso,
-                  cudaStream_t stream) {
+                  const sqz_cuda_child* child, cudaStream_t stream) {
   LookupArgs a;
   a.p = p;
   a.q = q.q;
@@ -880,6 +940,7 @@ int launch_lookup(const sqz_cuda_shape& s, const WsLayout& L, const PlanDev& p,
   a.thr_coarse_tot = q.threshold_coarse * (float)a.qtot;
   a.fine_iso = iso ? reinterpret_cast<const float2*>(iso->fine) : nullptr;
   a.coarse_iso = iso && s.n_coarse > 0 ? reinterpret_cast<const float2*>(iso->coarse) : nullptr;
+  a.child = child && s.n_coarse > 0 ? reinterpret_cast<const float4*>(child->bound) : nullptr;
   const bool bf = s.dtype == SQZ_CUDA_BF16;
   if (s.head_dim != 128 && s.head_dim != 64) return SQZ_CUDA_EUNSUPPORTED;
   if (a.fine_iso) {

@@ -8,7 +8,9 @@
 // The correction enters the logits everywhere they are formed (both stages, the subtracted kept
 // coarse terms, the pruned-coarse stand-ins), so everything downstream is unchanged.
 // averaged over the KV head's query rows (n_q tokens x GQA group); kept if mean >= threshold.
-// Hierarchical: coarse clusters first; then only the fine children of kept coarse clusters are
+// Hierarchical: coarse clusters first (kept: their own mean score >= the coarse threshold, or
+// with sqz_cuda_child the best child's estimated score b_C >= the fine threshold, computed from
+// the same logits and denominators); then only the fine children of kept coarse clusters are
 // scored, with denominator  sum_{compared j} n_j 2^{l_j} + sum_{pruned C} N_C 2^{L_C},
 // computed as compared + (coarse denominator - kept coarse terms), clamped at >= compared.
 //
@@ -31,10 +33,11 @@
 
 namespace sqz::cuda {
 
-// iso: mean_iso per-cluster inputs, or nullptr for the mean estimator.
+// iso: mean_iso per-cluster inputs, or nullptr for the mean estimator. child: the child-bound
+// coarse rule's per-cluster inputs, or nullptr for the calibrated coarse threshold.
 int launch_lookup(const sqz_cuda_shape& s, const WsLayout& L, const PlanDev& p,
                   const sqz_cuda_context& ctx, const sqz_cuda_query& q, const sqz_cuda_iso* iso,
-                  cudaStream_t stream);
+                  const sqz_cuda_child* child, cudaStream_t stream);
 
 // Plan from caller ranges: copies them, computes prefixes and partitions (one launch).
 int launch_plan_ranges(const sqz_cuda_shape& s, const WsLayout& L, const PlanDev& p,

@@ -68,6 +68,9 @@ struct LookupArgs {
   // mean_iso: {vbar, radius} per cluster ([n_kv, n_fine] / [n_kv, n_coarse]); null = mean.
   const float2* fine_iso;
   const float2* coarse_iso;
+  // Child-bound coarse rule (sqz_cuda_child): {scaled spread, iso, r, -} per coarse cluster
+  // ([n_kv, n_coarse]); null = the calibrated rule (thr_coarse_tot).
+  const float4* child;
 };
 
 namespace {
@@ -124,6 +127,13 @@ __device__ __forceinline__ float2 iso_row(float S) {
 }
 __device__ __forceinline__ float iso_corr(float2 qn, float2 st) {
   return fminf(qn.x * st.x, qn.y * st.y);
+}
+
+// Child-bound logit (base 2) of a coarse cluster for one query row: the plain product d (no
+// mean_iso correction) plus its best child's spread and correction terms (sqz_cuda_child);
+// qn = iso_row(|qf|^2) as for iso_corr.
+__device__ __forceinline__ float child_logit(float d, float2 qn, float4 cb) {
+  return d + cb.x * qn.y + fminf(qn.x * cb.y, qn.y * cb.z);
 }
 
 // Online (max, positive sum, negative sum) of base-2 weighted exponentials.
@@ -299,6 +309,7 @@ __device__ void select_coarse(const LookupArgs& a, int h) {
   __shared__ int s_scan[33];
   const int n = a.p.n_coarse, tid = threadIdx.x;
   const float* S = a.p.s_coarse + (int64_t)h * n;
+  const float* B = a.p.b_coarse + (int64_t)h * n;  // child rule: ranked by the child bound
   const int32_t* co = a.coarse_off + (int64_t)h * (n + 1);
   uint8_t* kept = a.p.kept_coarse + (int64_t)h * n;
   int32_t* kc = a.p.kc + (int64_t)h * n;
@@ -312,7 +323,8 @@ __device__ void select_coarse(const LookupArgs& a, int h) {
 #pragma unroll
     for (int i = 0; i < IT; i++) {
       const int C = c0 + i;
-      k[i] = C < n && __ldcg(S + C) >= a.thr_coarse_tot;
+      k[i] =
+          C < n && (a.child ? __ldcg(B + C) >= a.thr_fine_tot : __ldcg(S + C) >= a.thr_coarse_tot);
       lo[i] = C < n ? co[C] : 0;
       hi[i] = C < n ? co[C + 1] : 0;
     }

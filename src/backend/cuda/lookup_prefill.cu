@@ -11,11 +11,17 @@ namespace {
 // memory next to the mean path's.
 template <int D, typename T, bool COLSUM, bool ISO>
 __global__ void __launch_bounds__(128) score_mma_kernel(LookupArgs a, int stage, int nsplit) {
-  __shared__ __align__(128) T sC[2][kTileRows * D];
+  // Two centroid tiles, in dynamic shared memory: with the child rule's per-column inputs the
+  // static arrays alone would pass the 48 KB static limit (mean_iso COLSUM).
+  extern __shared__ __align__(128) unsigned char s_dyn[];
+  T(*sC)[kTileRows * D] = reinterpret_cast<T(*)[kTileRows * D]>(s_dyn);
   __shared__ const T* s_ptr[2][kTileRows];
   __shared__ float s_w[2][kTileRows];
   __shared__ int s_sign[2][kTileRows];
   __shared__ float s_cs[4][kTileRows];
+  // Child rule, coarse stage: the tile's per-cluster bound inputs and column sums of the bound.
+  __shared__ float4 s_cb[2][kTileRows];
+  __shared__ float s_bs[4][kTileRows];
   // Entry info of a window of kWin entries, computed by all threads at once (one latency chain
   // per window instead of per tile).
   constexpr int kWin = 512;
@@ -35,9 +41,15 @@ __global__ void __launch_bounds__(128) score_mma_kernel(LookupArgs a, int stage,
   const int e0 = min(n, split * per), e1 = min(n, e0 + per);
   float* S = stage == kCoarse ? a.p.s_coarse + (int64_t)h * a.p.n_coarse
                               : a.p.s_fine + (int64_t)h * a.p.n_fine;
-  if (!COLSUM) {  // the COLSUM launch accumulates into S: zero it here, one launch earlier
+  const bool child = stage == kCoarse && a.child;  // also sums the child-bound scores
+  float* B = a.p.b_coarse + (int64_t)h * a.p.n_coarse;
+  if (!COLSUM) {  // the COLSUM launch accumulates into S (and B): zero them here, one launch
+                  // earlier
     const int cid = qb * gridDim.x + split, nct = gridDim.x * gridDim.y;
-    for (int e = cid * blockDim.x + tid; e < n_pos; e += nct * blockDim.x) S[e] = 0.0f;
+    for (int e = cid * blockDim.x + tid; e < n_pos; e += nct * blockDim.x) {
+      S[e] = 0.0f;
+      if (child) B[e] = 0.0f;
+    }
   }
 
   // Query fragments (staged through the second centroid buffer).
@@ -51,7 +63,7 @@ __global__ void __launch_bounds__(128) score_mma_kernel(LookupArgs a, int stage,
   const int r0 = warp * 16 + (lane >> 2);  // this thread's rows r0 and r0 + 8 of the tile
   // mean_iso factors of rows r0 and r0 + 8: the 4 lanes sharing a row each sum a quarter of it.
   float2 qn0 = make_float2(0.0f, 0.0f), qn1 = qn0;
-  if (ISO) {
+  if (ISO || (COLSUM && child)) {
     float s0 = 0.0f, s1 = 0.0f;
     for (int ch = lane & 3; ch < D / 8; ch += 4) {
       float f0[8], f1[8];
@@ -115,6 +127,11 @@ __global__ void __launch_bounds__(128) score_mma_kernel(LookupArgs a, int stage,
       s_w[buf][tid] = w_w[i];
       s_sign[buf][tid] = w_s[i];
       if (ISO) s_st[buf][tid] = w_st[i];
+      if (COLSUM && child) {
+        const int e = e0 + t * kTileRows + tid;  // coarse stage: the entry is the cluster
+        s_cb[buf][tid] = e < e1 ? __ldg(a.child + (int64_t)h * a.p.n_coarse + e)
+                                : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      }
     }
   };
   auto issue = [&](int buf) {
@@ -219,11 +236,26 @@ __global__ void __launch_bounds__(128) score_mma_kernel(LookupArgs a, int stage,
           p += __shfl_xor_sync(0xffffffffu, p, 8);
           p += __shfl_xor_sync(0xffffffffu, p, 16);
           if (lane < 4) s_cs[warp][col] = p;
+          if (child) {  // the same from the plain products and the column's child bound
+            const float4 cb = s_cb[buf][col];
+            float b = 0.0f;
+            if (pos && v0 && L0 != kNegInf)
+              b += exp2f(child_logit(s[j][c] * a.scale_log2, qn0, cb) - L0);
+            if (pos && v1 && L1 != kNegInf)
+              b += exp2f(child_logit(s[j][c + 2] * a.scale_log2, qn1, cb) - L1);
+            b += __shfl_xor_sync(0xffffffffu, b, 4);
+            b += __shfl_xor_sync(0xffffffffu, b, 8);
+            b += __shfl_xor_sync(0xffffffffu, b, 16);
+            if (lane < 4) s_bs[warp][col] = b;
+          }
         }
       __syncthreads();
       if (tid < kTileRows && s_sign[buf][tid] > 0) {
         const float tot = s_cs[0][tid] + s_cs[1][tid] + s_cs[2][tid] + s_cs[3][tid];
         atomicAdd(S + e0 + t * kTileRows + tid, tot);
+        if (child)
+          atomicAdd(B + e0 + t * kTileRows + tid,
+                    s_bs[0][tid] + s_bs[1][tid] + s_bs[2][tid] + s_bs[3][tid]);
       }
     }
     __syncthreads();
@@ -258,9 +290,17 @@ int launch_lookup_mma(const sqz_cuda_shape& s, const LookupArgs& a, int num_sms,
   const int nsplit =
       std::min(kMaxScoreSplits, std::max(1, (3 * num_sms + n_kv * n_qb - 1) / (n_kv * n_qb)));
   const dim3 grid(nsplit, n_qb, n_kv);
+  constexpr int smem = 2 * kTileRows * D * (int)sizeof(T);
+  // Function attributes are per kernel, so set them once.
+  static const bool attr_ok =
+      cudaFuncSetAttribute(score_mma_kernel<D, T, false, ISO>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem) == cudaSuccess &&
+      cudaFuncSetAttribute(score_mma_kernel<D, T, true, ISO>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem) == cudaSuccess;
+  if (!attr_ok) return SQZ_CUDA_ECUDA;
   auto run = [&](int stage) {
-    launch_k(score_mma_kernel<D, T, false, ISO>, grid, 128, 0, stream, a, stage, nsplit);
-    launch_k(score_mma_kernel<D, T, true, ISO>, grid, 128, 0, stream, a, stage, nsplit);
+    launch_k(score_mma_kernel<D, T, false, ISO>, grid, 128, smem, stream, a, stage, nsplit);
+    launch_k(score_mma_kernel<D, T, true, ISO>, grid, 128, smem, stream, a, stage, nsplit);
   };
   run_stages(hier, run);
   return cudaGetLastError() == cudaSuccess ? SQZ_CUDA_OK : SQZ_CUDA_ECUDA;

@@ -56,6 +56,7 @@ struct WsLayout {
   size_t lse_coarse = 0;
   size_t logits = 0;    // float [n_kv][n_coarse + n_fine][kSmallQ]  small-query path only
   size_t s_coarse = 0;  // float [n_kv][n_coarse]
+  size_t b_coarse = 0;  // float [n_kv][n_coarse]  child-bound scores (child rule)
   size_t coarse_w = 0;  // float [n_kv][n_coarse]  log2(rows) of each coarse cluster (fused decode)
   size_t kept_coarse = 0;  // uint8 [n_kv][n_coarse]
   size_t kc = 0;           // int32 [n_kv][n_coarse]  kept coarse indices, ascending
@@ -102,6 +103,7 @@ struct PlanDev {
   float* lse_coarse;
   float* logits;
   float* s_coarse;
+  float* b_coarse;
   float* coarse_w;
   uint8_t* kept_coarse;
   int32_t* kc;

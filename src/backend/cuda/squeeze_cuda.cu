@@ -94,6 +94,7 @@ bool make_layout(const sqz_cuda_shape& s, WsLayout* L) {
   l.lse_coarse = take(nkv * l.q_max * 4);
   l.logits = take(l.group <= kSmallQ ? nkv * (size_t)(l.n_coarse + l.n_fine) * kSmallQ * 4 : 4);
   l.s_coarse = take(nkv * std::max(1, l.n_coarse) * 4);
+  l.b_coarse = take(nkv * std::max(1, l.n_coarse) * 4);
   l.coarse_w = take(nkv * std::max(1, l.n_coarse) * 4);
   l.kept_coarse = take(nkv * std::max(1, l.n_coarse));
   l.kc = take(nkv * std::max(1, l.n_coarse) * 4);
@@ -145,6 +146,7 @@ PlanDev make_plan_dev(const WsLayout& L, void* ws) {
   p.lse_coarse = reinterpret_cast<float*>(b + L.lse_coarse);
   p.logits = reinterpret_cast<float*>(b + L.logits);
   p.s_coarse = reinterpret_cast<float*>(b + L.s_coarse);
+  p.b_coarse = reinterpret_cast<float*>(b + L.b_coarse);
   p.coarse_w = reinterpret_cast<float*>(b + L.coarse_w);
   p.kept_coarse = reinterpret_cast<uint8_t*>(b + L.kept_coarse);
   p.kc = reinterpret_cast<int32_t*>(b + L.kc);
@@ -217,6 +219,12 @@ int sqz_cuda_plan(const sqz_cuda_shape* shape, const sqz_cuda_context* ctx, cons
 int sqz_cuda_plan_iso(const sqz_cuda_shape* shape, const sqz_cuda_context* ctx,
                       const sqz_cuda_query* q, const sqz_cuda_iso* iso, void* ws,
                       cudaStream_t stream) {
+  return sqz_cuda_plan_ex(shape, ctx, q, iso, nullptr, ws, stream);
+}
+
+int sqz_cuda_plan_ex(const sqz_cuda_shape* shape, const sqz_cuda_context* ctx,
+                     const sqz_cuda_query* q, const sqz_cuda_iso* iso, const sqz_cuda_child* child,
+                     void* ws, cudaStream_t stream) {
   WsLayout L;
   if (!shape || !ctx || !ws || !make_layout(*shape, &L) || !check_query(*shape, q))
     return SQZ_CUDA_EINVAL;
@@ -227,8 +235,11 @@ int sqz_cuda_plan_iso(const sqz_cuda_shape* shape, const sqz_cuda_context* ctx,
   // different estimators against one calibration).
   if (iso && (!iso->fine || (shape->n_coarse > 0 && !iso->coarse))) return SQZ_CUDA_EINVAL;
   if (iso && ((uintptr_t)iso->fine % 8 != 0 || (uintptr_t)iso->coarse % 8 != 0))
-    return SQZ_CUDA_EINVAL;  // read as float2
-  return launch_lookup(*shape, L, make_plan_dev(L, ws), *ctx, *q, iso, stream);
+    return SQZ_CUDA_EINVAL;                   // read as float2
+  if (shape->n_coarse == 0) child = nullptr;  // one level: no coarse rule
+  if (child && (!child->bound || (uintptr_t)child->bound % 16 != 0))
+    return SQZ_CUDA_EINVAL;  // read as float4
+  return launch_lookup(*shape, L, make_plan_dev(L, ws), *ctx, *q, iso, child, stream);
 }
 
 int sqz_cuda_plan_ranges(const sqz_cuda_shape* shape, const int32_t* ranges,
@@ -305,6 +316,7 @@ int sqz_cuda_get_plan_view(const sqz_cuda_shape* shape, void* ws, sqz_cuda_plan_
   if (!shape || !ws || !v || !make_layout(*shape, &L)) return SQZ_CUDA_EINVAL;
   const PlanDev p = make_plan_dev(L, ws);
   v->coarse_scores = p.s_coarse;
+  v->coarse_bounds = p.b_coarse;
   v->coarse_kept = p.kept_coarse;
   v->n_compared = p.n_cmp;
   v->compared = p.cmp;

@@ -88,6 +88,20 @@ typedef struct sqz_cuda_iso {
   const float* coarse; /* [n_kv_heads, n_coarse, 2] f32 {vbar_C, r_C}; required iff n_coarse > 0 */
 } sqz_cuda_iso;
 
+/* The child-bound coarse rule (the CPU's default, SelectParams::CoarseRule::kChildBound in
+ * src/squeeze/squeeze.h): instead of comparing a coarse cluster's own score with
+ * threshold_coarse, coarse cluster C survives iff the estimated score of its best child reaches
+ * the fine threshold,
+ *   mean over query rows of  e^{b_C} / den(q) >= threshold_fine,
+ *   b_C = x.C + bound[C].x |x| + min(0.5 |x|^2 bound[C].y, |x| bound[C].z),
+ * with x the scaled query, x.C the plain product (no mean_iso correction) and den(q) the coarse
+ * level's denominator (the one the coarse scores use). bound[C] = {child_scale * child_spread_C,
+ * child_iso_C, child_r_C, unused} of src/squeeze/score.h HeadCentroidsT (iso and r are 0 for the
+ * mean estimator). threshold_coarse is then unused. Ignored by single-level lookups. */
+typedef struct sqz_cuda_child {
+  const float* bound; /* [n_kv_heads, n_coarse, 4] f32 (device, 16-byte aligned) */
+} sqz_cuda_child;
+
 /* The query tokens of one step and the selection thresholds. */
 typedef struct sqz_cuda_query {
   const void* q;          /* [n_q, n_heads, head_dim] dtype, token stride q_tok_stride elements */
@@ -120,6 +134,12 @@ int sqz_cuda_plan(const sqz_cuda_shape* shape, const sqz_cuda_context* ctx, cons
 int sqz_cuda_plan_iso(const sqz_cuda_shape* shape, const sqz_cuda_context* ctx,
                       const sqz_cuda_query* q, const sqz_cuda_iso* iso, void* ws,
                       cudaStream_t stream);
+
+/* The lookup with every option: iso as sqz_cuda_plan_iso (NULL = mean estimator); child the
+ * child-bound coarse rule (NULL = the calibrated rule, threshold_coarse). */
+int sqz_cuda_plan_ex(const sqz_cuda_shape* shape, const sqz_cuda_context* ctx,
+                     const sqz_cuda_query* q, const sqz_cuda_iso* iso, const sqz_cuda_child* child,
+                     void* ws, cudaStream_t stream);
 
 /* Plans from caller-chosen row ranges instead of a lookup (tests, other selection policies):
  * ranges [n_kv_heads, n_fine, 2] int32 device {begin, end} rows, sorted, non-overlapping;
@@ -161,6 +181,8 @@ int sqz_cuda_merge(int32_t n_q, int32_t n_heads, int32_t head_dim, const sqz_cud
  * Valid after the plan's kernels completed. */
 typedef struct sqz_cuda_plan_view {
   const float* coarse_scores; /* [n_kv, n_coarse] sum over queries of s_C (divide by n_q*group) */
+  const float* coarse_bounds; /* [n_kv, n_coarse] sum over queries of the child-bound score
+                                 (written by plans with the child rule only) */
   const uint8_t* coarse_kept; /* [n_kv, n_coarse] */
   const int32_t* n_compared;  /* [n_kv] fine clusters scored (hierarchical: children of kept) */
   const int32_t* compared;    /* [n_kv, n_fine] fine indices scored, ascending (hierarchical

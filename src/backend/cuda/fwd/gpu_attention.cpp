@@ -193,6 +193,7 @@ struct SqueezeAttentionGpu::Impl {
     DevBuf coarse_off;  // [n_kv, n_coarse + 1] int32
     DevBuf fine_iso;    // [n_kv, n_fine, 2] f32 {v̄, radius} (mean_iso)
     DevBuf coarse_iso;  // [n_kv, n_coarse, 2] f32
+    DevBuf child;       // [n_kv, n_coarse, 4] f32 child-bound inputs (child rule)
   };
   std::vector<LayerBufs> layers;
   KvCacheGpu user;  // rows: observation window, then the user's tokens
@@ -231,11 +232,12 @@ struct SqueezeAttentionGpu::Impl {
       h[(size_t)(2 * j)] = iso_variance(var + j * hd, hd);
       h[(size_t)(2 * j + 1)] = radius[j];
     }
-    SQZ_RETURN_IF_ERROR(dst.alloc(h.size() * 4, what));
-    bytes += h.size() * 4;
-    return cuda_status(cudaMemcpy(dst.get(), h.data(), h.size() * 4, cudaMemcpyHostToDevice), what);
+    return upload4(dst, h.data(), (int64_t)h.size(), what);
   }
-  Status upload_i32(DevBuf& dst, const int32_t* src, int64_t n, const char* what) {
+  // n 4-byte values (int32 offsets, f32 tables) as they are.
+  template <typename E>
+  Status upload4(DevBuf& dst, const E* src, int64_t n, const char* what) {
+    static_assert(sizeof(E) == 4, "4-byte elements");
     SQZ_RETURN_IF_ERROR(dst.alloc((size_t)n * 4, what));
     bytes += (size_t)n * 4;
     return cuda_status(cudaMemcpy(dst.get(), src, (size_t)n * 4, cudaMemcpyHostToDevice), what);
@@ -337,12 +339,12 @@ Result<std::unique_ptr<SqueezeAttentionGpu>> SqueezeAttentionGpu::create(const P
     SQZ_RETURN_IF_ERROR(
         I.upload_half(L.fine_c, h.fine_centroids, nkv * p.n_fine * hd, true, "fine centroids"));
     SQZ_RETURN_IF_ERROR(
-        I.upload_i32(L.fine_off, fine_off.data(), nkv * (p.n_fine + 1), "fine offsets"));
+        I.upload4(L.fine_off, fine_off.data(), nkv * (p.n_fine + 1), "fine offsets"));
     if (two) {
       SQZ_RETURN_IF_ERROR(I.upload_half(L.coarse_c, h.coarse_centroids, nkv * p.n_coarse * hd, true,
                                         "coarse centroids"));
       SQZ_RETURN_IF_ERROR(
-          I.upload_i32(L.coarse_off, h.coarse_ranges, nkv * (p.n_coarse + 1), "coarse ranges"));
+          I.upload4(L.coarse_off, h.coarse_ranges, nkv * (p.n_coarse + 1), "coarse ranges"));
     }
     // mean_iso: the statistics stay those of the pack's clusters when sink rows are moved out
     // (as on the CPU, which keeps the clusters whole and attends the sinks besides).
@@ -352,6 +354,11 @@ Result<std::unique_ptr<SqueezeAttentionGpu>> SqueezeAttentionGpu::create(const P
       if (two)
         SQZ_RETURN_IF_ERROR(I.upload_iso(L.coarse_iso, h.coarse_var, h.coarse_radius,
                                          nkv * p.n_coarse, hd, "coarse variances / radii"));
+    }
+    if (o.child_rule && two && !o.dense) {
+      if (!h.coarse_child)
+        return Error(Code::kInvalidArgument, "--device cuda: child rule without its inputs");
+      SQZ_RETURN_IF_ERROR(I.upload4(L.child, h.coarse_child, nkv * p.n_coarse * 4, "child bounds"));
     }
     // User cache rows: [0, n_sink) sinks, [n_sink, n_sink + n_obs) observation window
     // (positions n_clustered ...), then the user's tokens.
@@ -394,8 +401,8 @@ Result<std::unique_ptr<SqueezeAttentionGpu>> SqueezeAttentionGpu::create(const P
   if (o.dense) {
     std::vector<int32_t> r((size_t)(nkv * p.n_fine * 2), 0), nr((size_t)nkv, 1);
     for (int64_t h = 0; h < nkv; h++) r[(size_t)(h * p.n_fine * 2 + 1)] = (int32_t)I.n_rows;
-    SQZ_RETURN_IF_ERROR(I.upload_i32(I.ranges, r.data(), (int64_t)r.size(), "ranges"));
-    SQZ_RETURN_IF_ERROR(I.upload_i32(I.n_ranges, nr.data(), nkv, "ranges"));
+    SQZ_RETURN_IF_ERROR(I.upload4(I.ranges, r.data(), (int64_t)r.size(), "ranges"));
+    SQZ_RETURN_IF_ERROR(I.upload4(I.n_ranges, nr.data(), nkv, "ranges"));
   }
   SQZ_RETURN_IF_ERROR(I.acc.alloc(16, "stats"));
   SQZ_RETURN_IF_ERROR(cuda_status(cudaMemsetAsync(I.acc.get(), 0, 16, I.stream), "stats"));
@@ -447,9 +454,12 @@ Status SqueezeAttentionGpu::attend(int layer, const AttnStep& s) {
     sqz_cuda_iso iso{};
     iso.fine = L.fine_iso.as<float>();
     iso.coarse = two ? L.coarse_iso.as<float>() : nullptr;
-    SQZ_RETURN_IF_ERROR(sqz_status(
-        sqz_cuda_plan_iso(&I.shape, &ctx, &q, I.o.iso ? &iso : nullptr, I.ws.get(), I.stream),
-        "plan (lookup)"));
+    const sqz_cuda_child child{L.child.as<float>()};
+    const bool use_child = I.o.child_rule && two;
+    SQZ_RETURN_IF_ERROR(
+        sqz_status(sqz_cuda_plan_ex(&I.shape, &ctx, &q, I.o.iso ? &iso : nullptr,
+                                    use_child ? &child : nullptr, I.ws.get(), I.stream),
+                   "plan (lookup)"));
   }
   const sqz_cuda_state sa = I.a.state(), sb = I.b.state();
   SQZ_RETURN_IF_ERROR(

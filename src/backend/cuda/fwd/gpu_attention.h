@@ -67,6 +67,9 @@ struct PackLayerHost {
   const float* coarse_var = nullptr;     // [n_kv, n_coarse, hd] or null
   const float* fine_radius = nullptr;    // [n_kv, n_fine]
   const float* coarse_radius = nullptr;  // [n_kv, n_coarse] or null
+  // Child-bound coarse rule (SqueezeOptions::child_rule): {child_scale * child_spread, child_iso,
+  // child_r, 0} per coarse cluster (sqz_cuda_child; score.h child_bounds).
+  const float* coarse_child = nullptr;  // [n_kv, n_coarse, 4]
 };
 struct PackHost {
   int n_layer = 0, n_head = 0, n_kv = 0, head_dim = 0;
@@ -83,8 +86,11 @@ struct SqueezeOptions {
   // uploads v̄ = mean over dimensions of the variances, and the radii; squeeze_cuda.h).
   bool iso = false;
   float threshold_fine = 0, threshold_coarse = 0;  // score thresholds of that estimator
-  int max_q = 256;                                 // most tokens per forward call
-  int64_t user_capacity = 0;                       // question + answer tokens
+  // Coarse rule of the two-level lookup: true = the child bound against threshold_fine
+  // (PackLayerHost::coarse_child), false = the coarse score against threshold_coarse.
+  bool child_rule = false;
+  int max_q = 256;            // most tokens per forward call
+  int64_t user_capacity = 0;  // question + answer tokens
   // Attention sinks (squeezed mode): clustered rows of context positions < sink_tokens are
   // taken out of their clusters at upload and always attended with the observation window, so
   // the keys read are the selection's union with the sinks, as on the CPU.
