@@ -14,6 +14,7 @@ constexpr int kFusedMaxSplits = 32;    // fused decode plan: a head's splits fit
 constexpr int kSmallQ = 8;             // <= this many query rows per KV head: CUDA-core paths
 constexpr int kPrefillBM = 128;        // query rows per prefill attention CTA (4 warps x 32)
 constexpr int kDecodeMaxChunk = 2048;  // rows of one decode work item (row map lives in smem)
+constexpr int kDecodeMaxItems = 1024;  // decode items per KV head (the merge's weights in smem)
 // Shortest decode item: shorter ones cost more in fixed per-CTA work (row map, reduction,
 // partial, arrival) than they gain in balance. SQZ_DECODE_MIN_ROWS overrides it in tuning builds.
 #ifndef SQZ_DECODE_MIN_ROWS

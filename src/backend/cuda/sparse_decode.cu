@@ -72,6 +72,21 @@ __device__ __forceinline__ void fill_row_map(const PlanDev& p, int h, int nr, in
   }
 }
 
+// Kept rows of a head from its published ready word, (n_ranges << 32) | (n_rows + 1).
+__device__ __forceinline__ int ready_rows(unsigned long long rd) {
+  return (int)(unsigned)(rd & 0xffffffffull) - 1;
+}
+
+// Split of a head's rows: iph items at most, >= kDecodeMinChunk rows each. Returns the number of
+// items and their rows (chunk); every CTA of the head, and the merge, computes the same split
+// from the same word.
+__device__ __forceinline__ int decode_split(int rows, int iph, int* chunk) {
+  int c = (rows + iph - 1) / iph;
+  c = max(kDecodeMinChunk, (c + 63) / 64 * 64);
+  *chunk = c;
+  return max(1, (rows + c - 1) / c);
+}
+
 // Grid decode_iph * n_kv, item-major: CTA b attends over chunk b / n_kv of head b % n_kv's kept
 // rows. Item-major order puts the CTAs a head does not need (items past its count) at the end of
 // the dispatch order instead of between every head's CTAs (head-major cost the run alone 2-8 us
@@ -135,12 +150,9 @@ __global__ void __launch_bounds__(256, G <= 4 ? 2 : 1) sparse_decode_kernel(RunA
                     __int_as_float(0x7fc00000), 1.0f);
     return;
   }
-  const int nr = (int)(rd >> 32), rows = (int)(unsigned)(rd & 0xffffffffull) - 1;
-  // Split of this head's rows: iph items at most, >= kDecodeMinChunk rows each (every CTA of the
-  // head computes the same split from the same word).
-  int chunk = (rows + iph - 1) / iph;
-  chunk = max(kDecodeMinChunk, (chunk + 63) / 64 * 64);
-  const int ns = max(1, (rows + chunk - 1) / chunk);
+  const int nr = (int)(rd >> 32), rows = ready_rows(rd);
+  int chunk;
+  const int ns = decode_split(rows, iph, &chunk);
   if (item >= ns) return;
   const int vb = item * chunk, ve = min(rows, vb + chunk);
   const int first = h * iph;
@@ -218,6 +230,9 @@ __global__ void __launch_bounds__(256, G <= 4 ? 2 : 1) sparse_decode_kernel(RunA
     }
   }
 
+  // The merge grid may launch once every CTA is this far (it waits for the whole grid anyway);
+  // triggering at entry would park its CTAs in slots this grid still needs.
+  pdl_trigger();
   // Lane groups of a warp -> one state per warp.
 #pragma unroll
   for (int g = 0; g < G; g++) {
@@ -274,18 +289,95 @@ __global__ void __launch_bounds__(256, G <= 4 ? 2 : 1) sparse_decode_kernel(RunA
       if (d == 0) a.p.pml[row] = make_float2(M, L);
     }
   }
-  if (ns > 1 && last_of_group(a.p, h, ns))
-    merge_split_group(a.p, a.o, D, h, first, ns, kSmallQ, 0, qtot);
+  // decode_merge_kernel combines the partials once the whole grid is done: no per-CTA fence and
+  // arrival, and no serial merge in one CTA per head at the tail.
+}
+
+// Grid (n_kv, qtot): CTA (h, g) combines query row g of head h's split partials into the output,
+// after the run grid completed (PDL wait: its partials are visible). Heads of one item were
+// written by the run itself. Why a kernel of its own: in the run, every CTA paid a fence and an
+// arrival before it exited, and the head's last CTA then read all ns partials with scalar loads
+// (H200, run alone, 10% kept, with vs without that merge: 128K MHA 72 / 66 us, GQA 46 / 35 us).
+// Measured against it in one call (NOTES.md v13): GQA 128K 45 -> 39 us, 512K 100 -> 93 us; MHA
+// about 1 us.
+// Weights per split in shared memory, then D/4 float4 columns x (256 / (D/4)) split groups, so
+// every partial is read by one 16-byte load and all of them are in flight at once.
+template <int D>
+__global__ void __launch_bounds__(256) decode_merge_kernel(RunArgs a) {
+  constexpr int U4 = D / 4, NG = 256 / U4;
+  __shared__ float2 s_ml[kDecodeMaxItems];  // (max, sum), then (weight, -); ns <= decode_iph
+  __shared__ float4 s_acc[NG][U4];
+  __shared__ float s_ML[2];
+  pdl_wait();
+  const int h = blockIdx.x, g = blockIdx.y, tid = threadIdx.x;
+  const unsigned long long rd = __ldcg(a.p.ready + h);
+  if (rd == 0ull || g >= a.qtot) return;  // no plan: the run poisoned the output
+  int chunk;
+  const int ns = decode_split(ready_rows(rd), a.p.decode_iph, &chunk);
+  if (ns <= 1) return;
+  const int64_t first = (int64_t)h * a.p.decode_iph;
+  for (int i = tid; i < ns; i += blockDim.x) s_ml[i] = __ldcg(&a.p.pml[(first + i) * kSmallQ + g]);
+  __syncthreads();
+  if (tid < 32) {
+    float M = kNegInf;
+    for (int i = tid; i < ns; i += 32) M = fmaxf(M, s_ml[i].x);
+    M = warp_max(M);
+    float L = 0.0f;
+    for (int i = tid; i < ns; i += 32) {
+      const float w = M == kNegInf ? 0.0f : exp2_diff(s_ml[i].x, M);
+      L += s_ml[i].y * w;
+      s_ml[i].x = w;
+    }
+    L = warp_sum(L);
+    if (tid == 0) {
+      s_ML[0] = M;
+      s_ML[1] = L;
+    }
+  }
+  __syncthreads();
+  const int u = tid % U4, grp = tid / U4;
+  float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 4
+  for (int i = grp; i < ns; i += NG) {
+    const float w = s_ml[i].x;
+    const float4 v =
+        __ldcg(reinterpret_cast<const float4*>(a.p.pacc + ((first + i) * kSmallQ + g) * D) + u);
+    if (w > 0.0f) {
+      acc.x = fmaf(v.x, w, acc.x);
+      acc.y = fmaf(v.y, w, acc.y);
+      acc.z = fmaf(v.z, w, acc.z);
+      acc.w = fmaf(v.w, w, acc.w);
+    }
+  }
+  s_acc[grp][u] = acc;
+  __syncthreads();
+  if (tid < U4) {
+    float4 t = s_acc[0][tid];
+#pragma unroll
+    for (int k = 1; k < NG; k++) {
+      const float4 b = s_acc[k][tid];
+      t.x += b.x;
+      t.y += b.y;
+      t.z += b.z;
+      t.w += b.w;
+    }
+    const float o[4] = {t.x, t.y, t.z, t.w};
+#pragma unroll
+    for (int c = 0; c < 4; c++) write_final(a.o, D, h, g, tid * 4 + c, o[c], s_ML[0], s_ML[1]);
+  }
 }
 
 template <int D, typename T, int G>
 int launch_g(const WsLayout& L, const RunArgs& a, cudaStream_t stream) {
   // decode_iph CTAs per KV head, one short item each; CTAs past the head's item count exit at
   // once and the hardware scheduler balances the rest (persistent CTAs left a partial-wave tail).
-  return launch_k(sparse_decode_kernel<D, T, G>, dim3(L.decode_iph * L.n_kv), dim3(256), 0, stream,
-                  a) == cudaSuccess
-             ? SQZ_CUDA_OK
-             : SQZ_CUDA_ECUDA;
+  if (launch_k(sparse_decode_kernel<D, T, G>, dim3(L.decode_iph * L.n_kv), dim3(256), 0, stream,
+               a) != cudaSuccess)
+    return SQZ_CUDA_ECUDA;
+  if (L.decode_iph > 1 && launch_k(decode_merge_kernel<D>, dim3(L.n_kv, a.qtot), dim3(256), 0,
+                                   stream, a) != cudaSuccess)
+    return SQZ_CUDA_ECUDA;
+  return SQZ_CUDA_OK;
 }
 
 template <int D, typename T>

@@ -67,7 +67,7 @@ bool make_layout(const sqz_cuda_shape& s, WsLayout* L) {
       1;
   // Decode run: a fixed grid of decode_iph CTAs per KV head (so a head's CTAs can start as soon
   // as its ranges are published); n_kv * decode_iph <= decode_items, so the partials fit.
-  l.decode_iph = std::max(1, l.decode_target / l.n_kv);
+  l.decode_iph = std::clamp(l.decode_target / l.n_kv, 1, kDecodeMaxItems);
   const bool prefill = l.q_max > kSmallQ;
   const int n_qb_max = (l.q_max + kPrefillBM - 1) / kPrefillBM;
   l.max_groups = std::max(l.n_kv, prefill ? l.n_kv * n_qb_max : 0);
