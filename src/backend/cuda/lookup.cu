@@ -137,6 +137,9 @@ __global__ void __launch_bounds__(256, QT <= 2 ? 3 : 2)
   float* S = stage == kCoarse ? a.p.s_coarse + (int64_t)h * a.p.n_coarse
                               : a.p.s_fine + (int64_t)h * a.p.n_fine;
   float* B = a.p.b_coarse + (int64_t)h * a.p.n_coarse;
+  float Lr[QT];
+#pragma unroll
+  for (int r = 0; r < QT; r++) Lr[r] = r < qtot ? s_L[r] : kNegInf;
   for (int e0 = tid; e0 < n_pos; e0 += 4 * blockDim.x) {
     float l[4][QT];
     float4 cb[4];
@@ -144,34 +147,15 @@ __global__ void __launch_bounds__(256, QT <= 2 ? 3 : 2)
 #pragma unroll
     for (int u = 0; u < 4; u++) {
       const int e = e0 + u * blockDim.x;
-#pragma unroll
-      for (int r = 0; r < QT; r++)
-        l[u][r] = (e < n_pos && r < qtot) ? __ldcg(lg + (int64_t)e * kSmallQ + r) : kNegInf;
-      cb[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      cst[u] = make_float2(0.0f, 0.0f);
-      if (child && e < n_pos) {
-        cb[u] = __ldg(a.child + (int64_t)h * a.p.n_coarse + e);
-        if (ISO) cst[u] = __ldg(a.coarse_iso + (int64_t)h * a.p.n_coarse + e);
-      }
+      entry_logits<QT>(lg, e, e < n_pos, qtot, l[u]);
+      child_inputs(a, h, e, child && e < n_pos, ISO, &cb[u], &cst[u]);
     }
 #pragma unroll
     for (int u = 0; u < 4; u++) {
       const int e = e0 + u * blockDim.x;
-      float acc = 0.0f, bnd = 0.0f;
-#pragma unroll
-      for (int r = 0; r < QT; r++)
-        if (r < qtot && s_L[r] != kNegInf) {
-          acc += exp2f(l[u][r] - s_L[r]);
-          // The stored logit carries the coarse cluster's own mean_iso correction: remove it.
-          if (child)
-            bnd += exp2f(
-                child_logit(l[u][r] - (ISO ? iso_corr(s_qn[r], cst[u]) : 0.0f), s_qn[r], cb[u]) -
-                s_L[r]);
-        }
-      if (e < n_pos) {
-        S[e] = acc;
-        if (child) B[e] = bnd;
-      }
+      if (e >= n_pos) continue;
+      S[e] = score_sum<QT>(l[u], Lr);
+      if (child) B[e] = child_score<QT>(l[u], Lr, s_qn, cb[u], cst[u], ISO);
     }
   }
   __syncthreads();
@@ -351,26 +335,6 @@ __device__ __forceinline__ void head_barrier(unsigned* cnt, unsigned target) {
   __syncthreads();
 }
 
-// A cluster's stored score from its logits: sum over the query rows of 2^{l_r - L_r} (mean x
-// rows), skipping rows with an empty denominator.
-template <int QT>
-__device__ __forceinline__ float score_sum(const float (&l)[QT], const float (&L)[QT]) {
-  float acc = 0.0f;
-#pragma unroll
-  for (int r = 0; r < QT; r++)
-    if (L[r] != kNegInf) acc += exp2f(l[r] - L[r]);
-  return acc;
-}
-
-// The stored logits of entry C for the query rows (-inf past qtot, or when !in).
-template <int QT>
-__device__ __forceinline__ void entry_logits(const float* lg, int C, bool in, int qtot,
-                                             float (&l)[QT]) {
-#pragma unroll
-  for (int r = 0; r < QT; r++)
-    l[r] = (in && r < qtot) ? __ldcg(lg + (int64_t)C * kSmallQ + r) : kNegInf;
-}
-
 // Shared-memory compared list of one split; a longer one is read back from cmp_tmp (L2).
 constexpr int kFusedList = 2048;
 // Heads with more fine clusters than this take the parallel tail (see above). At 5% clusters
@@ -422,22 +386,12 @@ __device__ int fused_coarse_select(const LookupArgs& a, int h, int e0, int e1, i
 #pragma unroll
       for (int i = 0; i < IT; i++) {
         const int C = c0 + i;
-        const bool in = C < e1;
-        entry_logits<QT>(lg, C, in, qtot, l[i]);
-        cb[i] = in ? __ldg(a.child + (int64_t)h * n + C) : make_float4(0.f, 0.f, 0.f, 0.f);
-        cst[i] = in && iso ? __ldg(a.coarse_iso + (int64_t)h * n + C) : make_float2(0.f, 0.f);
+        entry_logits<QT>(lg, C, C < e1, qtot, l[i]);
+        child_inputs(a, h, C, C < e1, iso, &cb[i], &cst[i]);
       }
 #pragma unroll
-      for (int i = 0; i < IT; i++) {
-        if (c0 + i >= e1) continue;
-        float b[QT];
-#pragma unroll
-        for (int r = 0; r < QT; r++)  // the stored logit carries C's own mean_iso correction
-          b[r] = r < qtot ? child_logit(l[i][r] - (iso ? iso_corr(s_qn[r], cst[i]) : 0.0f), s_qn[r],
-                                        cb[i])
-                          : kNegInf;
-        B[c0 + i] = score_sum<QT>(b, Lr);
-      }
+      for (int i = 0; i < IT; i++)
+        if (c0 + i < e1) B[c0 + i] = child_score<QT>(l[i], Lr, s_qn, cb[i], cst[i], iso);
     }
   }
   int carry = 0;
@@ -537,9 +491,7 @@ __device__ int4 fused_fine_select(const LookupArgs& a, int h, bool ident, int n,
       const int2 bd = in ? __ldcg(bt + slot) : make_int2(0, 0);
       b[i] = bd.x;
       en[i] = bd.y;
-#pragma unroll
-      for (int r = 0; r < QT; r++)
-        l[i][r] = (in && r < a.qtot) ? __ldcg(lg + (int64_t)slot * kSmallQ + r) : kNegInf;
+      entry_logits<QT>(lg, slot, in, a.qtot, l[i]);
     }
     if (t0 == 0) stamp(kStFineSelLoaded);
 #pragma unroll

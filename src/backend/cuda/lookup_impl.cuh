@@ -136,6 +136,49 @@ __device__ __forceinline__ float child_logit(float d, float2 qn, float4 cb) {
   return d + cb.x * qn.y + fminf(qn.x * cb.y, qn.y * cb.z);
 }
 
+// The small-query paths' stored logits of entry C for the query rows (lg: the head's logits,
+// [entry][kSmallQ]); -inf past qtot, or when !in.
+template <int QT>
+__device__ __forceinline__ void entry_logits(const float* lg, int C, bool in, int qtot,
+                                             float (&l)[QT]) {
+#pragma unroll
+  for (int r = 0; r < QT; r++)
+    l[r] = (in && r < qtot) ? __ldcg(lg + (int64_t)C * kSmallQ + r) : kNegInf;
+}
+
+// A cluster's stored score from its logits: sum over the query rows of 2^{l_r - L_r} (mean x
+// rows), skipping rows with an empty denominator.
+template <int QT>
+__device__ __forceinline__ float score_sum(const float (&l)[QT], const float (&L)[QT]) {
+  float acc = 0.0f;
+#pragma unroll
+  for (int r = 0; r < QT; r++)
+    if (L[r] != kNegInf) acc += exp2f(l[r] - L[r]);
+  return acc;
+}
+
+// The child rule's inputs of coarse cluster C of head h (zeros when !in): its bound terms and,
+// with iso, its own mean_iso statistics, which its stored logits carry.
+__device__ __forceinline__ void child_inputs(const LookupArgs& a, int h, int C, bool in, bool iso,
+                                             float4* cb, float2* st) {
+  const int64_t i = (int64_t)h * a.p.n_coarse + C;
+  *cb = in ? __ldg(a.child + i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  *st = in && iso ? __ldg(a.coarse_iso + i) : make_float2(0.0f, 0.0f);
+}
+
+// Child-bound score of a coarse cluster from its stored logits l: sum over the query rows of
+// 2^{b_r - L_r} (rows with L_r = -inf skipped), b_r its child logit from the plain product (the
+// cluster's own mean_iso correction st removed when iso). qn: the rows' iso_row factors.
+template <int QT>
+__device__ __forceinline__ float child_score(const float (&l)[QT], const float (&L)[QT],
+                                             const float2* qn, float4 cb, float2 st, bool iso) {
+  float b[QT];
+#pragma unroll
+  for (int r = 0; r < QT; r++)
+    b[r] = child_logit(l[r] - (iso ? iso_corr(qn[r], st) : 0.0f), qn[r], cb);
+  return score_sum<QT>(b, L);
+}
+
 // Online (max, positive sum, negative sum) of base-2 weighted exponentials.
 struct Stat {
   float m, sp, sn;

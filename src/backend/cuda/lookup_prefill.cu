@@ -145,6 +145,12 @@ __global__ void __launch_bounds__(128) score_mma_kernel(LookupArgs a, int stage,
     cp_async_commit();
   };
 
+  // Sum over the warp's 16 rows of a tile column: the lanes sharing lane & 3 hold the same one.
+  auto col_sum = [](float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 4);
+    x += __shfl_xor_sync(0xffffffffu, x, 8);
+    return x + __shfl_xor_sync(0xffffffffu, x, 16);
+  };
   const int nt = ceil_div_dev(e1 - e0, kTileRows);
   if (nt > 0) {
     fill_info(0, 0);
@@ -231,10 +237,7 @@ __global__ void __launch_bounds__(128) score_mma_kernel(LookupArgs a, int stage,
             if (pos && v0 && L0 != kNegInf) p += exp2f(s[j][c] * a.scale_log2 - L0);
             if (pos && v1 && L1 != kNegInf) p += exp2f(s[j][c + 2] * a.scale_log2 - L1);
           }
-          // Sum over the warp's 16 rows: lanes sharing lane & 3 hold the same column.
-          p += __shfl_xor_sync(0xffffffffu, p, 4);
-          p += __shfl_xor_sync(0xffffffffu, p, 8);
-          p += __shfl_xor_sync(0xffffffffu, p, 16);
+          p = col_sum(p);
           if (lane < 4) s_cs[warp][col] = p;
           if (child) {  // the same from the plain products and the column's child bound
             const float4 cb = s_cb[buf][col];
@@ -243,9 +246,7 @@ __global__ void __launch_bounds__(128) score_mma_kernel(LookupArgs a, int stage,
               b += exp2f(child_logit(s[j][c] * a.scale_log2, qn0, cb) - L0);
             if (pos && v1 && L1 != kNegInf)
               b += exp2f(child_logit(s[j][c + 2] * a.scale_log2, qn1, cb) - L1);
-            b += __shfl_xor_sync(0xffffffffu, b, 4);
-            b += __shfl_xor_sync(0xffffffffu, b, 8);
-            b += __shfl_xor_sync(0xffffffffu, b, 16);
+            b = col_sum(b);
             if (lane < 4) s_bs[warp][col] = b;
           }
         }

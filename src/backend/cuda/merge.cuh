@@ -18,6 +18,24 @@ __device__ __forceinline__ void write_final(const OutView& o, int D, int h, int 
     o.lse[(int64_t)t * o.lse_tok_stride + head] = l > 0.0f ? (mx + log2f(l)) * kLn2 : kNegInf;
 }
 
+// One warp: the (max, sum) pairs of n split partials at ml (one output row) -> {M, L}, the row's
+// max and weighted sum, with each pair's .x replaced by its weight 2^{m_i - M} (0 when every
+// partial is empty). Every lane returns {M, L}.
+__device__ __forceinline__ float2 split_weights(float2* ml, int n) {
+  const int lane = threadIdx.x & 31;
+  float M = kNegInf;
+  for (int i = lane; i < n; i += 32) M = fmaxf(M, ml[i].x);
+  M = warp_max(M);
+  float L = 0.0f;
+  for (int i = lane; i < n; i += 32) {
+    const float2 v = ml[i];
+    const float w = M == kNegInf ? 0.0f : exp2_diff(v.x, M);
+    L += v.y * w;
+    ml[i].x = w;
+  }
+  return make_float2(M, warp_sum(L));
+}
+
 // Combines the partials of items [first, first + ns) (rows_per_item rows each; row rr of an item
 // is query row m0 + rr) into the final output. Partials are (unnormalised acc, base-2 max, sum).
 // Reads bypass L1: other CTAs wrote them during this launch. The (max, sum) pairs are staged in
@@ -42,20 +60,10 @@ __device__ inline void merge_split_group(const PlanDev& p, const OutView& o, int
     }
     __syncthreads();
     for (int r = warp; r < nrows; r += nw) {
-      float M = kNegInf;
-      for (int i = lane; i < ns; i += 32) M = fmaxf(M, s_ml[r * ns + i].x);
-      M = warp_max(M);
-      float L = 0.0f;
-      for (int i = lane; i < ns; i += 32) {
-        const float2 ml = s_ml[r * ns + i];
-        const float w = M == kNegInf ? 0.0f : exp2_diff(ml.x, M);
-        L += ml.y * w;
-        s_ml[r * ns + i].x = w;
-      }
-      L = warp_sum(L);
+      const float2 ML = split_weights(s_ml + r * ns, ns);
       if (lane == 0) {
-        s_M[r] = M;
-        s_L[r] = L;
+        s_M[r] = ML.x;
+        s_L[r] = ML.y;
       }
     }
     __syncthreads();

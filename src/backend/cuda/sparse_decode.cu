@@ -319,19 +319,10 @@ __global__ void __launch_bounds__(256) decode_merge_kernel(RunArgs a) {
   for (int i = tid; i < ns; i += blockDim.x) s_ml[i] = __ldcg(&a.p.pml[(first + i) * kSmallQ + g]);
   __syncthreads();
   if (tid < 32) {
-    float M = kNegInf;
-    for (int i = tid; i < ns; i += 32) M = fmaxf(M, s_ml[i].x);
-    M = warp_max(M);
-    float L = 0.0f;
-    for (int i = tid; i < ns; i += 32) {
-      const float w = M == kNegInf ? 0.0f : exp2_diff(s_ml[i].x, M);
-      L += s_ml[i].y * w;
-      s_ml[i].x = w;
-    }
-    L = warp_sum(L);
+    const float2 ML = split_weights(s_ml, ns);
     if (tid == 0) {
-      s_ML[0] = M;
-      s_ML[1] = L;
+      s_ML[0] = ML.x;
+      s_ML[1] = ML.y;
     }
   }
   __syncthreads();
