@@ -589,7 +589,6 @@ __device__ void partition_block(const PlanDev& p, int qtot) {
     p.group_off[n_groups] = carry;
     p.meta[kMetaItems] = carry < p.max_items ? carry : p.max_items;
     p.meta[kMetaChunk] = chunk;
-    p.meta[kMetaMode] = kModePrefill;
     p.meta[kMetaQtot] = qtot;
     p.meta[kMetaGroups] = n_groups;
     p.meta[kMetaQBlocks] = n_qb;

@@ -22,17 +22,14 @@ constexpr int kDecodeMaxItems = 1024;  // decode items per KV head (the merge's 
 #endif
 constexpr int kDecodeMinChunk = SQZ_DECODE_MIN_ROWS;
 
-// Plan mode written by the partition step; the run must use the matching kernel.
-enum PlanMode : int32_t { kModeDecode = 0, kModePrefill = 1 };
-
-// meta[] slots.
+// meta[] slots, written by the prefill partition (decode runs split each head's rows themselves;
+// the run picks its kernel from n_q, as the plan did).
 enum MetaSlot : int {
   kMetaItems = 0,    // work items
   kMetaChunk = 1,    // rows per split
-  kMetaMode = 2,     // PlanMode
-  kMetaQtot = 3,     // query rows per KV head of the plan (n_q * group)
-  kMetaGroups = 4,   // merge groups (decode: KV heads; prefill: KV heads x query blocks)
-  kMetaQBlocks = 5,  // query blocks per KV head (prefill)
+  kMetaQtot = 2,     // query rows per KV head of the plan (n_q * group)
+  kMetaGroups = 3,   // merge groups: KV heads x query blocks
+  kMetaQBlocks = 4,  // query blocks per KV head
   kMetaCount = 8
 };
 
@@ -95,7 +92,7 @@ bool make_layout(const sqz_cuda_shape& s, WsLayout* L);
 // Device view: raw pointers into one workspace plus the static dims.
 struct PlanDev {
   int n_kv, group, head_dim, n_ctx, n_fine, n_coarse, q_max, max_items, max_groups;
-  int decode_target, prefill_target, prefill_max_items, decode_iph;
+  int prefill_target, prefill_max_items, decode_iph;
   uint32_t* head_cnt;
   unsigned long long* ready;
   uint32_t* global_cnt;

@@ -134,7 +134,6 @@ PlanDev make_plan_dev(const WsLayout& L, void* ws) {
   p.q_max = L.q_max;
   p.max_items = L.max_items;
   p.max_groups = L.max_groups;
-  p.decode_target = L.decode_target;
   p.prefill_target = L.prefill_target;
   p.prefill_max_items = L.prefill_max_items;
   p.decode_iph = L.decode_iph;
