@@ -10,6 +10,7 @@
 #include "backend/cuda/fwd/gpu_llama.h"
 #include "core/clock.h"
 #include "engine/gpu_compile.h"
+#include "squeeze/cluster_scalars.h"
 #include "squeeze/score.h"
 #endif
 
@@ -219,9 +220,11 @@ Result<GpuAskSetup> make_gpu_setup(const Engine& e, const Pack& pack, int64_t n_
       const int kc = pack.n_coarse();
       std::vector<float>& t = child_tab[(size_t)l];
       t.assign((size_t)ph.n_kv * kc * 4, 0.0f);
-      std::vector<float> spread((size_t)kc), iso((size_t)kc), r((size_t)kc);
+      std::vector<float> spread((size_t)kc), iso((size_t)kc), r((size_t)kc), fine_iso;
       for (int h = 0; h < ph.n_kv; h++) {
-        child_bounds(pack.centroids_view(l, h), est == Estimator::kMeanIso, spread.data(),
+        const HeadCentroidsView v = pack.centroids_view(l, h);
+        if (est == Estimator::kMeanIso) iso_variances(v.fine_var, v.n_fine, v.head_dim, fine_iso);
+        child_bounds(v, est == Estimator::kMeanIso ? fine_iso.data() : nullptr, spread.data(),
                      iso.data(), r.data());
         for (int c = 0; c < kc; c++) {
           float* e = &t[((size_t)h * kc + c) * 4];

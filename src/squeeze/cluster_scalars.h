@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 namespace sqz {
 
@@ -23,6 +24,12 @@ inline float iso_variance(const float* var, int64_t d) {
   double s = 0.0;
   for (int64_t t = 0; t < d; t++) s += var[t];
   return (float)(s / (double)d);
+}
+
+// iso_variance of k clusters' variances V ([k, d]) into out ([k]).
+inline void iso_variances(const float* V, int64_t k, int64_t d, std::vector<float>& out) {
+  out.resize((size_t)k);
+  for (int64_t j = 0; j < k; j++) out[(size_t)j] = iso_variance(V + j * d, d);
 }
 
 }  // namespace sqz

@@ -42,12 +42,6 @@ void augment_queries(const float* Q, int64_t nqv, int64_t head_dim, Estimator es
   }
 }
 
-// Mean over dimensions of each cluster's per-dimension variance (Estimator::kMeanIso).
-static void iso_var_of(const float* V, int64_t k, int64_t d, std::vector<float>& out) {
-  out.assign((size_t)k, 0.0f);
-  for (int64_t j = 0; j < k; j++) out[(size_t)j] = iso_variance(V + j * d, d);
-}
-
 void HeadCentroidsT::build(const HeadCentroidsView& v, Estimator e) {
   est = (e == Estimator::kMeanVar || e == Estimator::kMeanIso) ? e : Estimator::kMean;
   const bool var = est == Estimator::kMeanVar;
@@ -62,25 +56,27 @@ void HeadCentroidsT::build(const HeadCentroidsView& v, Estimator e) {
   coarse_iso.clear();
   if (var || iso) fine_r.assign(v.fine_radius, v.fine_radius + v.n_fine);
   // kMeanVar needs the fine isotropic variances too, for the child bound.
-  if (var || iso) iso_var_of(v.fine_var, v.n_fine, v.head_dim, fine_iso);
+  if (var || iso) iso_variances(v.fine_var, v.n_fine, v.head_dim, fine_iso);
   coarse_t.clear();
   coarse_r.clear();
   coarse_sizes.clear();
   if (v.n_coarse > 0) {
     transpose_level(v.coarse_centroids, v.coarse_var, v.n_coarse, v.head_dim, var, coarse_t);
     if (var || iso) coarse_r.assign(v.coarse_radius, v.coarse_radius + v.n_coarse);
-    if (iso) iso_var_of(v.coarse_var, v.n_coarse, v.head_dim, coarse_iso);
+    if (iso) iso_variances(v.coarse_var, v.n_coarse, v.head_dim, coarse_iso);
     coarse_sizes.resize((size_t)v.n_coarse);
     for (int c = 0; c < v.n_coarse; c++)
       coarse_sizes[(size_t)c] = coarse_cluster_size(v.fine_sizes, v.coarse_ranges, c);
     child_spread.assign((size_t)v.n_coarse, 0.0f);
     child_iso.assign((size_t)v.n_coarse, 0.0f);
     child_r.assign((size_t)v.n_coarse, 0.0f);
-    child_bounds(v, var || iso, child_spread.data(), child_iso.data(), child_r.data());
+    child_bounds(v, var || iso ? fine_iso.data() : nullptr, child_spread.data(), child_iso.data(),
+                 child_r.data());
   }
 }
 
-void child_bounds(const HeadCentroidsView& v, bool corr, float* spread, float* iso, float* r) {
+void child_bounds(const HeadCentroidsView& v, const float* fine_iso, float* spread, float* iso,
+                  float* r) {
   const int64_t d = v.head_dim;
   for (int c = 0; c < v.n_coarse; c++) {
     const float* C = v.coarse_centroids + (int64_t)c * d;
@@ -96,8 +92,8 @@ void child_bounds(const HeadCentroidsView& v, bool corr, float* spread, float* i
       }
       sum2 += e2;
       max2 = std::max(max2, e2);
-      if (corr) {
-        vmax = std::max(vmax, iso_variance(v.fine_var + (int64_t)j * d, d));
+      if (fine_iso) {
+        vmax = std::max(vmax, fine_iso[j]);
         rmax = std::max(rmax, v.fine_radius[j]);
       }
     }

@@ -83,10 +83,12 @@ struct HeadCentroidsT {
 };
 
 // The child-bound inputs of one head's coarse clusters, as HeadCentroidsT::build computes them
-// (child_spread, child_iso, child_r; each [n_coarse]): corr adds the children's largest mean_iso
-// statistics (then v.fine_var and v.fine_radius are read), else they are 0. Shared with the
-// CUDA lookup's upload (sqz_cuda_child).
-void child_bounds(const HeadCentroidsView& v, bool corr, float* spread, float* iso, float* r);
+// (child_spread, child_iso, child_r; each [n_coarse]). fine_iso ([n_fine], the fine clusters'
+// iso_variance, as HeadCentroidsT::fine_iso) adds the children's largest mean_iso statistics
+// (v.fine_radius is then read too); null: they are 0. Shared with the CUDA lookup's upload
+// (sqz_cuda_child).
+void child_bounds(const HeadCentroidsView& v, const float* fine_iso, float* spread, float* iso,
+                  float* r);
 
 // Logits of clusters [j0, j1) of one level (fine, or coarse when `coarse`) for nqv query rows
 // Q ([nqv, t.dim], augmented for t.est): L[i * lds + (j - j0)]. tmp: scratch (kMeanVar), grown
