@@ -24,7 +24,7 @@ if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
 # ---- Debian packages (build tools, libraries, and Debian text used as long contexts) ----
 PKGS=(build-essential cmake pkg-config git python3 python3-pip
       libfmt-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev libbenchmark-dev
-      libzstd-dev libopenblas-dev libpcre2-dev
+      libzstd-dev libopenblas-dev libpcre2-dev libhwy-dev
       python3.11-doc perl-doc bible-kjv-text)
 missing=()
 for p in "${PKGS[@]}"; do
