@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On a GPU machine: where the decode plan, run and merge kernels stall. Nsight Compute samples
 # warp stalls per instruction (SourceCounters) for one launch of each kernel on the benchmark's
-# synthetic 128K / 512K MHA contexts (bench_squeeze_cuda.py --profile-one), with caches flushed
+# synthetic 128K / 512K contexts (bench_squeeze_cuda.py --profile-one; MHA, except merge128: the
+# merge kernel serves GQA decode only since v16), with caches flushed
 # before each replay as the benchmark flushes L2. Writes to $OUT, per profile: the ncu log, the
 # raw metrics (raw_*.csv, incl. smsp__pcsamp_warps_issue_stalled_*) and the SASS view with its
 # samples (*_sass.csv.xz). Map those to source lines anywhere with
@@ -24,7 +25,7 @@ declare -A KREGEX=([run128]=sparse_decode_kernel [plan128]=plan_small_fused [mer
                    [run512]=sparse_decode_kernel)
 declare -A SKIP=([run128]=2 [plan128]=1 [merge128]=2 [run512]=2)
 declare -A SPEC=([run128]=llama2-7b,131072,1,0.1 [plan128]=llama2-7b,131072,1,0.1
-                 [merge128]=llama2-7b,131072,1,0.1 [run512]=llama2-7b,524288,1,0.1)
+                 [merge128]=llama3-8b,131072,1,0.1 [run512]=llama2-7b,524288,1,0.1)
 
 rc=0
 for name in "${@:-run128 plan128 merge128 run512}"; do

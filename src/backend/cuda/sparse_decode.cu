@@ -87,6 +87,58 @@ __device__ __forceinline__ int decode_split(int rows, int iph, int* chunk) {
   return max(1, (rows + c - 1) / c);
 }
 
+// Query row g of head h: its ns split partials (items first .. first + ns - 1) -> the output.
+// Every thread of the CTA calls it. Weights per split in shared memory (s_ml, ns entries), then
+// D/4 float4 columns x (256 / (D/4)) split groups, so every partial is read by one 16-byte load
+// and all of them are in flight at once. s_acc: [256 / (D/4)][D/4] float4; s_ML: 2 floats.
+// Reads bypass L1: other CTAs wrote the partials.
+template <int D>
+__device__ __forceinline__ void merge_row(const RunArgs& a, int h, int g, int64_t first, int ns,
+                                          float2* s_ml, float4* s_acc, float* s_ML) {
+  constexpr int U4 = D / 4, NG = 256 / U4;
+  const int tid = threadIdx.x;
+  for (int i = tid; i < ns; i += blockDim.x) s_ml[i] = __ldcg(&a.p.pml[(first + i) * kSmallQ + g]);
+  __syncthreads();
+  if (tid < 32) {
+    const float2 ML = split_weights(s_ml, ns);
+    if (tid == 0) {
+      s_ML[0] = ML.x;
+      s_ML[1] = ML.y;
+    }
+  }
+  __syncthreads();
+  const int u = tid % U4, grp = tid / U4;
+  float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 4
+  for (int i = grp; i < ns; i += NG) {
+    const float w = s_ml[i].x;
+    const float4 v =
+        __ldcg(reinterpret_cast<const float4*>(a.p.pacc + ((first + i) * kSmallQ + g) * D) + u);
+    if (w > 0.0f) {
+      acc.x = fmaf(v.x, w, acc.x);
+      acc.y = fmaf(v.y, w, acc.y);
+      acc.z = fmaf(v.z, w, acc.z);
+      acc.w = fmaf(v.w, w, acc.w);
+    }
+  }
+  s_acc[grp * U4 + u] = acc;
+  __syncthreads();
+  if (tid < U4) {
+    float4 t = s_acc[tid];
+#pragma unroll
+    for (int k = 1; k < NG; k++) {
+      const float4 b = s_acc[k * U4 + tid];
+      t.x += b.x;
+      t.y += b.y;
+      t.z += b.z;
+      t.w += b.w;
+    }
+    const float o[4] = {t.x, t.y, t.z, t.w};
+#pragma unroll
+    for (int c = 0; c < 4; c++) write_final(a.o, D, h, g, tid * 4 + c, o[c], s_ML[0], s_ML[1]);
+  }
+}
+
 // Grid decode_iph * n_kv, item-major: CTA b attends over chunk b / n_kv of head b % n_kv's kept
 // rows. Item-major order puts the CTAs a head does not need (items past its count) at the end of
 // the dispatch order instead of between every head's CTAs (head-major cost the run alone 2-8 us
@@ -108,6 +160,10 @@ __global__ void __launch_bounds__(256, G <= 4 ? 2 : 1) sparse_decode_kernel(RunA
   __shared__ __align__(16) int s_buf[SMEM];  // row map during the loop, then the reduction
   __shared__ int s_vs[257], s_pb[256];       // a batch of range descriptors (fill_row_map)
   __shared__ unsigned long long s_ready;
+  // G == 1: the head's last CTA merges the partials itself (see the end); its weights.
+  __shared__ float2 s_ml[G == 1 ? kDecodeMaxItems : 1];
+  __shared__ float s_ML[2];
+  __shared__ int s_last;
   int* s_idx = s_buf;
   float* s_red = reinterpret_cast<float*>(s_buf);
 
@@ -230,10 +286,12 @@ __global__ void __launch_bounds__(256, G <= 4 ? 2 : 1) sparse_decode_kernel(RunA
     }
   }
 
-  // The merge grid may launch once every CTA is this far (it waits for the whole grid anyway);
-  // triggering at entry would park its CTAs in slots this grid still needs.
-  pdl_trigger();
-  // Lane groups of a warp -> one state per warp.
+  // G > 1: the merge grid may launch once every CTA is this far (it waits for the whole grid
+  // anyway); triggering at entry would park its CTAs in slots this grid still needs. G == 1 merges
+  // in its own tail and does not trigger: a dependent that skips the PDL wait (a run repeated
+  // without a new plan) must not rewrite the partials while the last CTAs still read them.
+  if (G > 1) pdl_trigger();
+    // Lane groups of a warp -> one state per warp.
 #pragma unroll
   for (int g = 0; g < G; g++) {
 #pragma unroll
@@ -289,8 +347,25 @@ __global__ void __launch_bounds__(256, G <= 4 ? 2 : 1) sparse_decode_kernel(RunA
       if (d == 0) a.p.pml[row] = make_float2(M, L);
     }
   }
-  // decode_merge_kernel combines the partials once the whole grid is done: no per-CTA fence and
-  // arrival, and no serial merge in one CTA per head at the tail.
+  if constexpr (G == 1) {
+    // MHA decode: the head's last CTA to finish merges its partials (one query row), so no
+    // second kernel, no wait for the whole grid and no launch gap (v16). One release/acquire
+    // ticket per CTA after a barrier, not a fence in every thread: the in-run merge before v13
+    // paid that fence and read the partials with scalar loads, and lost to the merge kernel.
+    if (ns <= 1 || qtot < 1) return;
+    __syncthreads();  // the CTA's partial stores precede thread 0's release
+    if (tid == 0) {
+      unsigned* cnt = a.p.head_cnt + 3 * (size_t)n_kv + h;
+      const bool last = atom_add_acq_rel_gpu(cnt, 1u) == (unsigned)ns - 1u;
+      if (last) *cnt = 0u;  // every item of the head has arrived: ready for the next run
+      s_last = last;
+    }
+    __syncthreads();
+    if (!s_last) return;
+    // s_buf is free again (the reduction above is done): it holds the column sums.
+    merge_row<D>(a, h, 0, first, ns, s_ml, reinterpret_cast<float4*>(s_buf), s_ML);
+  }
+  // G > 1: decode_merge_kernel combines the partials once the whole grid is done.
 }
 
 // Grid (n_kv, qtot): CTA (h, g) combines query row g of head h's split partials into the output,
@@ -299,63 +374,21 @@ __global__ void __launch_bounds__(256, G <= 4 ? 2 : 1) sparse_decode_kernel(RunA
 // arrival before it exited, and the head's last CTA then read all ns partials with scalar loads
 // (H200, run alone, 10% kept, with vs without that merge: 128K MHA 72 / 66 us, GQA 46 / 35 us).
 // Measured against it in one call (NOTES.md v13): GQA 128K 45 -> 39 us, 512K 100 -> 93 us; MHA
-// about 1 us.
-// Weights per split in shared memory, then D/4 float4 columns x (256 / (D/4)) split groups, so
-// every partial is read by one 16-byte load and all of them are in flight at once.
+// about 1 us. Since v16 only runs with G > 1 query rows per KV head use it: MHA decode merges in
+// the run's tail (one row per head, and a ticket instead of the fence).
 template <int D>
 __global__ void __launch_bounds__(256) decode_merge_kernel(RunArgs a) {
-  constexpr int U4 = D / 4, NG = 256 / U4;
   __shared__ float2 s_ml[kDecodeMaxItems];  // (max, sum), then (weight, -); ns <= decode_iph
-  __shared__ float4 s_acc[NG][U4];
+  __shared__ float4 s_acc[256 / (D / 4)][D / 4];
   __shared__ float s_ML[2];
   pdl_wait();
-  const int h = blockIdx.x, g = blockIdx.y, tid = threadIdx.x;
+  const int h = blockIdx.x, g = blockIdx.y;
   const unsigned long long rd = __ldcg(a.p.ready + h);
   if (rd == 0ull || g >= a.qtot) return;  // no plan: the run poisoned the output
   int chunk;
   const int ns = decode_split(ready_rows(rd), a.p.decode_iph, &chunk);
   if (ns <= 1) return;
-  const int64_t first = (int64_t)h * a.p.decode_iph;
-  for (int i = tid; i < ns; i += blockDim.x) s_ml[i] = __ldcg(&a.p.pml[(first + i) * kSmallQ + g]);
-  __syncthreads();
-  if (tid < 32) {
-    const float2 ML = split_weights(s_ml, ns);
-    if (tid == 0) {
-      s_ML[0] = ML.x;
-      s_ML[1] = ML.y;
-    }
-  }
-  __syncthreads();
-  const int u = tid % U4, grp = tid / U4;
-  float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll 4
-  for (int i = grp; i < ns; i += NG) {
-    const float w = s_ml[i].x;
-    const float4 v =
-        __ldcg(reinterpret_cast<const float4*>(a.p.pacc + ((first + i) * kSmallQ + g) * D) + u);
-    if (w > 0.0f) {
-      acc.x = fmaf(v.x, w, acc.x);
-      acc.y = fmaf(v.y, w, acc.y);
-      acc.z = fmaf(v.z, w, acc.z);
-      acc.w = fmaf(v.w, w, acc.w);
-    }
-  }
-  s_acc[grp][u] = acc;
-  __syncthreads();
-  if (tid < U4) {
-    float4 t = s_acc[0][tid];
-#pragma unroll
-    for (int k = 1; k < NG; k++) {
-      const float4 b = s_acc[k][tid];
-      t.x += b.x;
-      t.y += b.y;
-      t.z += b.z;
-      t.w += b.w;
-    }
-    const float o[4] = {t.x, t.y, t.z, t.w};
-#pragma unroll
-    for (int c = 0; c < 4; c++) write_final(a.o, D, h, g, tid * 4 + c, o[c], s_ML[0], s_ML[1]);
-  }
+  merge_row<D>(a, h, g, (int64_t)h * a.p.decode_iph, ns, s_ml, &s_acc[0][0], s_ML);
 }
 
 template <int D, typename T, int G>
@@ -365,8 +398,9 @@ int launch_g(const WsLayout& L, const RunArgs& a, cudaStream_t stream) {
   if (launch_k(sparse_decode_kernel<D, T, G>, dim3(L.decode_iph * L.n_kv), dim3(256), 0, stream,
                a) != cudaSuccess)
     return SQZ_CUDA_ECUDA;
-  if (L.decode_iph > 1 && launch_k(decode_merge_kernel<D>, dim3(L.n_kv, a.qtot), dim3(256), 0,
-                                   stream, a) != cudaSuccess)
+  if (G > 1 && L.decode_iph > 1 &&
+      launch_k(decode_merge_kernel<D>, dim3(L.n_kv, a.qtot), dim3(256), 0, stream, a) !=
+          cudaSuccess)
     return SQZ_CUDA_ECUDA;
   return SQZ_CUDA_OK;
 }

@@ -7,8 +7,9 @@
 // then maps its chunk to physical rows from the ranges itself (no row list, no work items). The
 // run of early heads thus overlaps the plan's tails and partition. Rows are read with 16-byte
 // streaming loads (D/8 lanes per row, several rows in flight per lane group); the CTA's partial
-// state is merged across its warps in shared memory and written as the head's split partial; a
-// second kernel (PDL, after the whole grid) merges each head's partials into the output.
+// state is merged across its warps in shared memory and written as the head's split partial. With
+// one query row per KV head (MHA decode) the head's last CTA to finish merges the partials into
+// the output; with more, a second kernel (PDL, after the whole grid) does.
 #pragma once
 
 #include <cuda_runtime.h>
