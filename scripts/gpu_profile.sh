@@ -27,23 +27,24 @@ declare -A SKIP=([run128]=2 [plan128]=1 [merge128]=2 [run512]=2)
 declare -A SPEC=([run128]=llama2-7b,131072,1,0.1 [plan128]=llama2-7b,131072,1,0.1
                  [merge128]=llama3-8b,131072,1,0.1 [run512]=llama2-7b,524288,1,0.1)
 
+names=("$@")
+[ ${#names[@]} -gt 0 ] || names=(run128 plan128 merge128 run512)
 rc=0
-for name in "${@:-run128 plan128 merge128 run512}"; do
-  for n in $name; do
-    [ -n "${KREGEX[$n]:-}" ] || { echo "unknown profile $n"; rc=1; continue; }
-    echo "=== $n: ${KREGEX[$n]} on ${SPEC[$n]}"
-    rep="$OUT/$n"
-    # --clock-control none: the clocks the benchmark runs at (ncu's default locks them to base).
-    timeout 300 "$NCU" --clock-control none -k "regex:${KREGEX[$n]}" --launch-skip "${SKIP[$n]}" \
-      --launch-count 1 --section WarpStateStats --section SourceCounters --section SpeedOfLight \
-      --section MemoryWorkloadAnalysis -f -o "$rep" \
-      python3 bench/cuda/bench_squeeze_cuda.py --lib "$BUILD/libsqz_cuda.so" \
-      --profile-one "${SPEC[$n]}" > "$OUT/ncu_$n.log" 2>&1 || { echo "ncu failed"; tail -5 "$OUT/ncu_$n.log"; rc=1; continue; }
-    "$NCU" --import "$rep.ncu-rep" --page raw --csv > "$OUT/raw_$n.csv" 2>&1
-    "$NCU" --import "$rep.ncu-rep" --page details > "$OUT/details_$n.txt" 2>&1
-    "$NCU" --import "$rep.ncu-rep" --page source --csv --print-source sass 2>&1 | xz -6 > "$OUT/${n}_sass.csv.xz"
-    grep -E "Duration|DRAM Throughput|Registers Per|Achieved Occupancy" "$OUT/details_$n.txt" | head -8
-    python3 - "$OUT/raw_$n.csv" <<'PY'
+for n in "${names[@]}"; do
+  [ -n "${KREGEX[$n]:-}" ] || { echo "unknown profile $n"; rc=1; continue; }
+  echo "=== $n: ${KREGEX[$n]} on ${SPEC[$n]}"
+  rep="$OUT/$n"
+  # --clock-control none: the clocks the benchmark runs at (ncu's default locks them to base).
+  timeout 300 "$NCU" --clock-control none -k "regex:${KREGEX[$n]}" --launch-skip "${SKIP[$n]}" \
+    --launch-count 1 --section WarpStateStats --section SourceCounters --section SpeedOfLight \
+    --section MemoryWorkloadAnalysis -f -o "$rep" \
+    python3 bench/cuda/bench_squeeze_cuda.py --lib "$BUILD/libsqz_cuda.so" \
+    --profile-one "${SPEC[$n]}" > "$OUT/ncu_$n.log" 2>&1 || { echo "ncu failed"; tail -5 "$OUT/ncu_$n.log"; rc=1; continue; }
+  "$NCU" --import "$rep.ncu-rep" --page raw --csv > "$OUT/raw_$n.csv" 2>&1
+  "$NCU" --import "$rep.ncu-rep" --page details > "$OUT/details_$n.txt" 2>&1
+  "$NCU" --import "$rep.ncu-rep" --page source --csv --print-source sass 2>&1 | xz -6 > "$OUT/${n}_sass.csv.xz"
+  grep -E "Duration|DRAM Throughput|Registers Per|Achieved Occupancy" "$OUT/details_$n.txt" | head -8
+  python3 - "$OUT/raw_$n.csv" <<'PY'
 import csv, sys
 r = list(csv.reader(open(sys.argv[1])))
 h, v = r[0], r[2]
@@ -52,6 +53,5 @@ st = {k.replace("smsp__pcsamp_warps_issue_stalled_", ""): float(v[i].replace(","
 tot = sum(st.values()) or 1
 print("  stalls: " + ", ".join(f"{k} {100 * s / tot:.1f}%" for k, s in sorted(st.items(), key=lambda x: -x[1])[:8]))
 PY
-  done
 done
 exit $rc

@@ -99,19 +99,13 @@ def main():
     print(f"{args.kernel}: {tot:.0f} samples over {len(data)} instructions")
     for loc, s in agg.most_common(args.top):
         src = ""
-        if loc:
-            for root in ("src", "."):
-                p = os.path.join(root, os.path.relpath(loc[0], "/")) if os.path.isabs(loc[0]) else loc[0]
-                cand = [p] + [os.path.join(root, "backend/cuda", os.path.basename(loc[0]))]
-                for c in cand:
-                    if os.path.isfile(c):
-                        with open(c) as f:
-                            fl = f.read().splitlines()
-                        if loc[1] <= len(fl):
-                            src = fl[loc[1] - 1].strip()
-                        break
-                if src:
-                    break
+        # The line table holds the build machine's paths; the CUDA sources are looked up by name.
+        path = loc and next((p for p in (loc[0], os.path.join("src/backend/cuda", os.path.basename(loc[0])))
+                             if os.path.isfile(p)), None)
+        if path:
+            with open(path) as f:
+                fl = f.read().splitlines()
+            src = fl[loc[1] - 1].strip() if loc[1] <= len(fl) else ""
         where = f"{os.path.basename(loc[0])}:{loc[1]}" if loc else "?"
         print(f"{100 * s / tot:6.2f}% {s:7.0f}  {where:24s} {src[:90]}")
 

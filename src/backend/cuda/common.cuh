@@ -220,9 +220,7 @@ __device__ __forceinline__ unsigned long long ld_acquire_gpu_u64(const unsigned 
   asm volatile("ld.acquire.gpu.global.u64 %0, [%1];\n" : "=l"(v) : "l"(p) : "memory");
   return v;
 }
-// Arrival ticket between CTAs of one grid: the release publishes what this CTA wrote before its
-// barrier (thread 0 calls it after __syncthreads, as cooperative groups' grid sync fences), and the
-// acquire makes the earlier arrivals' writes visible to the CTA that draws the last ticket.
+// Arrival ticket between CTAs of one grid (last_of_group, merge.cuh).
 __device__ __forceinline__ unsigned atom_add_acq_rel_gpu(unsigned* p, unsigned v) {
   unsigned old;
   asm volatile("atom.add.acq_rel.gpu.global.u32 %0, [%1], %2;\n"

@@ -136,20 +136,21 @@ __device__ inline void merge_split_group(const PlanDev& p, const OutView& o, int
 }
 
 // Publishes this CTA's partial and returns true in every thread of the CTA that arrived last in
-// merge group g (resetting its counter for the next run).
+// merge group g (resetting its counter for the next run). Used by the prefill run (g: its merge
+// group) and the MHA decode run (g: the KV head). One acq_rel ticket by thread 0 after the
+// barrier: its release publishes every thread's partial (ordered before it by the barrier, as
+// cooperative groups' grid sync fences in one thread), its acquire gives the last CTA the
+// others'. Until session 8 every thread fenced before the barrier instead.
 __device__ __forceinline__ bool last_of_group(const PlanDev& p, int g, int ns) {
   __shared__ int s_last;
-  __threadfence();
   __syncthreads();
   if (threadIdx.x == 0) {
-    const unsigned old = atomicAdd(p.group_cnt + g, 1u);
-    s_last = old == (unsigned)ns - 1u;
-    if (s_last) p.group_cnt[g] = 0;
+    const bool last = atom_add_acq_rel_gpu(p.group_cnt + g, 1u) == (unsigned)ns - 1u;
+    if (last) p.group_cnt[g] = 0;
+    s_last = last;
   }
   __syncthreads();
-  const bool last = s_last;
-  if (last) __threadfence();
-  return last;
+  return s_last;
 }
 
 int launch_merge_states(int n_q, int n_heads, int head_dim, const sqz_cuda_state& a,

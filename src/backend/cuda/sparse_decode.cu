@@ -163,7 +163,6 @@ __global__ void __launch_bounds__(256, G <= 4 ? 2 : 1) sparse_decode_kernel(RunA
   // G == 1: the head's last CTA merges the partials itself (see the end); its weights.
   __shared__ float2 s_ml[G == 1 ? kDecodeMaxItems : 1];
   __shared__ float s_ML[2];
-  __shared__ int s_last;
   int* s_idx = s_buf;
   float* s_red = reinterpret_cast<float*>(s_buf);
 
@@ -290,8 +289,10 @@ __global__ void __launch_bounds__(256, G <= 4 ? 2 : 1) sparse_decode_kernel(RunA
   // anyway); triggering at entry would park its CTAs in slots this grid still needs. G == 1 merges
   // in its own tail and does not trigger: a dependent that skips the PDL wait (a run repeated
   // without a new plan) must not rewrite the partials while the last CTAs still read them.
-  if (G > 1) pdl_trigger();
-    // Lane groups of a warp -> one state per warp.
+  if constexpr (G > 1) {
+    pdl_trigger();
+  }
+  // Lane groups of a warp -> one state per warp.
 #pragma unroll
   for (int g = 0; g < G; g++) {
 #pragma unroll
@@ -349,20 +350,11 @@ __global__ void __launch_bounds__(256, G <= 4 ? 2 : 1) sparse_decode_kernel(RunA
   }
   if constexpr (G == 1) {
     // MHA decode: the head's last CTA to finish merges its partials (one query row), so no
-    // second kernel, no wait for the whole grid and no launch gap (v16). One release/acquire
-    // ticket per CTA after a barrier, not a fence in every thread: the in-run merge before v13
-    // paid that fence and read the partials with scalar loads, and lost to the merge kernel.
-    if (ns <= 1 || qtot < 1) return;
-    __syncthreads();  // the CTA's partial stores precede thread 0's release
-    if (tid == 0) {
-      unsigned* cnt = a.p.head_cnt + 3 * (size_t)n_kv + h;
-      const bool last = atom_add_acq_rel_gpu(cnt, 1u) == (unsigned)ns - 1u;
-      if (last) *cnt = 0u;  // every item of the head has arrived: ready for the next run
-      s_last = last;
-    }
-    __syncthreads();
-    if (!s_last) return;
-    // s_buf is free again (the reduction above is done): it holds the column sums.
+    // second kernel, no wait for the whole grid and no launch gap (v16). The in-run merge before
+    // v13 lost to the merge kernel: every thread fenced, and it read the partials with scalar
+    // loads. last_of_group now takes one release/acquire ticket instead of the fences.
+    if (ns <= 1 || qtot < 1 || !last_of_group(a.p, h, ns)) return;
+    // s_buf is free again (last_of_group's barrier follows the reduction): the column sums.
     merge_row<D>(a, h, 0, first, ns, s_ml, reinterpret_cast<float4*>(s_buf), s_ML);
   }
   // G > 1: decode_merge_kernel combines the partials once the whole grid is done.

@@ -84,7 +84,7 @@ bool make_layout(const sqz_cuda_shape& s, WsLayout* L) {
   };
   const size_t nkv = l.n_kv;
   l.counters = off;
-  l.head_cnt = take(4 * nkv * 4);  // plan arrivals (2 slots), plan barrier, decode run arrivals
+  l.head_cnt = take(3 * nkv * 4);
   l.ready = take(nkv * 8);
   l.global_cnt = take(4 * 4);
   l.group_cnt = take((size_t)l.max_groups * 4);
