@@ -324,13 +324,10 @@ __device__ float fused_lse(const LookupArgs& a, int h, int r, int nsplit, int sl
 // added for k); the head's last CTA resets it once every CTA is past the last barrier. Memory
 // written before the barrier by any of the CTAs is visible after it.
 __device__ __forceinline__ void head_barrier(unsigned* cnt, unsigned target) {
-  __threadfence();
-  __syncthreads();
+  cta_ticket(cnt);  // releases this CTA's writes
   if (threadIdx.x == 0) {
-    atomicAdd(cnt, 1u);
-    while (ld_acquire_gpu(cnt) < target) {
+    while (ld_acquire_gpu(cnt) < target) {  // acquires every other CTA's
     }
-    __threadfence();
   }
   __syncthreads();
 }

@@ -143,9 +143,9 @@ __device__ inline void merge_split_group(const PlanDev& p, const OutView& o, int
 // others'. Until session 8 every thread fenced before the barrier instead.
 __device__ __forceinline__ bool last_of_group(const PlanDev& p, int g, int ns) {
   __shared__ int s_last;
-  __syncthreads();
+  const unsigned old = cta_ticket(p.group_cnt + g);
   if (threadIdx.x == 0) {
-    const bool last = atom_add_acq_rel_gpu(p.group_cnt + g, 1u) == (unsigned)ns - 1u;
+    const bool last = old == (unsigned)ns - 1u;
     if (last) p.group_cnt[g] = 0;
     s_last = last;
   }
