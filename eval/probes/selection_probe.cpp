@@ -18,8 +18,7 @@
 #include <cstdlib>
 #include <functional>
 
-#include "engine/squeeze_session.h"
-#include "eval/tasks.h"
+#include "probe_pack.h"
 #include "squeeze/baselines.h"
 
 using namespace sqz;
@@ -84,32 +83,15 @@ int main(int argc, char** argv) {
   const double kept_target = argc > 1 ? std::atof(argv[1]) : 0.07;
   const int levels = argc > 2 ? std::atoi(argv[2]) : 1;
   const int n_questions = argc > 3 ? std::atoi(argv[3]) : 4;
-  EngineParams ep;
-  ep.model_path = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-  ep.n_threads = 2;
-  auto e = Engine::create(ep);
-  if (!e.ok()) return std::fprintf(stderr, "%s\n", e.status().message().c_str()), 1;
-  auto corpus = eval::load_corpus({});
-  if (!corpus.ok()) return std::fprintf(stderr, "%s\n", corpus.status().message().c_str()), 1;
-  const Tokenizer& tok = e.value()->tokenizer();
-  auto count = [&](const std::string& s) { return (int64_t)tok.encode(s, false, false).size(); };
-  // The full config's first 2K PreFixQA document (seed 1, instance 0, 12 facts).
-  eval::TaskParams tp;
-  tp.kind = eval::TaskKind::kPrefixQa;
-  tp.target_tokens = 2048;
-  tp.n_items = 12;
-  tp.seed = 1;
-  auto t = eval::make_task(corpus.value(), tp, count);
-  if (!t.ok()) return std::fprintf(stderr, "%s\n", t.status().message().c_str()), 1;
+  // The full config's first 2K PreFixQA document.
   CompileParams cp;
   cp.obs_window = 32;
   cp.n_threads = 2;
-  const std::string path = "/tmp/selection_probe.sqzpack";
-  auto rep = compile_context(*e.value(), t->context, cp, path, nullptr);
-  if (!rep.ok()) return std::fprintf(stderr, "%s\n", rep.status().message().c_str()), 1;
-  auto pack = Pack::open(path);
-  if (!pack.ok()) return std::fprintf(stderr, "%s\n", pack.status().message().c_str()), 1;
-  const Pack& pk = *pack.value();
+  auto pp = make_probe_pack(2048, cp, "/tmp/selection_probe.sqzpack");
+  if (!pp.ok()) return std::fprintf(stderr, "%s\n", pp.status().message().c_str()), 1;
+  Engine* e = pp->engine.get();
+  const eval::TaskInstance* t = &pp->task;
+  const Pack& pk = *pp->pack;
   BaselineIndex idx(pk);
   Probe probe(idx);
   SelectParams sp;
@@ -120,8 +102,8 @@ int main(int argc, char** argv) {
   for (int qi = 0; qi < std::min<int>(n_questions, (int)t->questions.size()); qi++) {
     AskParams ap;
     ap.selector = &probe;
-    auto r = ask_first_logits(
-        *e.value(), pk, question_tokens(*e.value(), t->questions[(size_t)qi].text), ap, nullptr);
+    auto r =
+        ask_first_logits(*e, pk, question_tokens(*e, t->questions[(size_t)qi].text), ap, nullptr);
     if (!r.ok()) return std::fprintf(stderr, "%s\n", r.status().message().c_str()), 1;
   }
   const int H = pk.n_head_kv();
