@@ -8,6 +8,14 @@
 #include <cstdint>
 #include <vector>
 
+// Functions also called from CUDA kernels (src/backend/cuda/fwd/compile_gpu.cu), so that both
+// devices run one definition.
+#ifdef __CUDACC__
+#define SQZ_HOST_DEVICE __host__ __device__
+#else
+#define SQZ_HOST_DEVICE
+#endif
+
 namespace sqz {
 
 // Keys in coarse cluster c: the f32 of the f64 sum of its children's sizes (fine_sizes: [n_fine]
@@ -20,7 +28,7 @@ inline float coarse_cluster_size(const float* fine_sizes, const int32_t* coarse_
 
 // Estimator::kMeanIso's scalar of one cluster: the mean over its d dimensions of the
 // per-dimension variance var[0, d), summed in f64 in dimension order, rounded to f32.
-inline float iso_variance(const float* var, int64_t d) {
+SQZ_HOST_DEVICE inline float iso_variance(const float* var, int64_t d) {
   double s = 0.0;
   for (int64_t t = 0; t < d; t++) s += var[t];
   return (float)(s / (double)d);

@@ -7,6 +7,7 @@
 
 #include "backend/cuda/fwd/compile_gpu.h"
 #include "backend/cuda/fwd/fwd_common.cuh"
+#include "squeeze/cluster_scalars.h"
 
 namespace sqz::fwd {
 namespace {
@@ -204,12 +205,12 @@ __global__ void queries_kernel(const float* __restrict__ q, int n_obs, int n_hea
   s2[i] = b;
 }
 
+// The CPU's iso_variance (cluster_scalars.h) per cluster, so the calibration's mean_iso scalar
+// is the one the CPU scorer uses, bit for bit.
 __global__ void iso_kernel(const float* __restrict__ var, int k, int d, float* __restrict__ iso) {
   const int j = blockIdx.x * blockDim.x + threadIdx.x;
   if (j >= k) return;
-  double s = 0.0;
-  for (int t = 0; t < d; t++) s += var[(int64_t)j * d + t];
-  iso[j] = (float)(s / (double)d);
+  iso[j] = iso_variance(var + (int64_t)j * d, d);
 }
 
 __global__ void correct_kernel(const float* __restrict__ D, float* __restrict__ L, int nqv, int k,
