@@ -15,8 +15,8 @@ Synthetic clustered context: per KV head, coarse centres (1% of keys) -> 5 fine 
 calibrated per (context, query) by bisection so the selection keeps the target fraction of keys
 (the coarse threshold keeps ~2.5x that); the timed attention reads the real selected ranges.
 
-Timing: CUDA events, L2 flushed (a 256 MiB memset) before every repetition, median of --reps;
-a GPU sleep kernel is queued before each timed region so the host has enqueued the whole step
+Timing: CUDA events, L2 flushed (a 256 MiB memset, or with --flush read a 256 MiB sum) before
+every repetition, median of --reps; a GPU sleep kernel is queued before each timed region so the host has enqueued the whole step
 before the start event fires (device time, not Python launch latency).
 Bandwidth: bytes the sqz step must move (selected K+V rows, centroids read, queries) over its
 time, against a device-to-device copy measured in the same run (bytes read + written).
@@ -212,11 +212,25 @@ def make_queries(n_q, n_heads, n_kv, D, cx, gen):
 
 # ---------------------------------------------------------------- timing
 class Timer:
-    def __init__(self):
+    """Medians of device time, each repetition after an L2 flush.
+
+    flush="write" (the default, every result before session 9) zeroes 256 MB, so the timed
+    kernels start with an L2 full of dirty lines that their misses must write back first.
+    flush="read" sums the same 256 MB instead: L2 holds only clean lines of that buffer, as in
+    a decode loop, where what precedes attention mostly reads (weights, the previous layer's
+    K/V). Both evict everything the timed kernels read; dense and squeezed get the same one."""
+
+    def __init__(self, flush="write"):
+        self.mode = flush
         self.flush_buf = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+        self.flush_buf.zero_()
+        self.sink = torch.empty((), dtype=torch.int64, device="cuda")
 
     def flush(self):
-        self.flush_buf.zero_()
+        if self.mode == "read":
+            self.sink = self.flush_buf.view(torch.int64).sum()
+        else:
+            self.flush_buf.zero_()
 
     def median_ms(self, fn, reps, warmup=2):
         for _ in range(warmup):
@@ -436,7 +450,7 @@ def bench_config(lib, timer, shape_name, n_heads, n_kv, D, ctx, cx, q_tokens, ke
         gbps = moved / (sqz_ms * 1e-3) / 1e9
         floor_ms = moved / (copy_gbps * 1e9) * 1e3
         rec = dict(card=card, shape=shape_name, ctx=ctx, q_tokens=q_tokens, kept=kept, estimator=est,
-                   coarse_rule=rule,
+                   coarse_rule=rule, flush=timer.mode,
                    kept_actual=round(actual, 4), dense_ms=round(dense_ms, 4), dense_backend=dense_be,
                    sqz_ms=round(sqz_ms, 4), plan_ms=round(plan_ms, 4), run_ms=round(run_ms, 4),
                    speedup=round(dense_ms / sqz_ms, 2), gbps=round(gbps, 1),
@@ -572,6 +586,8 @@ def main():
     ap.add_argument("--q-tokens", default="1,128,1024")
     ap.add_argument("--kept", default="0.05,0.1,0.2")
     ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--flush", default="write", choices=["write", "read"],
+                    help="L2 flush before each repetition: zero (write) or sum (read) 256 MB")
     ap.add_argument("--estimator", default="mean", choices=["mean", "iso", "both"],
                     help="lookup estimator timed: mean (sqz_cuda_plan), iso (mean_iso, "
                          "sqz_cuda_plan_iso with synthetic {vbar, radius}), or both")
@@ -617,10 +633,10 @@ def main():
     commit = os.environ.get("SQZ_COMMIT") or subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
     if args.stamps:
-        stamps_report(lib, Timer(), args.stamps, args.reps, args.seed, args.jsonl, card, commit)
+        stamps_report(lib, Timer(args.flush), args.stamps, args.reps, args.seed, args.jsonl, card, commit)
         return
     os.makedirs(os.path.dirname(args.jsonl) or ".", exist_ok=True)
-    timer = Timer()
+    timer = Timer(args.flush)
     copy_gbps = copy_bandwidth(timer)
     print(f"card: {card}; torch {torch.__version__}; device-to-device copy {copy_gbps:.0f} GB/s "
           f"(read + write); commit {commit}", flush=True)
