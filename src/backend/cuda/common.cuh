@@ -239,6 +239,18 @@ __device__ __forceinline__ unsigned cta_ticket(unsigned* cnt) {
   __syncthreads();
   return threadIdx.x == 0 ? atom_add_acq_rel_gpu(cnt, 1u) : 0u;
 }
+// True in every thread of the CTA that arrives last of n on `cnt` (which it resets for the next
+// use); that CTA then sees every other CTA's writes (cta_ticket's acquire, then the barrier).
+__device__ __forceinline__ bool cta_is_last(unsigned* cnt, unsigned n) {
+  __shared__ int s_last;
+  const unsigned old = cta_ticket(cnt);
+  if (threadIdx.x == 0) {
+    s_last = old == n - 1u;
+    if (s_last) *cnt = 0;
+  }
+  __syncthreads();
+  return s_last;
+}
 __device__ __forceinline__ void st_release_gpu_u64(unsigned long long* p, unsigned long long v) {
   asm volatile("st.release.gpu.global.u64 [%0], %1;\n" ::"l"(p), "l"(v) : "memory");
 }

@@ -625,17 +625,8 @@ __device__ void select_stage(const LookupArgs& a, int stage, int h) {
 }
 
 // Returns true in every thread of the CTA that arrived last for head h (and resets the counter).
-// The last CTA sees every other CTA's writes (cta_ticket's acquire, then the barrier).
 __device__ bool last_of_head(const PlanDev& p, int slot, int h, unsigned n_ctas) {
-  __shared__ int s_last;
-  unsigned* c = p.head_cnt + (size_t)slot * p.n_kv + h;
-  const unsigned old = cta_ticket(c);
-  if (threadIdx.x == 0) {
-    s_last = old == n_ctas - 1u;
-    if (s_last) *c = 0;
-  }
-  __syncthreads();
-  return s_last;
+  return cta_is_last(p.head_cnt + (size_t)slot * p.n_kv + h, n_ctas);
 }
 
 }  // namespace

@@ -137,20 +137,10 @@ __device__ inline void merge_split_group(const PlanDev& p, const OutView& o, int
 
 // Publishes this CTA's partial and returns true in every thread of the CTA that arrived last in
 // merge group g (resetting its counter for the next run). Used by the prefill run (g: its merge
-// group) and the MHA decode run (g: the KV head). One acq_rel ticket by thread 0 after the
-// barrier: its release publishes every thread's partial (ordered before it by the barrier, as
-// cooperative groups' grid sync fences in one thread), its acquire gives the last CTA the
-// others'. Until session 8 every thread fenced before the barrier instead.
+// group) and the MHA decode run (g: the KV head). Until session 8 every thread fenced before the
+// barrier instead of cta_ticket's one acq_rel add.
 __device__ __forceinline__ bool last_of_group(const PlanDev& p, int g, int ns) {
-  __shared__ int s_last;
-  const unsigned old = cta_ticket(p.group_cnt + g);
-  if (threadIdx.x == 0) {
-    const bool last = old == (unsigned)ns - 1u;
-    if (last) p.group_cnt[g] = 0;
-    s_last = last;
-  }
-  __syncthreads();
-  return s_last;
+  return cta_is_last(p.group_cnt + g, (unsigned)ns);
 }
 
 int launch_merge_states(int n_q, int n_heads, int head_dim, const sqz_cuda_state& a,
