@@ -16,8 +16,9 @@ calibrated per (context, query) by bisection so the selection keeps the target f
 (the coarse threshold keeps ~2.5x that); the timed attention reads the real selected ranges.
 
 Timing: CUDA events, L2 flushed (a 256 MiB memset, or with --flush read a 256 MiB sum) before
-every repetition, median of --reps; a GPU sleep kernel is queued before each timed region so the host has enqueued the whole step
-before the start event fires (device time, not Python launch latency).
+every repetition, median of --reps; a GPU sleep kernel is queued before each timed region so the
+host has enqueued the whole step before the start event fires (device time, not Python launch
+latency).
 Bandwidth: bytes the sqz step must move (selected K+V rows, centroids read, queries) over its
 time, against a device-to-device copy measured in the same run (bytes read + written).
 
@@ -223,12 +224,10 @@ class Timer:
     def __init__(self, flush="write"):
         self.mode = flush
         self.flush_buf = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
-        self.flush_buf.zero_()
-        self.sink = torch.empty((), dtype=torch.int64, device="cuda")
 
     def flush(self):
         if self.mode == "read":
-            self.sink = self.flush_buf.view(torch.int64).sum()
+            self.flush_buf.view(torch.int64).sum()  # the values do not matter, only the reads
         else:
             self.flush_buf.zero_()
 

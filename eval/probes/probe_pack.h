@@ -33,8 +33,7 @@ inline Result<ProbePack> make_probe_pack(int64_t target_tokens, const CompilePar
   tp.n_items = 12;
   tp.seed = 1;
   SQZ_ASSIGN_OR_RETURN(p.task, eval::make_task(corpus, tp, count));
-  SQZ_ASSIGN_OR_RETURN(auto rep, compile_context(*p.engine, p.task.context, cp, path, nullptr));
-  (void)rep;
+  SQZ_RETURN_IF_ERROR(compile_context(*p.engine, p.task.context, cp, path, nullptr).status());
   SQZ_ASSIGN_OR_RETURN(p.pack, Pack::open(path));
   return p;
 }

@@ -52,14 +52,12 @@ struct Sums {
 struct ReuseProbe : KeySelector {
   const Pack& pk;
   SqueezeLookupSelector lookup;
-  std::vector<std::vector<uint8_t>> prev;       // [n_layer * n_head_kv] row mask of the last step
-  std::vector<std::vector<int32_t>> prev_rows;  // the same rows, ascending
-  std::vector<uint8_t> have;                    // prev holds a decode step of this answer
+  std::vector<std::vector<int32_t>> prev_rows;  // [n_layer * n_head_kv] last step's rows, ascending
+  std::vector<uint8_t> have;                    // prev_rows holds a decode step of this answer
   std::vector<Sums> sums;                       // [n_layer]
 
   explicit ReuseProbe(const Pack& p) : pk(p), lookup(p, 2) {
     const size_t n = (size_t)p.n_layer() * p.n_head_kv();
-    prev.assign(n, {});
     prev_rows.assign(n, {});
     have.assign(n, 0);
     sums.assign((size_t)p.n_layer(), Sums());
@@ -87,8 +85,8 @@ struct ReuseProbe : KeySelector {
         Sums s;
         s.steps = 1;
         s.cur = (double)rows.size();
-        int64_t both = 0;
-        for (int32_t i : rows) both += prev[id][(size_t)i];
+        int64_t both = 0;  // rows of the last step still selected
+        for (int32_t i : prev_rows[id]) both += m[(size_t)i];
         s.fresh = s.cur - (double)both;
         s.stale = (double)prev_rows[id].size() - (double)both;
         for (int c = 0; c < kNC; c++) {
@@ -104,7 +102,6 @@ struct ReuseProbe : KeySelector {
         }
         sums[(size_t)layer].add(s);
       }
-      prev[id] = std::move(m);
       prev_rows[id] = std::move(rows);
       have[id] = 1;
     }
