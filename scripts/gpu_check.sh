@@ -38,7 +38,9 @@ build() {
   local t0=$SECONDS pids=() rc=0
   for f in "$SRC"/backend/cuda/*.cu; do
     local o="$BUILD/$(basename "$f" .cu).o"
-    nvcc $FLAGS $GENCODE --threads 2 -Xptxas -v -c "$f" -o "$o" >"$o.log" 2>&1 &
+    local gc=$GENCODE  # attn_wgmma.cu: sm_90a in place of sm_90 (wgmma; see CMakeLists.txt)
+    [ "$(basename "$f")" = attn_wgmma.cu ] && gc=${GENCODE//compute_90,code=sm_90/compute_90a,code=sm_90a}
+    nvcc $FLAGS $gc --threads 2 -Xptxas -v -c "$f" -o "$o" >"$o.log" 2>&1 &
     pids+=($!)
   done
   if [ "$MODE" != lib ]; then

@@ -16,7 +16,10 @@ calibrated per (context, query) by bisection so the selection keeps the target f
 (the coarse threshold keeps ~2.5x that); the timed attention reads the real selected ranges.
 
 Timing: CUDA events, L2 flushed (a 256 MiB memset, or with --flush read a 256 MiB sum) before
-every repetition, median of --reps; a GPU sleep kernel is queued before each timed region so the
+every repetition, or (--flush rotate) no flush and buffers rotated: repetition i reads copy i % n of
+the fixed context and the queries (n >= 2 copies, 8 GiB of K/V in all), so data is cold while
+kernel code and the workspace stay as the previous repetition left them. Median of --reps; a GPU
+sleep kernel is queued before each timed region so the
 host has enqueued the whole step before the start event fires (device time, not Python launch
 latency).
 Bandwidth: bytes the sqz step must move (selected K+V rows, centroids read, queries) over its
@@ -110,6 +113,22 @@ class PlanView(ctypes.Structure):
 
 class PlanViewV1(ctypes.Structure):  # libraries before sqz_cuda_plan_ex: no coarse_bounds
     _fields_ = [f for f in _VIEW_FIELDS if f[0] != "coarse_bounds"]
+
+
+PREFILL_KERNEL = "mma"  # the sparse prefill attention kernel the library runs (jsonl field)
+
+
+def set_prefill_kernel(lib, which):
+    """Selects the prefill kernel and records which one runs (D = 128, as every shape here)."""
+    global PREFILL_KERNEL
+    if not hasattr(lib, "sqz_cuda_set_prefill_kernel"):  # libraries before wgmma: mma.sync only
+        if which == "wgmma":
+            sys.exit("--prefill-kernel wgmma: the library has no wgmma kernel")
+        return
+    rc = lib.sqz_cuda_set_prefill_kernel({"auto": 0, "mma": 1, "wgmma": 2}[which])
+    if rc != 0:
+        sys.exit(f"--prefill-kernel {which}: {lib.sqz_cuda_status_str(rc).decode()}")
+    PREFILL_KERNEL = "wgmma" if which == "wgmma" else "mma"
 
 
 def load_lib(path):
@@ -219,24 +238,32 @@ class Timer:
     kernels start with an L2 full of dirty lines that their misses must write back first.
     flush="read" sums the same 256 MB instead: L2 holds only clean lines of that buffer, as in
     a decode loop, where what precedes attention mostly reads (weights, the previous layer's
-    K/V). Both evict everything the timed kernels read; dense and squeezed get the same one."""
+    K/V). Both evict everything the timed kernels read; dense and squeezed get the same one.
+    flush="rotate" flushes nothing: callers pass a list of functions, one per copy of the
+    inputs (rotation_copies), and repetition i runs copy i % n, so its data is cold but nothing
+    foreign ran since the previous repetition. Kernel code, the workspace and small tables stay
+    where the previous repetition left them, as in a decode loop over layers."""
 
     def __init__(self, flush="write"):
         self.mode = flush
-        self.flush_buf = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+        self.flush_buf = None if flush == "rotate" else torch.empty(256 << 20, dtype=torch.uint8,
+                                                                     device="cuda")
 
     def flush(self):
         if self.mode == "read":
             self.flush_buf.view(torch.int64).sum()  # the values do not matter, only the reads
-        else:
+        elif self.mode == "write":
             self.flush_buf.zero_()
 
     def median_ms(self, fn, reps, warmup=2):
+        fns = fn if isinstance(fn, (list, tuple)) else [fn]
         for _ in range(warmup):
-            fn()
+            for f in fns:
+                f()
         torch.cuda.synchronize()
         ev = []
-        for _ in range(reps):
+        for i in range(reps):
+            fn = fns[i % len(fns)]
             self.flush()
             # Keep the GPU busy while the host enqueues the timed launches, so the events measure
             # device time and not Python/ctypes launch latency (same treatment for SDPA and sqz).
@@ -250,6 +277,22 @@ class Timer:
         return statistics.median(s.elapsed_time(e) for s, e in ev)
 
 
+ROTATE_BYTES = 8 << 30  # --flush rotate: bytes of fixed context over all copies (at least two)
+
+
+def rotation_copies(cx, q, mode):
+    """[(cx, q)] for flush modes; for rotate, enough clones that each copy's data is long evicted
+    when its turn comes back (the smallest sparse step reads a few % of one copy)."""
+    if mode != "rotate":
+        return [(cx, q)]
+    kv = cx["K"].numel() * cx["K"].element_size() * 2
+    n = max(2, min(32, -(-ROTATE_BYTES // kv)))
+    out = [(cx, q)]
+    for _ in range(n - 1):
+        out.append(({k: (v.clone() if torch.is_tensor(v) else v) for k, v in cx.items()}, q.clone()))
+    return out
+
+
 def copy_bandwidth(timer):
     n = 2 << 30
     a = torch.empty(n, dtype=torch.uint8, device="cuda")
@@ -261,17 +304,18 @@ def copy_bandwidth(timer):
 
 
 def best_sdpa(q, k, v, gqa, timer, reps):
-    """Fastest SDPA backend for the shape: (ms, name)."""
+    """Fastest SDPA backend for the shape: (ms, name). q, k, v: lists, one entry per rotation copy."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     best = (float("inf"), "none")
     for name, be in (("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION),
                      ("efficient", SDPBackend.EFFICIENT_ATTENTION)):
         try:
             with sdpa_kernel([be]):
-                fn = lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
-                fn()
+                fns = [lambda a=a, b=b, c=c: F.scaled_dot_product_attention(a, b, c, enable_gqa=gqa)
+                       for a, b, c in zip(q, k, v)]
+                fns[0]()
                 torch.cuda.synchronize()
-                ms = timer.median_ms(fn, reps)
+                ms = timer.median_ms(fns, reps)
             if ms < best[0]:
                 best = (ms, name)
         except Exception as exc:  # backend unavailable for this shape
@@ -304,27 +348,36 @@ class Sqz:
         self.iso = None  # an Iso struct: plans use the mean_iso estimator (sqz_cuda_plan_iso)
         self.child = None  # a Child struct: plans use the child-bound coarse rule (sqz_cuda_plan_ex)
 
+    def context(self, cx):
+        """The same fixed context at other addresses (a --flush rotate copy)."""
+        two = self.shape.n_coarse > 0
+        return Context(cx["K"].data_ptr(), cx["V"].data_ptr(), 0, 0, cx["fine_c"].data_ptr(),
+                       cx["fine_off"].data_ptr(), cx["coarse_c"].data_ptr() if two else None,
+                       cx["coarse_off"].data_ptr() if two else None)
+
     def query(self, q, t_fine, t_coarse):
         return Query(q.data_ptr(), q.shape[0], 0, 1.0 / math.sqrt(q.shape[2]), t_fine, t_coarse)
 
-    def plan(self, qs):
+    def plan(self, qs, ctx=None):
+        ctx = ctx or self.ctx
         if self.child is not None:
             check(self.lib, self.lib.sqz_cuda_plan_ex(
-                ctypes.byref(self.shape), ctypes.byref(self.ctx), ctypes.byref(qs),
+                ctypes.byref(self.shape), ctypes.byref(ctx), ctypes.byref(qs),
                 ctypes.byref(self.iso) if self.iso is not None else None, ctypes.byref(self.child),
                 c_void_p(self.ws.data_ptr()), self.stream), "plan_ex")
             return
         if self.iso is not None:
             check(self.lib, self.lib.sqz_cuda_plan_iso(
-                ctypes.byref(self.shape), ctypes.byref(self.ctx), ctypes.byref(qs),
+                ctypes.byref(self.shape), ctypes.byref(ctx), ctypes.byref(qs),
                 ctypes.byref(self.iso), c_void_p(self.ws.data_ptr()), self.stream), "plan_iso")
             return
-        check(self.lib, self.lib.sqz_cuda_plan(ctypes.byref(self.shape), ctypes.byref(self.ctx),
+        check(self.lib, self.lib.sqz_cuda_plan(ctypes.byref(self.shape), ctypes.byref(ctx),
                                                ctypes.byref(qs), c_void_p(self.ws.data_ptr()),
                                                self.stream), "plan")
 
-    def run(self, qs, st):
-        check(self.lib, self.lib.sqz_cuda_run(ctypes.byref(self.shape), ctypes.byref(self.ctx),
+    def run(self, qs, st, ctx=None):
+        ctx = ctx or self.ctx
+        check(self.lib, self.lib.sqz_cuda_run(ctypes.byref(self.shape), ctypes.byref(ctx),
                                               ctypes.byref(qs), c_void_p(self.ws.data_ptr()),
                                               ctypes.byref(st), self.stream), "run")
 
@@ -408,9 +461,10 @@ def bench_config(lib, timer, shape_name, n_heads, n_kv, D, ctx, cx, q_tokens, ke
     q = make_queries(q_tokens, n_heads, n_kv, D, cx, gen)
     gqa = n_heads != n_kv
     # Dense: SDPA over the whole fixed context, [1, H, L, D] views of the same tensors.
-    qd = q.permute(1, 0, 2).unsqueeze(0)
-    kd, vd = cx["K"].unsqueeze(0), cx["V"].unsqueeze(0)
-    dense_ms, dense_be = best_sdpa(qd, kd, vd, gqa, timer, reps)
+    copies = rotation_copies(cx, q, timer.mode)
+    dense_ms, dense_be = best_sdpa([c_q.permute(1, 0, 2).unsqueeze(0) for _, c_q in copies],
+                                   [c["K"].unsqueeze(0) for c, _ in copies],
+                                   [c["V"].unsqueeze(0) for c, _ in copies], gqa, timer, reps)
     out = torch.empty(q_tokens, n_heads, D, dtype=torch.float32, device="cuda")
     lse = torch.empty(q_tokens, n_heads, dtype=torch.float32, device="cuda")
     st = State(out.data_ptr(), 0, lse.data_ptr(), 0)
@@ -436,9 +490,12 @@ def bench_config(lib, timer, shape_name, n_heads, n_kv, D, ctx, cx, q_tokens, ke
         sqz.child = Child(child_t[est].data_ptr()) if rule == "child" else None
         tf, tc, actual = calibrate(sqz, q, n_kv * ctx, kept)
         qs = sqz.query(q, tf, tc)
-        plan_ms = timer.median_ms(lambda: sqz.plan(qs), reps)
-        run_ms = timer.median_ms(lambda: sqz.run(qs, st), reps)
-        sqz_ms = timer.median_ms(lambda: (sqz.plan(qs), sqz.run(qs, st)), reps)
+        # One (query, context) per copy; every copy is the same data, so the selection is too.
+        cq = [(sqz.query(c_q, tf, tc), sqz.context(c)) for c, c_q in copies]
+        plan_ms = timer.median_ms([lambda a=a, c=c: sqz.plan(a, c) for a, c in cq], reps)
+        run_ms = timer.median_ms([lambda a=a, c=c: sqz.run(a, st, c) for a, c in cq], reps)
+        sqz_ms = timer.median_ms([lambda a=a, c=c: (sqz.plan(a, c), sqz.run(a, st, c))
+                                  for a, c in cq], reps)
         torch.cuda.synchronize()
         # Correctness spot check against SDPA restricted to the kept rows is done by the GPU tests;
         # here only sanity: finite outputs.
@@ -449,7 +506,8 @@ def bench_config(lib, timer, shape_name, n_heads, n_kv, D, ctx, cx, q_tokens, ke
         gbps = moved / (sqz_ms * 1e-3) / 1e9
         floor_ms = moved / (copy_gbps * 1e9) * 1e3
         rec = dict(card=card, shape=shape_name, ctx=ctx, q_tokens=q_tokens, kept=kept, estimator=est,
-                   coarse_rule=rule, flush=timer.mode,
+                   coarse_rule=rule, flush=timer.mode, copies=len(copies),
+                   prefill_kernel=PREFILL_KERNEL if q_tokens * (n_heads // n_kv) > 8 else None,
                    kept_actual=round(actual, 4), dense_ms=round(dense_ms, 4), dense_backend=dense_be,
                    sqz_ms=round(sqz_ms, 4), plan_ms=round(plan_ms, 4), run_ms=round(run_ms, 4),
                    speedup=round(dense_ms / sqz_ms, 2), gbps=round(gbps, 1),
@@ -470,7 +528,7 @@ def bench_config(lib, timer, shape_name, n_heads, n_kv, D, ctx, cx, q_tokens, ke
               f"{dense_ms / sqz_ms:7.2f}x {gbps:7.0f} {100 * floor_ms / sqz_ms:5.1f}% "
               f"{100 * plan_ms / sqz_ms:5.1f}% {est}{'' if rule == 'calibrated' else '+' + rule}",
               flush=True)
-    del sqz, sqz1, sqz2
+    del sqz, sqz1, sqz2, copies
     return rows
 
 
@@ -544,14 +602,16 @@ def stamps_report(lib, timer, spec, reps, seed, jsonl, card, commit):
         sqz = Sqz(lib, n_heads, n_kv, D, ctx, cx, 1)
         q = make_queries(1, n_heads, n_kv, D, cx, gen)
         tf, tc, actual = calibrate(sqz, q, n_kv * ctx, kept)
-        qs = sqz.query(q, tf, tc)
-        plan_ms = timer.median_ms(lambda: sqz.plan(qs), reps)
+        cq = [(sqz.query(c_q, tf, tc), sqz.context(c)) for c, c_q in rotation_copies(cx, q, timer.mode)]
+        plan_ms = timer.median_ms([lambda a=a, c=c: sqz.plan(a, c) for a, c in cq], reps)
         samples = {n: ([], []) for n in STAMP_NAMES}
+        for a, c in cq:  # rotate: every copy once, so the first stamped plan follows another copy
+            sqz.plan(a, c)
         check(lib, lib.sqz_cuda_debug_stamps(buf, 0, 1), "stamps reset")
-        for _ in range(reps):
+        for i in range(reps):
             timer.flush()
             torch.cuda._sleep(SLEEP_CYCLES)
-            sqz.plan(qs)
+            sqz.plan(*cq[i % len(cq)])
             check(lib, lib.sqz_cuda_debug_stamps(buf, 2 * len(STAMP_NAMES), 1), "stamps read")
             t0 = buf[0]
             for e, n in enumerate(STAMP_NAMES):
@@ -572,7 +632,7 @@ def stamps_report(lib, timer, spec, reps, seed, jsonl, card, commit):
                 print(f"  {n:12s} {a:8.2f} {b:8.2f}", flush=True)
         with open(jsonl, "a") as f:
             f.write(json.dumps(rec) + "\n")
-        del sqz, cx
+        del sqz, cx, cq
         torch.cuda.empty_cache()
 
 
@@ -585,8 +645,9 @@ def main():
     ap.add_argument("--q-tokens", default="1,128,1024")
     ap.add_argument("--kept", default="0.05,0.1,0.2")
     ap.add_argument("--reps", type=int, default=15)
-    ap.add_argument("--flush", default="write", choices=["write", "read"],
-                    help="L2 flush before each repetition: zero (write) or sum (read) 256 MB")
+    ap.add_argument("--flush", default="write", choices=["write", "read", "rotate"],
+                    help="before each repetition: zero (write) or sum (read) 256 MB, or no flush "
+                         "and the next of several copies of the inputs (rotate)")
     ap.add_argument("--estimator", default="mean", choices=["mean", "iso", "both"],
                     help="lookup estimator timed: mean (sqz_cuda_plan), iso (mean_iso, "
                          "sqz_cuda_plan_iso with synthetic {vbar, radius}), or both")
@@ -594,6 +655,9 @@ def main():
                     help="comma list of lookups timed: calibrated (two levels, threshold_coarse), "
                          "child (two levels, sqz_cuda_plan_ex with the child bound; the engine's "
                          "default), single (the fine level alone)")
+    ap.add_argument("--prefill-kernel", default="auto", choices=["auto", "mma", "wgmma"],
+                    help="sparse prefill attention kernel (sqz_cuda_set_prefill_kernel): auto = the "
+                         "library's default (mma.sync), wgmma = the sm_90a kernel")
     ap.add_argument("--kmeans-heads", type=int, default=16, help="(layer, KV head) runs to time; 0 = skip")
     ap.add_argument("--kmeans-iters", type=int, default=10)
     ap.add_argument("--seed", type=int, default=1234)
@@ -605,6 +669,7 @@ def main():
     args = ap.parse_args()
 
     lib = load_lib(args.lib)
+    set_prefill_kernel(lib, args.prefill_kernel)
     torch.backends.cuda.matmul.allow_tf32 = False
     if args.profile_one:
         sname, ctx, qt, kept = args.profile_one.split(",")

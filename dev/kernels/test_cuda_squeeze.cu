@@ -26,6 +26,9 @@ namespace rc = sqz::refcuda;
 
 static int g_failures = 0;
 static int g_checks = 0;
+// Prefill attention kernel of the current pass ("" in the first pass, which uses the library's
+// default choice; see main).
+static const char* g_variant = "";
 
 #define CUDA_OK(x)                                                                           \
   do {                                                                                       \
@@ -235,7 +238,8 @@ static void run_case(const Case& c, std::mt19937_64& rng) {
   const int n_fine = std::max(2, n_ctx / 19);
   const int n_coarse = c.hier ? std::max(2, n_fine / 5) : 0;
   char tag[200];
-  std::snprintf(tag, sizeof tag, "ctx=%d kv=%d g=%d nq=%d D=%d %s%s %s %s keep=(%.2f,%.2f) sms=%d",
+  std::snprintf(tag, sizeof tag,
+                "%sctx=%d kv=%d g=%d nq=%d D=%d %s%s %s %s keep=(%.2f,%.2f) sms=%d", g_variant,
                 n_ctx, n_kv, c.group, c.n_q, D, c.hier ? "hier" : "flat", c.child ? "+child" : "",
                 c.dt == SQZ_CUDA_BF16 ? "bf16" : "f16", c.iso ? "mean_iso" : "mean", c.keep_coarse,
                 c.keep_fine, c.num_sms);
@@ -595,8 +599,8 @@ static void run_ranges_case(int n_ctx, int group, int n_q, int D, sqz_cuda_dtype
   const int n_kv = 3, n_heads = n_kv * group,
             n_fine = mode == 3 ? n_ctx / 2 + 1 : std::max(4, n_ctx / 7);
   char tag[200];
-  std::snprintf(tag, sizeof tag, "ranges ctx=%d g=%d nq=%d D=%d %s mode=%d sms=%d", n_ctx, group,
-                n_q, D, dt == SQZ_CUDA_BF16 ? "bf16" : "f16", mode, num_sms);
+  std::snprintf(tag, sizeof tag, "%sranges ctx=%d g=%d nq=%d D=%d %s mode=%d sms=%d", g_variant,
+                n_ctx, group, n_q, D, dt == SQZ_CUDA_BF16 ? "bf16" : "f16", mode, num_sms);
   std::printf("case %s\n", tag);
   const Half16 Kh = to16(randn(rng, (size_t)n_kv * n_ctx * D, 1.0f), dt);
   const Half16 Vh = to16(randn(rng, (size_t)n_kv * n_ctx * D, 1.0f), dt);
@@ -975,6 +979,24 @@ int main(int argc, char** argv) {
   run_ranges_case(20000, 1, 1, 128, BF, 3, 1, rng);  // decode: 2 items of ~4.4K rows per head
   run_ranges_case(20000, 8, 1, 64, F16, 3, 0, rng);  // decode, G = 8
   run_ranges_case(20000, 4, 3, 128, BF, 3, 0, rng);  // prefill (row list) over the same
+  // The first pass ran the library's default prefill kernel (mma.sync). Where this device has
+  // the sm_90a warpgroup-MMA kernel, the D = 128 prefill cases run again on it, so both
+  // variants are checked on a Hopper card.
+  const bool wg = sqz_cuda_set_prefill_kernel(SQZ_CUDA_PREFILL_WGMMA) == SQZ_CUDA_OK;
+  std::printf("prefill kernels: mma.sync%s\n",
+              wg ? ", then wgmma (D = 128)" : " (no sm_90a code for this device)");
+  if (wg) {
+    g_variant = "[wgmma] ";
+    for (const Case& c : cases)
+      if (c.n_q * c.group > 8 && c.D == 128) run_case(c, rng);
+    run_ranges_case(3771, 8, 12, 128, BF, 0, 0, rng);
+    run_ranges_case(3771, 8, 12, 128, BF, 2, 0, rng);
+    run_ranges_case(20000, 4, 3, 128, BF, 3, 0, rng);
+    expect(sqz_cuda_set_prefill_kernel(SQZ_CUDA_PREFILL_MMA) == SQZ_CUDA_OK, "select mma.sync");
+    expect(sqz_cuda_set_prefill_kernel(SQZ_CUDA_PREFILL_AUTO) == SQZ_CUDA_OK, "select default");
+    g_variant = "";
+  }
+  expect(sqz_cuda_set_prefill_kernel(7) == SQZ_CUDA_EINVAL, "bad prefill kernel id");
   run_dense_case(1, 1, 1, 128, BF, 0, 0, rng);
   run_dense_case(77, 77, 4, 128, BF, 10, 10, rng);
   run_dense_case(200, 260, 1, 128, F16, 0, 60, rng);  // 60 past user tokens

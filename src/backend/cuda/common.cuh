@@ -126,6 +126,15 @@ __device__ __forceinline__ int swz(int row, int chunk) {
   return row * D + ((chunk ^ (row & 7)) << 3);  // element offset
 }
 
+// The 128-byte-swizzle layout of Hopper's wgmma operands (wgmma.cuh): a tile of ROWS rows as
+// halves of 64 16-bit elements (128 bytes per row); chunk c of row r sits at c ^ (r & 7) of its
+// half, chunks 0-7 in the first half, 8-15 in the second. Element offset; tiles start
+// 1024-byte aligned.
+template <int ROWS>
+__device__ __forceinline__ int swz128(int row, int chunk) {
+  return (chunk >> 3) * (ROWS * 64) + row * 64 + (((chunk & 7) ^ (row & 7)) << 3);
+}
+
 // ---- reductions ----
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll

@@ -13,7 +13,8 @@ constexpr int kTileRows = 64;  // query rows per CTA and key rows per tile
 
 // Issues cp.async for a ROWS-row query tile: row r is query row m = m0 + r of KV head h, i.e.
 // token t = m / group, query head h * group + m % group. Rows past qtot are zero-filled.
-template <int D, typename T, int ROWS = kTileRows>
+// SW128: the wgmma layout (swz128) instead of swz.
+template <int D, typename T, int ROWS = kTileRows, bool SW128 = false>
 __device__ __forceinline__ void load_q_tile_async(T* sbuf, const T* q, int64_t q_tok_stride,
                                                   int group, int h, int m0, int qtot) {
   constexpr int CPR = D / 8;  // 16-byte chunks per row
@@ -26,7 +27,7 @@ __device__ __forceinline__ void load_q_tile_async(T* sbuf, const T* q, int64_t q
       const int t = m / group, hg = m - t * group;
       src = q + (int64_t)t * q_tok_stride + (int64_t)(h * group + hg) * D + ch * 8;
     }
-    cp_async16(sbuf + swz<D>(row, ch), src, valid);
+    cp_async16(sbuf + (SW128 ? swz128<ROWS>(row, ch) : swz<D>(row, ch)), src, valid);
   }
 }
 
@@ -76,14 +77,15 @@ __device__ __forceinline__ void pv_tile(float (&acc)[D / 8][4], const uint32_t (
 }
 
 // Issues cp.async of 64 rows (row r from src_rows[r] elements past base, < 0 = zero row).
-template <int D, typename T>
+template <int D, typename T, bool SW128 = false>
 __device__ __forceinline__ void load_rows_async(T* sbuf, const T* base, const int64_t* row_off) {
   constexpr int CPR = D / 8;
   for (int id = threadIdx.x; id < kTileRows * CPR; id += blockDim.x) {
     const int row = id / CPR, ch = id % CPR;
     const int64_t off = row_off[row];
     const bool valid = off >= 0;
-    cp_async16(sbuf + swz<D>(row, ch), valid ? base + off + ch * 8 : base, valid);
+    cp_async16(sbuf + (SW128 ? swz128<kTileRows>(row, ch) : swz<D>(row, ch)),
+               valid ? base + off + ch * 8 : base, valid);
   }
 }
 

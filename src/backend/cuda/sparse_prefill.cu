@@ -31,6 +31,9 @@ int launch_t(const WsLayout& L, const RunArgs& a, cudaStream_t stream) {
 
 int launch_sparse_prefill(const sqz_cuda_shape& s, const WsLayout& L, const RunArgs& a,
                           cudaStream_t stream) {
+  // The wgmma kernel only on request: it measured no faster (attn_wgmma.cuh).
+  if (prefill_kernel_choice() == SQZ_CUDA_PREFILL_WGMMA && s.head_dim == 128)
+    return launch_sparse_prefill_wgmma(s, L, a, stream);
   const bool bf = s.dtype == SQZ_CUDA_BF16;
   if (s.head_dim == 128)
     return bf ? launch_t<128, __nv_bfloat16>(L, a, stream) : launch_t<128, __half>(L, a, stream);
