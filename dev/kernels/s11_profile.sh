@@ -1,6 +1,7 @@
 #!/bin/bash
 # Nsight Compute profiles of both sparse prefill attention kernels (wgmma and mma.sync) at 128K,
-# 1,024 tokens, 10% kept, in one GPU call: the next step of NOTES.md "Session 11". Links the
+# 1,024 tokens, 10% kept, in one GPU call (run at the end of session 11: NOTES.md "Session 11",
+# bench/results/ncu_s11_h100_prefill_run.tar.xz). Links the
 # libraries from the objects in .g11c1/objs.tar.xz (see s11_call.sh) unless a warm machine
 # still has them. Usage (repo root, GPU machine): OUT=<dir> dev/kernels/s11_profile.sh
 set -u
