@@ -31,8 +31,10 @@ int launch_t(const WsLayout& L, const RunArgs& a, cudaStream_t stream) {
 
 int launch_sparse_prefill(const sqz_cuda_shape& s, const WsLayout& L, const RunArgs& a,
                           cudaStream_t stream) {
-  // The wgmma kernel only on request: it measured no faster (attn_wgmma.cuh).
-  if (prefill_kernel_choice() == SQZ_CUDA_PREFILL_WGMMA && s.head_dim == 128)
+  // The wgmma kernel only on request: it measured no faster (attn_wgmma.cuh). The request was
+  // checked for the device current then; another device may lack sm_90a code (cached probe).
+  if (prefill_kernel_choice() == SQZ_CUDA_PREFILL_WGMMA && s.head_dim == 128 &&
+      wgmma_prefill_available())
     return launch_sparse_prefill_wgmma(s, L, a, stream);
   const bool bf = s.dtype == SQZ_CUDA_BF16;
   if (s.head_dim == 128)
