@@ -11,7 +11,7 @@
 #
 # Usage: scripts/gpu_profile.sh [NAME ...]   names: run128 plan128 merge128 run512 (default all),
 #        prerun128 (the prefill run's mma.sync attention, 1,024 query tokens; prerunwg128 the
-#        sm_90a wgmma one, which a library with it runs by default) and preplan128
+#        opt-in sm_90a wgmma one) and preplan128
 #        (the prefill plan's four score_mma launches, after calibration's 61 plans)
 # Env:   OUT (default /tmp/sqz_gpu_out), BUILD (default build-gpu), NCU (default: ncu on PATH).
 set -uo pipefail

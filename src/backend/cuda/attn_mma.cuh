@@ -19,7 +19,6 @@
 
 namespace sqz::cuda {
 
-constexpr int kRowWin = 1024;  // kept rows whose physical index is staged in smem at once
 constexpr int kStages = 2;     // K/V tiles in flight (3 stages would allow only one CTA per SM)
 constexpr int kWarpRows = 32;  // query rows per warp: kMB blocks of 16
 constexpr int kMB = kWarpRows / 16;

@@ -1,6 +1,5 @@
 // Launcher of the wgmma sparse prefill attention (attn_wgmma.cuh) and the process-wide choice
 // between it and the mma.sync kernel (sqz_cuda_set_prefill_kernel).
-#include <algorithm>
 #include <atomic>
 
 #include "backend/cuda/attn_wgmma.cuh"
@@ -22,25 +21,6 @@ __global__ void wgmma_probe_kernel() {
 }
 
 std::atomic<int> g_prefill_kernel{SQZ_CUDA_PREFILL_AUTO};
-
-template <typename T>
-int launch_t(const WsLayout& L, const RunArgs& a, cudaStream_t stream) {
-  constexpr int smem = attn_wgmma_smem_bytes<T>();
-  static int blocks_per_sm = [] {
-    cudaFuncSetAttribute(attn_wgmma_kernel<T, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         smem);
-    int b = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, attn_wgmma_kernel<T, true>, kWgThreads,
-                                                      smem) != cudaSuccess)
-      b = 1;
-    return std::max(1, b);
-  }();
-  const int grid = std::max(1, std::min(L.max_items, L.num_sms * blocks_per_sm));
-  return launch_k(attn_wgmma_kernel<T, true>, dim3(grid), dim3(kWgThreads), smem, stream, a) ==
-                 cudaSuccess
-             ? SQZ_CUDA_OK
-             : SQZ_CUDA_ECUDA;
-}
 
 }  // namespace
 
@@ -66,8 +46,11 @@ int prefill_kernel_choice() {
 int launch_sparse_prefill_wgmma(const sqz_cuda_shape& s, const WsLayout& L, const RunArgs& a,
                                 cudaStream_t stream) {
   if (s.head_dim != 128) return SQZ_CUDA_EUNSUPPORTED;
-  return s.dtype == SQZ_CUDA_BF16 ? launch_t<__nv_bfloat16>(L, a, stream)
-                                  : launch_t<__half>(L, a, stream);
+  return s.dtype == SQZ_CUDA_BF16
+             ? launch_prefill_items<attn_wgmma_kernel<__nv_bfloat16>, kWgThreads,
+                                    attn_wgmma_smem_bytes<__nv_bfloat16>()>(L, a, stream)
+             : launch_prefill_items<attn_wgmma_kernel<__half>, kWgThreads,
+                                    attn_wgmma_smem_bytes<__half>()>(L, a, stream);
 }
 
 }  // namespace sqz::cuda

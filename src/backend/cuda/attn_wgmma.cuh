@@ -38,7 +38,6 @@ namespace sqz::cuda {
 
 constexpr int kWgStages = 4;     // K/V tiles in the ring (3 in flight while one is computed)
 constexpr int kWgThreads = 256;  // 2 warpgroups
-constexpr int kWgRowWin = 1024;  // kept rows whose physical index is staged in smem at once
 static_assert(kPrefillBM == 2 * 64, "one 64-row warpgroup tile per half of the query block");
 
 template <typename T>
@@ -46,12 +45,12 @@ constexpr int attn_wgmma_smem_bytes() {
   constexpr int D = 128;
   return 1024 /* 1024-byte alignment of the swizzled tiles */ + kPrefillBM * D * (int)sizeof(T) +
          2 * kWgStages * kTileRows * D * (int)sizeof(T) +
-         kWgStages * kTileRows * (int)sizeof(int64_t) + kWgRowWin * (int)sizeof(int32_t);
+         kWgStages * kTileRows * (int)sizeof(int64_t) + kRowWin * (int)sizeof(int32_t);
 }
 
-// SPARSE: persistent over the plan's items. !SPARSE: dense causal, item = (blockIdx.x query
-// block, blockIdx.y KV head), keys [0, n_keys) masked by position.
-template <typename T, bool SPARSE>
+// Persistent over the plan's items (sparse prefill only: the dense causal attention keeps
+// attn_mma.cuh's kernel).
+template <typename T>
 __global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(RunArgs a) {
 #ifdef SQZ_WGMMA
   constexpr int D = 128, S = kWgStages;
@@ -63,39 +62,25 @@ __global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(RunArgs a) {
   T* sK = sQ + kPrefillBM * D;                                                // [S][2][64][64]
   T* sV = sK + S * kTileRows * D;                                             // [S][2][64][64]
   int64_t* s_off = reinterpret_cast<int64_t*>(sV + S * kTileRows * D);        // [S][64]
-  int32_t* s_rows = reinterpret_cast<int32_t*>(s_off + S * kTileRows);        // [kWgRowWin]
+  int32_t* s_rows = reinterpret_cast<int32_t*>(s_off + S * kTileRows);        // [kRowWin]
   pdl_wait();
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wg = warp >> 2, wq = warp & 3;  // warpgroup; warp within it (its 16 rows)
   const int qtot = a.qtot, group = a.o.group;
-  const int n_items = SPARSE ? a.p.meta[kMetaItems] : 1;
-  const int n_qb = SPARSE ? a.p.meta[kMetaQBlocks] : 0;
+  const int n_items = a.p.meta[kMetaItems];
+  const int n_qb = a.p.meta[kMetaQBlocks];
   // S tile accumulators: s is tile t's, s_nxt the next tile's (in flight during this tile's
   // softmax); every wgmma S chain starts by overwriting them.
   float s[32], s_nxt[32];
 #pragma unroll
   for (int i = 0; i < 32; i++) s[i] = s_nxt[i] = 0.0f;
 
-  for (int it = SPARSE ? (int)blockIdx.x : 0; it < n_items; it += SPARSE ? gridDim.x : 1) {
-    int h, qb, vb, ve, first = 0, ns = 1, grp = 0;
-    if (SPARSE) {
-      const int4 item = a.p.items[it];
-      h = item.x;
-      qb = item.y;
-      vb = item.z;
-      ve = item.w;
-      grp = h * n_qb + qb;
-      first = a.p.group_off[grp];
-      ns = a.p.group_off[grp + 1] - first;
-    } else {
-      qb = blockIdx.x;
-      h = blockIdx.y;
-      vb = 0;
-      const int last_m = min(qtot, (qb + 1) * kPrefillBM) - 1;
-      const int64_t last_pos = a.q_pos0 + last_m / group;
-      const int64_t lim = last_pos - a.key_pos0 + 1;
-      ve = (int)max((int64_t)0, min((int64_t)a.n_keys, lim));
-    }
+  for (int it = blockIdx.x; it < n_items; it += gridDim.x) {
+    const int4 item = a.p.items[it];
+    const int h = item.x, qb = item.y, vb = item.z, ve = item.w;
+    const int grp = h * n_qb + qb;
+    const int first = a.p.group_off[grp];
+    const int ns = a.p.group_off[grp + 1] - first;
     const int n = ve - vb;
     const int nt = ceil_div_dev(n, kTileRows);
     const T* Kh = static_cast<const T*>(a.k) + (int64_t)h * a.kv_head_stride;
@@ -105,22 +90,19 @@ __global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(RunArgs a) {
                                               h, qb * kPrefillBM, qtot);
     cp_async_commit();
 
-    const int32_t* ridx = SPARSE ? a.p.rowidx + (int64_t)h * a.p.n_ctx : nullptr;
+    const int32_t* ridx = a.p.rowidx + (int64_t)h * a.p.n_ctx;
     // Row offsets of tile t into ring slot buf; a barrier must follow before they are used.
     auto fill_off = [&](int buf, int t) {
-      if (SPARSE && (t * kTileRows) % kWgRowWin == 0) {
+      if ((t * kTileRows) % kRowWin == 0) {
         const int w0 = vb + t * kTileRows;
-        for (int i = tid; i < kWgRowWin; i += blockDim.x)
+        for (int i = tid; i < kRowWin; i += blockDim.x)
           s_rows[i] = w0 + i < ve ? __ldg(ridx + w0 + i) : -1;
         __syncthreads();
       }
       if (tid < kTileRows) {
         const int v = vb + t * kTileRows + tid;
         int64_t off = -1;
-        if (v < ve) {
-          const int64_t row = SPARSE ? s_rows[(t * kTileRows) % kWgRowWin + tid] : v;
-          off = row * a.kv_row_stride;
-        }
+        if (v < ve) off = (int64_t)s_rows[(t * kTileRows) % kRowWin + tid] * a.kv_row_stride;
         s_off[buf * kTileRows + tid] = off;
       }
     };
@@ -143,8 +125,6 @@ __global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(RunArgs a) {
     float m0 = kNegInf, m1 = kNegInf, l0 = 0.0f, l1 = 0.0f;
     // This thread's rows within the query block: rA and rA + 8.
     const int rA = wg * 64 + wq * 16 + (lane >> 2);
-    const int64_t posA = a.q_pos0 + (qb * kPrefillBM + rA) / group;
-    const int64_t posB = a.q_pos0 + (qb * kPrefillBM + rA + 8) / group;
 
     // S = Q K^T for key tile u: this warpgroup's 64 query rows x 64 keys, K = 128 in 8 steps.
     auto qk = [&](float(&d)[32], int u) {
@@ -186,14 +166,8 @@ __global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(RunArgs a) {
         for (int c = 0; c < 2; c++) {
           const int col = j * 8 + 2 * (lane & 3) + c;
           const bool ok = s_off[buf * kTileRows + col] >= 0;
-          bool okA = ok, okB = ok;
-          if (!SPARSE) {
-            const int64_t kpos = a.key_pos0 + (int64_t)t * kTileRows + col;
-            okA = ok && kpos <= posA;
-            okB = ok && kpos <= posB;
-          }
-          s[4 * j + c] = okA ? s[4 * j + c] * a.scale_log2 : kNegInf;
-          s[4 * j + 2 + c] = okB ? s[4 * j + 2 + c] * a.scale_log2 : kNegInf;
+          s[4 * j + c] = ok ? s[4 * j + c] * a.scale_log2 : kNegInf;
+          s[4 * j + 2 + c] = ok ? s[4 * j + 2 + c] * a.scale_log2 : kNegInf;
           mx0 = fmaxf(mx0, s[4 * j + c]);
           mx1 = fmaxf(mx1, s[4 * j + 2 + c]);
         }

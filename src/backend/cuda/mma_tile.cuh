@@ -10,6 +10,8 @@
 namespace sqz::cuda {
 
 constexpr int kTileRows = 64;  // query rows per CTA and key rows per tile
+constexpr int kRowWin = 1024;  // prefill attention: kept rows whose physical index is staged in
+                               // smem at once (attn_mma.cuh, attn_wgmma.cuh)
 
 // Issues cp.async for a ROWS-row query tile: row r is query row m = m0 + r of KV head h, i.e.
 // token t = m / group, query head h * group + m % group. Rows past qtot are zero-filled.

@@ -1,6 +1,4 @@
 // Sparse prefill attention launcher; the kernel is attn_mma_kernel<.., SPARSE = true>.
-#include <algorithm>
-
 #include "backend/cuda/attn_mma.cuh"
 #include "backend/cuda/sparse_prefill.cuh"
 
@@ -8,23 +6,9 @@ namespace sqz::cuda {
 namespace {
 
 template <int D, typename T>
-int launch_t(const WsLayout& L, const RunArgs& a, cudaStream_t stream) {
-  constexpr int smem = attn_mma_smem_bytes<D, T>();
-  // Function attributes and occupancy are per kernel, so resolve them once.
-  static int blocks_per_sm = [] {
-    cudaFuncSetAttribute(attn_mma_kernel<D, T, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         smem);
-    int b = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, attn_mma_kernel<D, T, true>, kAttnThreads,
-                                                      smem) != cudaSuccess)
-      b = 1;
-    return std::max(1, b);
-  }();
-  const int grid = std::max(1, std::min(L.max_items, L.num_sms * blocks_per_sm));
-  return launch_k(attn_mma_kernel<D, T, true>, dim3(grid), dim3(kAttnThreads), smem, stream, a) ==
-                 cudaSuccess
-             ? SQZ_CUDA_OK
-             : SQZ_CUDA_ECUDA;
+int launch_mma(const WsLayout& L, const RunArgs& a, cudaStream_t stream) {
+  return launch_prefill_items<attn_mma_kernel<D, T, true>, kAttnThreads,
+                              attn_mma_smem_bytes<D, T>()>(L, a, stream);
 }
 
 }  // namespace
@@ -38,9 +22,10 @@ int launch_sparse_prefill(const sqz_cuda_shape& s, const WsLayout& L, const RunA
     return launch_sparse_prefill_wgmma(s, L, a, stream);
   const bool bf = s.dtype == SQZ_CUDA_BF16;
   if (s.head_dim == 128)
-    return bf ? launch_t<128, __nv_bfloat16>(L, a, stream) : launch_t<128, __half>(L, a, stream);
+    return bf ? launch_mma<128, __nv_bfloat16>(L, a, stream)
+              : launch_mma<128, __half>(L, a, stream);
   if (s.head_dim == 64)
-    return bf ? launch_t<64, __nv_bfloat16>(L, a, stream) : launch_t<64, __half>(L, a, stream);
+    return bf ? launch_mma<64, __nv_bfloat16>(L, a, stream) : launch_mma<64, __half>(L, a, stream);
   return SQZ_CUDA_EUNSUPPORTED;
 }
 

@@ -207,9 +207,6 @@ int sqz_cuda_workspace_init(const sqz_cuda_shape* shape, void* ws, cudaStream_t 
   if (cudaMemsetAsync(static_cast<char*>(ws) + L.counters, 0, L.counters_bytes, stream) !=
       cudaSuccess)
     return SQZ_CUDA_ECUDA;
-  // Which prefill kernel this device runs is probed once (a tiny synchronous launch); do it
-  // here, at set-up, rather than in the first run.
-  (void)wgmma_prefill_available();
   return SQZ_CUDA_OK;
 }
 
