@@ -11,6 +11,10 @@
 // softmax in base 2. Measured at 128K, 1024 tokens, 10% (dev/kernels/NOTES.md v8): 171 -> 211
 // TFLOP/s, with equal-size items and the batched split merge. ncu put the 16-row kernel at 40%
 // issue utilisation with 2 warps per scheduler (latency-bound, not bandwidth-bound).
+// Session 12 cut the instructions per warp and key tile from 1,912 to 1,142 (ncu): K/V copies
+// by load_kv_rows_async, positional masks only on the tiles that need one, the scale folded
+// into the exponent's FFMA, the rescale skipped once the warp's row maxima settle. The run at
+// 128K, 1,024 tokens, 10% went from 1.09 to 0.80 ms on an H100 (~280 TFLOP/s).
 #pragma once
 
 #include "backend/cuda/merge.cuh"
@@ -73,8 +77,8 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attn_mma_kernel(RunArgs a) {
     const T* Vh = static_cast<const T*>(a.v) + (int64_t)h * a.kv_head_stride;
 
     // Query tile (its own cp.async group, committed before the first K/V tile's).
-    load_q_tile_async<D, T, kPrefillBM>(sQ, static_cast<const T*>(a.q), a.q_tok_stride, group, h,
-                                        qb * kPrefillBM, qtot);
+    load_q_tile_async<D, T, kPrefillBM, false, kAttnThreads>(
+        sQ, static_cast<const T*>(a.q), a.q_tok_stride, group, h, qb * kPrefillBM, qtot);
     cp_async_commit();
 
     // Sparse: physical rows come from the plan's row list, staged kRowWin at a time by every
@@ -87,19 +91,21 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attn_mma_kernel(RunArgs a) {
           s_rows[i] = w0 + i < ve ? __ldg(ridx + w0 + i) : -1;
         __syncthreads();
       }
+      // Byte offsets; rows past the end read offset 0 and are zero-filled by the loader.
       if (tid < kTileRows) {
         const int v = vb + t * kTileRows + tid;
-        int64_t off = -1;
+        int64_t off = 0;
         if (v < ve) {
           const int64_t row = SPARSE ? s_rows[(t * kTileRows) % kRowWin + tid] : v;
-          off = row * a.kv_row_stride;
+          off = row * a.kv_row_stride * (int64_t)sizeof(T);
         }
         s_off[buf * kTileRows + tid] = off;
       }
     };
-    auto issue = [&](int buf) {
-      load_rows_async<D, T>(sK + buf * kTileRows * D, Kh, s_off + buf * kTileRows);
-      load_rows_async<D, T>(sV + buf * kTileRows * D, Vh, s_off + buf * kTileRows);
+    auto issue = [&](int buf, int t) {
+      load_kv_rows_async<D, T, false, kAttnThreads>(
+          sK + buf * kTileRows * D, sV + buf * kTileRows * D, Kh, Vh, s_off + buf * kTileRows,
+          ve - vb - t * kTileRows);
       cp_async_commit();
     };
 
@@ -118,19 +124,21 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attn_mma_kernel(RunArgs a) {
       pos[b][0] = a.q_pos0 + mr / group;
       pos[b][1] = a.q_pos0 + (mr + 8) / group;
     }
+    // Causal: the position of the warp's first row, the lowest of its rows.
+    const int64_t wpos0 = a.q_pos0 + (qb * kPrefillBM + warp * kWarpRows) / group;
 
     // Tile t lives in stage t % kStages; tile t + 1 is in flight while t is computed.
     if (nt > 0) {
       fill_off(0, 0);
       __syncthreads();
-      issue(0);
+      issue(0, 0);
     }
     for (int t = 0; t < nt; t++) {
       const int buf = t % kStages;
       if (t + 1 < nt) {
         fill_off((t + 1) % kStages, t + 1);
         __syncthreads();
-        issue((t + 1) % kStages);
+        issue((t + 1) % kStages, t + 1);
         cp_async_wait<1>();
       } else {
         cp_async_wait<0>();
@@ -163,32 +171,47 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attn_mma_kernel(RunArgs a) {
           }
         }
       }
+      // Masks only where a tile needs one: its columns past the item's end (both kernels) or
+      // keys after one of the warp's rows (causal). Columns are masked by position: tile t's
+      // column col is key v = vb + 64 t + col, valid while v < ve. Full tiles skip the test.
+      const int lim = n - t * kTileRows;
+      const bool full =
+          lim >= kTileRows && (SPARSE || a.key_pos0 + (int64_t)(t + 1) * kTileRows - 1 <= wpos0);
+      if (!full) {
+#pragma unroll
+        for (int b = 0; b < kMB; b++)
+#pragma unroll
+          for (int j = 0; j < 8; j++)
+#pragma unroll
+            for (int c = 0; c < 2; c++) {
+              const int col = j * 8 + 2 * (lane & 3) + c;
+              bool okA = col < lim, okB = okA;
+              if (!SPARSE) {
+                const int64_t kpos = a.key_pos0 + t * kTileRows + col;
+                okA = okA && kpos <= pos[b][0];
+                okB = okB && kpos <= pos[b][1];
+              }
+              if (!okA) s[b][j][c] = kNegInf;
+              if (!okB) s[b][j][c + 2] = kNegInf;
+            }
+      }
       uint32_t pa[kMB][4][4];
 #pragma unroll
       for (int b = 0; b < kMB; b++) {
+        // Max of the raw products, then p = 2^(s * scale - m) by one FFMA per element (scale >
+        // 0, so the max commutes with it; -inf stays -inf).
         float mx0 = kNegInf, mx1 = kNegInf;
 #pragma unroll
-        for (int j = 0; j < 8; j++)
-#pragma unroll
-          for (int c = 0; c < 2; c++) {
-            const int col = j * 8 + 2 * (lane & 3) + c;
-            const bool ok = s_off[buf * kTileRows + col] >= 0;
-            bool okA = ok, okB = ok;
-            if (!SPARSE) {
-              const int64_t kpos = a.key_pos0 + t * kTileRows + col;
-              okA = ok && kpos <= pos[b][0];
-              okB = ok && kpos <= pos[b][1];
-            }
-            s[b][j][c] = okA ? s[b][j][c] * a.scale_log2 : kNegInf;
-            s[b][j][c + 2] = okB ? s[b][j][c + 2] * a.scale_log2 : kNegInf;
-            mx0 = fmaxf(mx0, s[b][j][c]);
-            mx1 = fmaxf(mx1, s[b][j][c + 2]);
-          }
+        for (int j = 0; j < 8; j++) {
+          mx0 = fmaxf(mx0, fmaxf(s[b][j][0], s[b][j][1]));
+          mx1 = fmaxf(mx1, fmaxf(s[b][j][2], s[b][j][3]));
+        }
         mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
         mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
         mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
         mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-        const float n0 = fmaxf(m[b][0], mx0), n1 = fmaxf(m[b][1], mx1);
+        const float n0 = fmaxf(m[b][0], mx0 * a.scale_log2),
+                    n1 = fmaxf(m[b][1], mx1 * a.scale_log2);
         // A row with nothing visible yet keeps reference 0: every p is exp2(-inf) = 0.
         const float ref0 = n0 == kNegInf ? 0.0f : n0, ref1 = n1 == kNegInf ? 0.0f : n1;
         const float c0 = exp2f(m[b][0] - ref0), c1 = exp2f(m[b][1] - ref1);
@@ -197,21 +220,25 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attn_mma_kernel(RunArgs a) {
         float sum0 = 0.0f, sum1 = 0.0f;
 #pragma unroll
         for (int j = 0; j < 8; j++) {
-          s[b][j][0] = exp2f(s[b][j][0] - ref0);
-          s[b][j][1] = exp2f(s[b][j][1] - ref0);
-          s[b][j][2] = exp2f(s[b][j][2] - ref1);
-          s[b][j][3] = exp2f(s[b][j][3] - ref1);
+          s[b][j][0] = exp2f(fmaf(s[b][j][0], a.scale_log2, -ref0));
+          s[b][j][1] = exp2f(fmaf(s[b][j][1], a.scale_log2, -ref0));
+          s[b][j][2] = exp2f(fmaf(s[b][j][2], a.scale_log2, -ref1));
+          s[b][j][3] = exp2f(fmaf(s[b][j][3], a.scale_log2, -ref1));
           sum0 += s[b][j][0] + s[b][j][1];
           sum1 += s[b][j][2] + s[b][j][3];
         }
         l[b][0] = l[b][0] * c0 + sum0;
         l[b][1] = l[b][1] * c1 + sum1;
+        // Once a row's max has settled c is exactly 1: skip the 64 multiplies unless some row
+        // of the warp moved (a warp-uniform branch).
+        if (__any_sync(0xffffffffu, c0 != 1.0f || c1 != 1.0f)) {
 #pragma unroll
-        for (int j = 0; j < D / 8; j++) {
-          acc[b][j][0] *= c0;
-          acc[b][j][1] *= c0;
-          acc[b][j][2] *= c1;
-          acc[b][j][3] *= c1;
+          for (int j = 0; j < D / 8; j++) {
+            acc[b][j][0] *= c0;
+            acc[b][j][1] *= c0;
+            acc[b][j][2] *= c1;
+            acc[b][j][3] *= c1;
+          }
         }
 #pragma unroll
         for (int kk = 0; kk < 4; kk++) {

@@ -48,9 +48,10 @@ int launch_sparse_prefill_wgmma(const sqz_cuda_shape& s, const WsLayout& L, cons
   if (s.head_dim != 128) return SQZ_CUDA_EUNSUPPORTED;
   return s.dtype == SQZ_CUDA_BF16
              ? launch_prefill_items<attn_wgmma_kernel<__nv_bfloat16>, kWgThreads,
-                                    attn_wgmma_smem_bytes<__nv_bfloat16>()>(L, a, stream)
+                                    attn_wgmma_smem_bytes<__nv_bfloat16>(), kWgPerItem>(L, a,
+                                                                                        stream)
              : launch_prefill_items<attn_wgmma_kernel<__half>, kWgThreads,
-                                    attn_wgmma_smem_bytes<__half>()>(L, a, stream);
+                                    attn_wgmma_smem_bytes<__half>(), kWgPerItem>(L, a, stream);
 }
 
 }  // namespace sqz::cuda

@@ -2,26 +2,27 @@
 // counterpart of attn_mma.cuh for head_dim 128, same items, partials and split merge.
 //
 // Why: the mma.sync kernel peaks at ~211 TFLOP/s on an H100 (v8, dev/kernels/NOTES.md): its
-// two 16-row blocks per warp reload Q fragments from shared memory for every key tile and can
-// keep only two warps per scheduler. wgmma reads Q and K straight from shared memory and runs
-// a 64 x 64 x 16 (S = Q K^T) or 64 x 128 x 16 (O += P V, P from registers) step per
-// instruction across a warpgroup, so the tensor cores no longer wait on ldmatrix.
+// two 16-row blocks per warp reload Q fragments from shared memory for every key tile. wgmma
+// reads Q and K straight from shared memory and runs a 64 x 64 x 16 (S = Q K^T) or
+// 64 x 128 x 16 (O += P V, P from registers) step per instruction across a warpgroup.
 //
-// CTA = 2 warpgroups x 64 query rows (kPrefillBM = 128, the plan's query block), one CTA per SM.
-// K and V tiles (row gather from the plan's row list, cp.async, 16-byte rows chunks) go into a
-// kWgStages-deep ring in the swz128 layout (wgmma.cuh); Q is loaded once per item in the same
-// layout. Per key tile and warpgroup: 8 wgmma for S (K-major Q and K), online softmax in base 2
+// CTA = one warpgroup x 64 query rows: half of one of the plan's 128-row query blocks, so each
+// item is two CTAs that read the same K/V tiles (L2 has room: the session 11 profile had it at
+// 11-14%), and two CTAs share an SM. K and V tiles (row gather from the plan's row list,
+// cp.async, 16-byte chunks) go through a two-slot ring in the swz128 layout (wgmma.cuh); Q is
+// loaded once per item. Per key tile: 8 wgmma for S (K-major Q and K), online softmax in base 2
 // on the accumulators, P converted in registers to the A fragments, 4 wgmma for O (V MN-major).
-// The S of tile t + 1 is issued before tile t's softmax (FA3's intra-warpgroup overlap), so the
-// tensor cores work through it. No warp specialisation yet: both warpgroups load, and a CTA
-// barrier per tile keeps them in step.
 //
-// Status (H100, session 11, dev/kernels/NOTES.md): correct (the GPU checks run it beside the
-// mma.sync kernel) but not faster: the sparse prefill run at 128K, 1,024 tokens, 10% kept took
-// 1.158 ms against mma.sync's 1.092 in the same call, so neither kernel is bound by its MMAs.
-// It is opt-in (sqz_cuda_set_prefill_kernel) until a profile says what holds both back. ptxas
-// also serialises its wgmma here (C7511: too few registers for the pipeline at 218), so the
-// early S does not overlap yet.
+// History (dev/kernels/NOTES.md, sessions 11-12). Session 11's form was one CTA of two
+// warpgroups per query block, a 4-slot ring and the S of tile t + 1 issued before tile t's
+// softmax: 1.158 ms against mma.sync's 1.092 (128K, 1,024 tokens, 10% kept). ptxas serialised
+// its wgmma (C7511, 218 registers), the CTA barrier per tile kept both warpgroups in lock step,
+// and ncu found it issue-bound (976 instructions per warp and tile, 56% of them address and
+// integer work). This form drops the early S, lets the two CTAs of an SM drift apart (one's
+// softmax beside the other's MMAs), and cuts the per-tile work: copies with a fixed swizzle
+// column per thread, descriptors advanced by addition, a positional mask only on an item's
+// last tile, the scale folded into the exponent's FFMA, and the accumulator rescale skipped
+// once the warp's row maxima have settled.
 //
 // The item decoding, masked online softmax and write-out repeat attn_mma.cuh's on purpose for
 // now: moving them into shared helpers changed the mma.sync kernels' register allocation
@@ -36,46 +37,50 @@
 
 namespace sqz::cuda {
 
-constexpr int kWgStages = 4;     // K/V tiles in the ring (3 in flight while one is computed)
-constexpr int kWgThreads = 256;  // 2 warpgroups
-static_assert(kPrefillBM == 2 * 64, "one 64-row warpgroup tile per half of the query block");
+constexpr int kWgStages = 2;     // K/V tiles in the ring: one lands while one is used
+constexpr int kWgThreads = 128;  // one warpgroup
+constexpr int kWgRows = 64;      // query rows per CTA
+constexpr int kWgPerItem = kPrefillBM / kWgRows;  // CTAs per plan item (query block halves)
+static_assert(kPrefillBM == kWgPerItem * kWgRows, "whole halves of a query block");
 
 template <typename T>
 constexpr int attn_wgmma_smem_bytes() {
   constexpr int D = 128;
-  return 1024 /* 1024-byte alignment of the swizzled tiles */ + kPrefillBM * D * (int)sizeof(T) +
+  return 1024 /* 1024-byte alignment of the swizzled tiles */ + kWgRows * D * (int)sizeof(T) +
          2 * kWgStages * kTileRows * D * (int)sizeof(T) +
          kWgStages * kTileRows * (int)sizeof(int64_t) + kRowWin * (int)sizeof(int32_t);
 }
 
-// Persistent over the plan's items (sparse prefill only: the dense causal attention keeps
+// Persistent over (item, half) pairs (sparse prefill only: the dense causal attention keeps
 // attn_mma.cuh's kernel).
 template <typename T>
-__global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(RunArgs a) {
+__global__ void __launch_bounds__(kWgThreads, 2) attn_wgmma_kernel(RunArgs a) {
 #ifdef SQZ_WGMMA
   constexpr int D = 128, S = kWgStages;
+  constexpr uint32_t kTileBytes = kTileRows * D * sizeof(T);  // one K or V slot: 16 KB
+  constexpr uint32_t kHalfBytes = 64 * 64 * sizeof(T);        // 64 rows x 64 elements: 8 KB
   extern __shared__ unsigned char smem_raw[];
   // The swizzled tiles must start 1024-byte aligned; static shared memory (the split merge's)
   // may precede the dynamic block.
   const unsigned s0 = static_cast<unsigned>(__cvta_generic_to_shared(smem_raw));
-  T* sQ = reinterpret_cast<T*>(smem_raw + ((1024u - (s0 & 1023u)) & 1023u));  // [2][128][64]
-  T* sK = sQ + kPrefillBM * D;                                                // [S][2][64][64]
+  T* sQ = reinterpret_cast<T*>(smem_raw + ((1024u - (s0 & 1023u)) & 1023u));  // [2][64][64]
+  T* sK = sQ + kWgRows * D;                                                   // [S][2][64][64]
   T* sV = sK + S * kTileRows * D;                                             // [S][2][64][64]
   int64_t* s_off = reinterpret_cast<int64_t*>(sV + S * kTileRows * D);        // [S][64]
   int32_t* s_rows = reinterpret_cast<int32_t*>(s_off + S * kTileRows);        // [kRowWin]
   pdl_wait();
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int wg = warp >> 2, wq = warp & 3;  // warpgroup; warp within it (its 16 rows)
   const int qtot = a.qtot, group = a.o.group;
   const int n_items = a.p.meta[kMetaItems];
   const int n_qb = a.p.meta[kMetaQBlocks];
-  // S tile accumulators: s is tile t's, s_nxt the next tile's (in flight during this tile's
-  // softmax); every wgmma S chain starts by overwriting them.
-  float s[32], s_nxt[32];
-#pragma unroll
-  for (int i = 0; i < 32; i++) s[i] = s_nxt[i] = 0.0f;
+  // Descriptors of slot 0 / the Q tile; the others are these plus a byte offset >> 4 (the
+  // start address is the low 14 bits, and shared addresses stay below 2^18).
+  const uint64_t dQ = wg_desc(sQ, 16, 1024);
+  const uint64_t dK0 = wg_desc(sK, 16, 1024);
+  const uint64_t dV0 = wg_desc(sV, kTileRows * 128, 1024);
 
-  for (int it = blockIdx.x; it < n_items; it += gridDim.x) {
+  for (int w = blockIdx.x; w < n_items * kWgPerItem; w += gridDim.x) {
+    const int it = w / kWgPerItem, half = w % kWgPerItem;
     const int4 item = a.p.items[it];
     const int h = item.x, qb = item.y, vb = item.z, ve = item.w;
     const int grp = h * n_qb + qb;
@@ -83,11 +88,17 @@ __global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(RunArgs a) {
     const int ns = a.p.group_off[grp + 1] - first;
     const int n = ve - vb;
     const int nt = ceil_div_dev(n, kTileRows);
+    const int mq = qb * kPrefillBM + half * kWgRows;  // this CTA's first query row
+    if (mq >= qtot) {  // a half past the last query row: nothing to compute, only to arrive
+      if (ns > 1 && last_of_group(a.p, grp, ns * kWgPerItem))
+        merge_split_group<true>(a.p, a.o, D, h, first, ns, kPrefillBM, qb * kPrefillBM, qtot);
+      continue;
+    }
     const T* Kh = static_cast<const T*>(a.k) + (int64_t)h * a.kv_head_stride;
     const T* Vh = static_cast<const T*>(a.v) + (int64_t)h * a.kv_head_stride;
 
-    load_q_tile_async<D, T, kPrefillBM, true>(sQ, static_cast<const T*>(a.q), a.q_tok_stride, group,
-                                              h, qb * kPrefillBM, qtot);
+    load_q_tile_async<D, T, kWgRows, true, kWgThreads>(sQ, static_cast<const T*>(a.q),
+                                                       a.q_tok_stride, group, h, mq, qtot);
     cp_async_commit();
 
     const int32_t* ridx = a.p.rowidx + (int64_t)h * a.p.n_ctx;
@@ -95,27 +106,28 @@ __global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(RunArgs a) {
     auto fill_off = [&](int buf, int t) {
       if ((t * kTileRows) % kRowWin == 0) {
         const int w0 = vb + t * kTileRows;
-        for (int i = tid; i < kRowWin; i += blockDim.x)
+        for (int i = tid; i < kRowWin; i += kWgThreads)
           s_rows[i] = w0 + i < ve ? __ldg(ridx + w0 + i) : -1;
         __syncthreads();
       }
+      // Byte offsets; rows past the end read offset 0 and are zero-filled by the loader.
       if (tid < kTileRows) {
         const int v = vb + t * kTileRows + tid;
-        int64_t off = -1;
-        if (v < ve) off = (int64_t)s_rows[(t * kTileRows) % kRowWin + tid] * a.kv_row_stride;
+        int64_t off = 0;
+        if (v < ve)
+          off = (int64_t)s_rows[(t * kTileRows) % kRowWin + tid] * a.kv_row_stride *
+                (int64_t)sizeof(T);
         s_off[buf * kTileRows + tid] = off;
       }
     };
-    // Tile t into slot t % S, one cp.async group per tile slot (empty past the last tile, so
-    // that the group count stays in step with the ring).
+    // Tile t into slot t % S (one cp.async group).
     auto prefetch = [&](int t) {
-      if (t < nt) {
-        const int buf = t % S;
-        fill_off(buf, t);
-        __syncthreads();
-        load_rows_async<D, T, true>(sK + buf * kTileRows * D, Kh, s_off + buf * kTileRows);
-        load_rows_async<D, T, true>(sV + buf * kTileRows * D, Vh, s_off + buf * kTileRows);
-      }
+      const int buf = t % S;
+      fill_off(buf, t);
+      __syncthreads();
+      load_kv_rows_async<D, T, true, kWgThreads>(sK + buf * kTileRows * D, sV + buf * kTileRows * D,
+                                                 Kh, Vh, s_off + buf * kTileRows,
+                                                 n - t * kTileRows);
       cp_async_commit();
     };
 
@@ -123,59 +135,62 @@ __global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(RunArgs a) {
 #pragma unroll
     for (int i = 0; i < 64; i++) acc[i] = 0.0f;
     float m0 = kNegInf, m1 = kNegInf, l0 = 0.0f, l1 = 0.0f;
-    // This thread's rows within the query block: rA and rA + 8.
-    const int rA = wg * 64 + wq * 16 + (lane >> 2);
+    // This thread's rows within the CTA's 64: rA and rA + 8.
+    const int rA = warp * 16 + (lane >> 2);
 
-    // S = Q K^T for key tile u: this warpgroup's 64 query rows x 64 keys, K = 128 in 8 steps.
-    auto qk = [&](float(&d)[32], int u) {
-      const T* sKb = sK + (u % S) * kTileRows * D;
+    if (nt > 0) prefetch(0);
+    for (int t = 0; t < nt; t++) {
+      const int buf = t % S;
+      // Tile t + 1 goes into the other slot, whose tile t - 1 every thread finished with (its
+      // wgmma were waited for before the barrier in prefetch). Then tile t must have landed:
+      // this thread's copies, the proxy fence, everyone's.
+      if (t + 1 < nt) {
+        prefetch(t + 1);
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
+      fence_proxy_async_smem();
+      __syncthreads();
+
+      // S = Q K^T: 64 query rows x 64 keys, K = 128 in 8 steps of 16 (32 bytes inside a
+      // 128-byte row, the second 64 dims one 8 KB half further).
+      float s[32];
+      const uint64_t dK = dK0 + ((buf * kTileBytes) >> 4);
       wg_fence();
 #pragma unroll
       for (int kk = 0; kk < D / 16; kk++) {
-        const uint64_t da =
-            wg_desc(sQ + (kk >> 2) * (kPrefillBM * 64) + wg * 64 * 64 + (kk & 3) * 16, 16, 1024);
-        const uint64_t db = wg_desc(sKb + (kk >> 2) * (kTileRows * 64) + (kk & 3) * 16, 16, 1024);
-        wg_m64n64k16_ss<T>(d, da, db, kk > 0);
+        const uint32_t o = ((kk >> 2) * kHalfBytes + (kk & 3) * 32) >> 4;
+        wg_m64n64k16_ss<T>(s, dQ + o, dK + o, kk > 0);
       }
       wg_commit();
-    };
-
-    for (int t = 0; t < S - 1; t++) prefetch(t);
-    if (nt > 0) {  // S of tile 0; in the loop, S of tile t + 1 runs beside tile t's softmax
-      cp_async_wait<S - 2>();
-      fence_proxy_async_smem();
-      __syncthreads();
-      qk(s, 0);
       wg_wait<0>();
-    }
-    for (int t = 0; t < nt; t++) {
-      const int buf = t % S;
-      // Tile t + 1 must have landed (this thread's copies, then everyone's); slot (t - 1) % S
-      // is free again after the barrier.
-      cp_async_wait<S - 3>();
-      fence_proxy_async_smem();
-      __syncthreads();
-      prefetch(t + S - 1);
-      const T* sVb = sV + buf * kTileRows * D;
-      if (t + 1 < nt) qk(s_nxt, t + 1);  // in flight through this tile's softmax
 
+      // Columns past the item's end exist only in its last tile.
+      const int lim = n - t * kTileRows;
+      if (lim < kTileRows) {
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+          for (int c = 0; c < 2; c++) {
+            if (j * 8 + 2 * (lane & 3) + c >= lim) {
+              s[4 * j + c] = kNegInf;
+              s[4 * j + 2 + c] = kNegInf;
+            }
+          }
+      }
+      // Max of the raw products; p = 2^(s * scale - m) by one FFMA (scale > 0).
       float mx0 = kNegInf, mx1 = kNegInf;
 #pragma unroll
-      for (int j = 0; j < 8; j++)
-#pragma unroll
-        for (int c = 0; c < 2; c++) {
-          const int col = j * 8 + 2 * (lane & 3) + c;
-          const bool ok = s_off[buf * kTileRows + col] >= 0;
-          s[4 * j + c] = ok ? s[4 * j + c] * a.scale_log2 : kNegInf;
-          s[4 * j + 2 + c] = ok ? s[4 * j + 2 + c] * a.scale_log2 : kNegInf;
-          mx0 = fmaxf(mx0, s[4 * j + c]);
-          mx1 = fmaxf(mx1, s[4 * j + 2 + c]);
-        }
+      for (int j = 0; j < 8; j++) {
+        mx0 = fmaxf(mx0, fmaxf(s[4 * j + 0], s[4 * j + 1]));
+        mx1 = fmaxf(mx1, fmaxf(s[4 * j + 2], s[4 * j + 3]));
+      }
       mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
       mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
       mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
       mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-      const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
+      const float n0 = fmaxf(m0, mx0 * a.scale_log2), n1 = fmaxf(m1, mx1 * a.scale_log2);
       // A row with nothing visible yet keeps reference 0: every p is exp2(-inf) = 0.
       const float ref0 = n0 == kNegInf ? 0.0f : n0, ref1 = n1 == kNegInf ? 0.0f : n1;
       const float c0 = exp2f(m0 - ref0), c1 = exp2f(m1 - ref1);
@@ -184,21 +199,25 @@ __global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(RunArgs a) {
       float sum0 = 0.0f, sum1 = 0.0f;
 #pragma unroll
       for (int j = 0; j < 8; j++) {
-        s[4 * j + 0] = exp2f(s[4 * j + 0] - ref0);
-        s[4 * j + 1] = exp2f(s[4 * j + 1] - ref0);
-        s[4 * j + 2] = exp2f(s[4 * j + 2] - ref1);
-        s[4 * j + 3] = exp2f(s[4 * j + 3] - ref1);
+        s[4 * j + 0] = exp2f(fmaf(s[4 * j + 0], a.scale_log2, -ref0));
+        s[4 * j + 1] = exp2f(fmaf(s[4 * j + 1], a.scale_log2, -ref0));
+        s[4 * j + 2] = exp2f(fmaf(s[4 * j + 2], a.scale_log2, -ref1));
+        s[4 * j + 3] = exp2f(fmaf(s[4 * j + 3], a.scale_log2, -ref1));
         sum0 += s[4 * j + 0] + s[4 * j + 1];
         sum1 += s[4 * j + 2] + s[4 * j + 3];
       }
       l0 = l0 * c0 + sum0;
       l1 = l1 * c1 + sum1;
+      // c is exactly 1 once a row's max has settled: skip the 64 multiplies unless some row
+      // of the warp moved (warp-uniform; the accumulators are this warp's own rows).
+      if (__any_sync(0xffffffffu, c0 != 1.0f || c1 != 1.0f)) {
 #pragma unroll
-      for (int j = 0; j < D / 8; j++) {
-        acc[4 * j + 0] *= c0;
-        acc[4 * j + 1] *= c0;
-        acc[4 * j + 2] *= c1;
-        acc[4 * j + 3] *= c1;
+        for (int j = 0; j < D / 8; j++) {
+          acc[4 * j + 0] *= c0;
+          acc[4 * j + 1] *= c0;
+          acc[4 * j + 2] *= c1;
+          acc[4 * j + 3] *= c1;
+        }
       }
       // P as the A fragments of 4 steps of 16 keys (the m16n8k16 A layout per warp).
       uint32_t pa[4][4];
@@ -209,23 +228,22 @@ __global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(RunArgs a) {
         pa[kk][2] = Elem<T>::from_f2(s[8 * kk + 4], s[8 * kk + 5]);
         pa[kk][3] = Elem<T>::from_f2(s[8 * kk + 6], s[8 * kk + 7]);
       }
-      // O += P V: V rows 16 kk .. 16 kk + 15 (8-row groups 1024 bytes apart), both 64-column
-      // halves (8192 bytes apart) in one 128-wide instruction.
+      // O += P V: V rows 16 kk .. 16 kk + 15 (2 KB per 16 rows), both 64-column halves (8 KB
+      // apart, the descriptor's leading offset) in one 128-wide instruction.
+      const uint64_t dV = dV0 + ((buf * kTileBytes) >> 4);
       wg_fence();
 #pragma unroll
       for (int kk = 0; kk < 4; kk++)
-        wg_m64n128k16_rs<T>(acc, pa[kk], wg_desc(sVb + kk * 16 * 64, kTileRows * 128, 1024), 1);
+        wg_m64n128k16_rs<T>(acc, pa[kk], dV + ((kk * 16 * 128) >> 4), 1);
       wg_commit();
-      wg_wait<0>();  // P V and the next tile's S done
-#pragma unroll
-      for (int i = 0; i < 32; i++) s[i] = s_nxt[i];
+      wg_wait<0>();
     }
 
     l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
     l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
     l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
     l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    const int mA = qb * kPrefillBM + rA, mB = mA + 8;
+    const int mA = mq + rA, mB = mA + 8;
     if (ns == 1) {
 #pragma unroll
       for (int j = 0; j < D / 8; j++)
@@ -236,7 +254,8 @@ __global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(RunArgs a) {
           if (mB < qtot) write_final(a.o, D, h, mB, d, acc[4 * j + 2 + c], m1, l1);
         }
     } else {
-      const int64_t pA = (int64_t)it * kPrefillBM + rA, pB = pA + 8;
+      // Partial rows of item it, as the mma.sync kernel lays them out (128 per item).
+      const int64_t pA = (int64_t)it * kPrefillBM + half * kWgRows + rA, pB = pA + 8;
 #pragma unroll
       for (int j = 0; j < D / 8; j++) {
         const int d = j * 8 + 2 * (lane & 3);
@@ -249,9 +268,10 @@ __global__ void __launch_bounds__(kWgThreads, 1) attn_wgmma_kernel(RunArgs a) {
         a.p.pml[pB] = make_float2(m1, l1);
       }
     }
-    if (ns > 1 && last_of_group(a.p, grp, ns))
+    // The group's last CTA (of ns items x both halves) merges all 128 rows.
+    if (ns > 1 && last_of_group(a.p, grp, ns * kWgPerItem))
       merge_split_group<true>(a.p, a.o, D, h, first, ns, kPrefillBM, qb * kPrefillBM, qtot);
-    cp_async_wait<0>();  // the ring's trailing (empty or unused) groups and a tile-less item's Q
+    cp_async_wait<0>();  // a tile-less item's Q copy
     __syncthreads();     // shared buffers are rewritten by the next item
   }
 #else

@@ -98,6 +98,16 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pr
   const int n = pred ? 16 : 0;
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
 }
+// The same with the shared address given and the ignore-src predicate (PTX 7.5): copies when
+// row < lim, else zero-fills, as one predicated LDGSTS. cp_async16's src-size register costs
+// ~5 integer instructions per copy, and the prefill attention issues 16 per thread and key
+// tile. The source must be a valid address either way.
+__device__ __forceinline__ void cp_async16_zf(uint32_t s, const void* gmem, int row, int lim) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ge.s32 p, %2, %3;\n"
+      "cp.async.cg.shared.global [%0], [%1], 16, p;\n}\n" ::"r"(s),
+      "l"(gmem), "r"(row), "r"(lim));
+}
 __device__ __forceinline__ void cp_async_commit() {
   asm volatile("cp.async.commit_group;\n" ::);
 }

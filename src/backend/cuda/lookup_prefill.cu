@@ -7,6 +7,20 @@ namespace sqz::cuda {
 
 namespace {
 
+// One step of col_sums' reduce-scatter (score_mma_kernel): lanes 4 * (8 / HALF) apart swap
+// halves of their HALF * 2 values and each keeps the sum of one half.
+template <int HALF>
+__device__ __forceinline__ void rs_step(float (&v)[16], int lane) {
+  constexpr int kMask = 4 * (8 / HALF);
+  const bool up = lane & kMask;
+#pragma unroll
+  for (int i = 0; i < HALF; i++) {
+    const float send = up ? v[i] : v[i + HALF];
+    const float keep = up ? v[i + HALF] : v[i];
+    v[i] = keep + __shfl_xor_sync(0xffffffffu, send, kMask);
+  }
+}
+
 // ISO: besides the code, the window of per-entry statistics would not fit the static shared
 // memory next to the mean path's.
 template <int D, typename T, bool COLSUM, bool ISO>
@@ -145,11 +159,23 @@ __global__ void __launch_bounds__(128) score_mma_kernel(LookupArgs a, int stage,
     cp_async_commit();
   };
 
-  // Sum over the warp's 16 rows of a tile column: the lanes sharing lane & 3 hold the same one.
-  auto col_sum = [](float x) {
-    x += __shfl_xor_sync(0xffffffffu, x, 4);
-    x += __shfl_xor_sync(0xffffffffu, x, 8);
-    return x + __shfl_xor_sync(0xffffffffu, x, 16);
+  // Sums over the warp's 16 rows of the 16 tile columns a thread holds (v[2 j + c] is column
+  // 8 j + 2 (lane & 3) + c; the 8 lanes sharing lane & 3 hold the same columns), then stored
+  // to dst[col]. A reduce-scatter: each of 3 exchange steps halves the columns a lane keeps, so
+  // the warp runs 14 shuffles in 3 dependent rounds where one sum per column took 48 in 16
+  // chains of 3. A lane ends with two sums, of value indices jc0 and jc0 + 1 (below).
+  auto col_sums = [lane](float(&v)[16], float* dst) {
+    rs_step<8>(v, lane);
+    rs_step<4>(v, lane);
+    rs_step<2>(v, lane);
+    // v[0], v[1] hold value indices jc0 + {0, 1}: bit 3 of jc0 from lane bit 2, bit 2 from
+    // lane bit 3, bit 1 from lane bit 4.
+    const int jc0 = ((lane >> 2) & 1) * 8 + ((lane >> 3) & 1) * 4 + ((lane >> 4) & 1) * 2;
+#pragma unroll
+    for (int u = 0; u < 2; u++) {
+      const int jc = jc0 + u;
+      dst[(jc >> 1) * 8 + 2 * (lane & 3) + (jc & 1)] = v[u];
+    }
   };
   const int nt = ceil_div_dev(e1 - e0, kTileRows);
   if (nt > 0) {
@@ -220,6 +246,7 @@ __global__ void __launch_bounds__(128) score_mma_kernel(LookupArgs a, int stage,
           }
         }
     } else {
+      float pv[16], bv[16];
 #pragma unroll
       for (int j = 0; j < 8; j++)
 #pragma unroll
@@ -237,8 +264,7 @@ __global__ void __launch_bounds__(128) score_mma_kernel(LookupArgs a, int stage,
             if (pos && v0 && L0 != kNegInf) p += exp2f(s[j][c] * a.scale_log2 - L0);
             if (pos && v1 && L1 != kNegInf) p += exp2f(s[j][c + 2] * a.scale_log2 - L1);
           }
-          p = col_sum(p);
-          if (lane < 4) s_cs[warp][col] = p;
+          pv[2 * j + c] = p;
           if (child) {  // the same from the plain products and the column's child bound
             const float4 cb = s_cb[buf][col];
             float b = 0.0f;
@@ -246,10 +272,11 @@ __global__ void __launch_bounds__(128) score_mma_kernel(LookupArgs a, int stage,
               b += exp2f(child_logit(s[j][c] * a.scale_log2, qn0, cb) - L0);
             if (pos && v1 && L1 != kNegInf)
               b += exp2f(child_logit(s[j][c + 2] * a.scale_log2, qn1, cb) - L1);
-            b = col_sum(b);
-            if (lane < 4) s_bs[warp][col] = b;
+            bv[2 * j + c] = b;
           }
         }
+      col_sums(pv, s_cs[warp]);
+      if (child) col_sums(bv, s_bs[warp]);
       __syncthreads();
       if (tid < kTileRows && s_sign[buf][tid] > 0) {
         const float tot = s_cs[0][tid] + s_cs[1][tid] + s_cs[2][tid] + s_cs[3][tid];

@@ -38,11 +38,16 @@ __device__ __forceinline__ float2 split_weights(float2* ml, int n) {
 
 // Combines the partials of items [first, first + ns) (rows_per_item rows each; row rr of an item
 // is query row m0 + rr) into the final output. Partials are (unnormalised acc, base-2 max, sum).
-// Reads bypass L1: other CTAs wrote them during this launch. The (max, sum) pairs are staged in
-// shared memory first so each output element needs only the acc loads, issued 16 at a time
-// (this runs in one CTA per group at the kernel's tail, so its latency is on the critical path).
-// BATCH (prefill callers): a path for few splits of many rows (kept out of the decode kernel, where
-// its registers would cost a CTA per SM).
+// Reads bypass L1: other CTAs wrote them during this launch. This runs in one CTA per group at
+// the kernel's tail, so its latency is on the critical path. Rows go in passes of as many as
+// fit kStage (max, sum) pairs in shared memory; per pass the pairs are staged, each row's
+// weights computed once, and then every output element needs only the acc loads: 4 elements
+// per thread and step by 16-byte loads, the splits' loads of one step independent.
+// Session 12: the element loop once ran only when all rows fit one pass (rows x splits <=
+// 1024); 128 user tokens with 13 splits per group fell through to a loop with three dependent
+// L2 round trips per element, ~0.3 ms per group at the tail (prefill of 128 tokens ran slower
+// than dense attention).
+// BATCH (prefill callers): a path for few splits of many rows, batching loads across elements.
 template <bool BATCH = false>
 __device__ inline void merge_split_group(const PlanDev& p, const OutView& o, int D, int h,
                                          int first, int ns, int rows_per_item, int m0, int qtot) {
@@ -53,62 +58,79 @@ __device__ inline void merge_split_group(const PlanDev& p, const OutView& o, int
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
   const int nrows = min(rows_per_item, qtot - m0);
   if (nrows <= 0) return;
-  if (nrows * ns <= kStage && nrows <= kPrefillBM) {
-    for (int idx = tid; idx < nrows * ns; idx += blockDim.x) {
-      const int r = idx / ns, i = idx - r * ns;
-      s_ml[idx] = __ldcg(&p.pml[(int64_t)(first + i) * rows_per_item + r]);
-    }
-    __syncthreads();
-    for (int r = warp; r < nrows; r += nw) {
-      const float2 ML = split_weights(s_ml + r * ns, ns);
-      if (lane == 0) {
-        s_M[r] = ML.x;
-        s_L[r] = ML.y;
+  if (ns <= kStage && nrows <= kPrefillBM && D % 4 == 0) {
+    const int rpp = min(nrows, kStage / ns);  // rows per pass
+    for (int r0 = 0; r0 < nrows; r0 += rpp) {
+      const int nr = min(rpp, nrows - r0);
+      for (int idx = tid; idx < nr * ns; idx += blockDim.x) {
+        const int r = idx / ns, i = idx - r * ns;
+        s_ml[idx] = __ldcg(&p.pml[(int64_t)(first + i) * rows_per_item + r0 + r]);
       }
-    }
-    __syncthreads();
-    const int total = nrows * D;
-    if (!BATCH || ns >= kFewSplits) {  // many splits: the loads of one element's splits overlap
-      for (int idx = tid; idx < total; idx += blockDim.x) {
-        const int rr = idx / D, d = idx - rr * D;
-        float acc = 0.0f;
+      __syncthreads();
+      for (int r = warp; r < nr; r += nw) {
+        const float2 ML = split_weights(s_ml + r * ns, ns);
+        if (lane == 0) {
+          s_M[r] = ML.x;
+          s_L[r] = ML.y;
+        }
+      }
+      __syncthreads();
+      const int total = nr * D;
+      // acc row of split i for pass row rr: (first + i) * rows_per_item + r0 + rr
+      const float* pa = p.pacc + ((int64_t)first * rows_per_item + r0) * D;
+      const int64_t split_stride = (int64_t)rows_per_item * D;
+      if (!BATCH || ns >= kFewSplits) {  // many splits: one step's loads overlap
+        for (int idx = 4 * tid; idx < total; idx += 4 * blockDim.x) {
+          const int rr = idx / D, d = idx - rr * D;
+          float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll 16
-        for (int i = 0; i < ns; i++) {
-          const float w = s_ml[rr * ns + i].x;
-          const float v = __ldcg(&p.pacc[((int64_t)(first + i) * rows_per_item + rr) * D + d]);
-          acc += w > 0.0f ? v * w : 0.0f;
+          for (int i = 0; i < ns; i++) {
+            const float w = s_ml[rr * ns + i].x;
+            const float4 v =
+                __ldcg(reinterpret_cast<const float4*>(pa + i * split_stride + (int64_t)idx));
+            if (w > 0.0f) {
+              acc.x = fmaf(v.x, w, acc.x);
+              acc.y = fmaf(v.y, w, acc.y);
+              acc.z = fmaf(v.z, w, acc.z);
+              acc.w = fmaf(v.w, w, acc.w);
+            }
+          }
+          const int m = m0 + r0 + rr;
+          write_final(o, D, h, m, d, acc.x, s_M[rr], s_L[rr]);
+          write_final(o, D, h, m, d + 1, acc.y, s_M[rr], s_L[rr]);
+          write_final(o, D, h, m, d + 2, acc.z, s_M[rr], s_L[rr]);
+          write_final(o, D, h, m, d + 3, acc.w, s_M[rr], s_L[rr]);
         }
-        write_final(o, D, h, m0 + rr, d, acc, s_M[rr], s_L[rr]);
+      } else {
+        // Few splits, many elements (prefill: 2 splits x 128 rows x D): one element per
+        // thread and step left one dependent L2 round trip per element, ~128 in a row per
+        // thread (~90 us per group, v8). Here every load of kUnr elements x all splits is
+        // issued before any is used.
+        constexpr int kUnr = 8;
+        for (int base = tid; base < total; base += blockDim.x * kUnr) {
+          float v[kFewSplits][kUnr];
+#pragma unroll
+          for (int i = 0; i < kFewSplits; i++)
+#pragma unroll
+            for (int u = 0; u < kUnr; u++) {
+              const int idx = base + u * blockDim.x;
+              v[i][u] = i < ns && idx < total ? __ldcg(pa + i * split_stride + idx) : 0.0f;
+            }
+#pragma unroll
+          for (int u = 0; u < kUnr; u++) {
+            const int idx = base + u * blockDim.x, rr = idx / D, d = idx - rr * D;
+            if (idx >= total) continue;
+            float acc = 0.0f;
+#pragma unroll
+            for (int i = 0; i < kFewSplits; i++) {
+              const float w = i < ns ? s_ml[rr * ns + i].x : 0.0f;
+              acc += w > 0.0f ? v[i][u] * w : 0.0f;
+            }
+            write_final(o, D, h, m0 + r0 + rr, d, acc, s_M[rr], s_L[rr]);
+          }
+        }
       }
-      return;
-    }
-    // Few splits, many elements (prefill: 2 splits x 128 rows x D): the per-element loop above
-    // ran one dependent L2 round trip per element, ~128 in a row per thread (~90 us per group,
-    // v8). Here every load of kUnr elements x all splits is issued before any is used.
-    constexpr int kUnr = 8;
-    for (int base = tid; base < total; base += blockDim.x * kUnr) {
-      float v[kFewSplits][kUnr];
-#pragma unroll
-      for (int i = 0; i < kFewSplits; i++)
-#pragma unroll
-        for (int u = 0; u < kUnr; u++) {
-          const int idx = base + u * blockDim.x, rr = idx / D, d = idx - rr * D;
-          v[i][u] = i < ns && idx < total
-                        ? __ldcg(&p.pacc[((int64_t)(first + i) * rows_per_item + rr) * D + d])
-                        : 0.0f;
-        }
-#pragma unroll
-      for (int u = 0; u < kUnr; u++) {
-        const int idx = base + u * blockDim.x, rr = idx / D, d = idx - rr * D;
-        if (idx >= total) continue;
-        float acc = 0.0f;
-#pragma unroll
-        for (int i = 0; i < kFewSplits; i++) {
-          const float w = i < ns ? s_ml[rr * ns + i].x : 0.0f;
-          acc += w > 0.0f ? v[i][u] * w : 0.0f;
-        }
-        write_final(o, D, h, m0 + rr, d, acc, s_M[rr], s_L[rr]);
-      }
+      __syncthreads();  // the next pass restages s_ml, s_M and s_L
     }
     return;
   }

@@ -15,13 +15,13 @@ constexpr int kRowWin = 1024;  // prefill attention: kept rows whose physical in
 
 // Issues cp.async for a ROWS-row query tile: row r is query row m = m0 + r of KV head h, i.e.
 // token t = m / group, query head h * group + m % group. Rows past qtot are zero-filled.
-// SW128: the wgmma layout (swz128) instead of swz.
-template <int D, typename T, int ROWS = kTileRows, bool SW128 = false>
+// SW128: the wgmma layout (swz128) instead of swz. NT: the CTA's thread count when known at
+// compile time (the loop unrolls and each thread keeps one chunk column), else 0 (blockDim.x).
+template <int D, typename T, int ROWS = kTileRows, bool SW128 = false, int NT = 0>
 __device__ __forceinline__ void load_q_tile_async(T* sbuf, const T* q, int64_t q_tok_stride,
                                                   int group, int h, int m0, int qtot) {
   constexpr int CPR = D / 8;  // 16-byte chunks per row
-  for (int id = threadIdx.x; id < ROWS * CPR; id += blockDim.x) {
-    const int row = id / CPR, ch = id % CPR;
+  auto one = [&](int row, int ch) {
     const int m = m0 + row;
     const bool valid = m < qtot;
     const T* src = q;
@@ -30,6 +30,14 @@ __device__ __forceinline__ void load_q_tile_async(T* sbuf, const T* q, int64_t q
       src = q + (int64_t)t * q_tok_stride + (int64_t)(h * group + hg) * D + ch * 8;
     }
     cp_async16(sbuf + (SW128 ? swz128<ROWS>(row, ch) : swz<D>(row, ch)), src, valid);
+  };
+  if constexpr (NT > 0) {
+    static_assert(NT % CPR == 0 && (ROWS * CPR) % NT == 0, "whole rows per pass");
+#pragma unroll
+    for (int i = 0; i < ROWS * CPR / NT; i++)
+      one((int)threadIdx.x / CPR + i * (NT / CPR), (int)threadIdx.x % CPR);
+  } else {
+    for (int id = threadIdx.x; id < ROWS * CPR; id += blockDim.x) one(id / CPR, id % CPR);
   }
 }
 
@@ -88,6 +96,34 @@ __device__ __forceinline__ void load_rows_async(T* sbuf, const T* base, const in
     const bool valid = off >= 0;
     cp_async16(sbuf + (SW128 ? swz128<kTileRows>(row, ch) : swz<D>(row, ch)),
                valid ? base + off + ch * 8 : base, valid);
+  }
+}
+
+// The prefill attention's K and V tiles together, for a CTA of NT threads: 64 rows each; row
+// r < nvalid from byte offset row_off[r] past K / V, rows from nvalid on zero-filled (their
+// offsets must still be valid, e.g. 0). Each thread copies one chunk column of rows 8 apart
+// (NT / CPR is a multiple of 8), so its swizzled column is the same in every row: one shared
+// address per operand plus a constant per row, one offset load serving both copies, and per
+// copy only the pointer add and one predicated LDGSTS (session 11's ncu profile: address work
+// was over half of the wgmma kernel's instructions per tile).
+template <int D, typename T, bool SW128, int NT>
+__device__ __forceinline__ void load_kv_rows_async(T* sK, T* sV, const T* K, const T* V,
+                                                   const int64_t* row_off, int nvalid) {
+  constexpr int CPR = D / 8;
+  constexpr int RS = NT / CPR;  // rows between a thread's copies
+  static_assert(NT % CPR == 0 && RS % 8 == 0 && kTileRows % RS == 0, "fixed swizzle column");
+  const int r0 = (int)threadIdx.x / CPR, ch = (int)threadIdx.x % CPR;
+  const int e0 = SW128 ? swz128<kTileRows>(r0, ch) : swz<D>(r0, ch);
+  const uint32_t dk = static_cast<uint32_t>(__cvta_generic_to_shared(sK + e0));
+  const uint32_t dv = static_cast<uint32_t>(__cvta_generic_to_shared(sV + e0));
+  const char* kb = reinterpret_cast<const char*>(K + ch * 8);
+  const char* vb = reinterpret_cast<const char*>(V + ch * 8);
+  constexpr uint32_t kStep = RS * (SW128 ? 64 : D) * sizeof(T);  // bytes from row r to r + RS
+#pragma unroll
+  for (int i = 0; i < kTileRows / RS; i++) {
+    const int64_t off = row_off[r0 + i * RS];
+    cp_async16_zf(dk + i * kStep, kb + off, r0 + i * RS, nvalid);
+    cp_async16_zf(dv + i * kStep, vb + off, r0 + i * RS, nvalid);
   }
 }
 

@@ -16,9 +16,9 @@ int launch_sparse_prefill(const sqz_cuda_shape& s, const WsLayout& L, const RunA
                           cudaStream_t stream);
 
 // Persistent launch of prefill attention kernel K (RunArgs) over the plan's items: as many CTAs
-// as fit on the device at once, at most one per item. Function attributes and occupancy are
-// per kernel, so they are resolved once per K.
-template <auto K, int THREADS, int SMEM>
+// as fit on the device at once, at most PER_ITEM per item (CTAs that share one item). Function
+// attributes and occupancy are per kernel, so they are resolved once per K.
+template <auto K, int THREADS, int SMEM, int PER_ITEM = 1>
 int launch_prefill_items(const WsLayout& L, const RunArgs& a, cudaStream_t stream) {
   static const int blocks_per_sm = [] {
     cudaFuncSetAttribute(K, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM);
@@ -26,7 +26,7 @@ int launch_prefill_items(const WsLayout& L, const RunArgs& a, cudaStream_t strea
     if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, K, THREADS, SMEM) != cudaSuccess) b = 1;
     return std::max(1, b);
   }();
-  const int grid = std::max(1, std::min(L.max_items, L.num_sms * blocks_per_sm));
+  const int grid = std::max(1, std::min(L.max_items * PER_ITEM, L.num_sms * blocks_per_sm));
   return launch_k(K, dim3(grid), dim3(THREADS), SMEM, stream, a) == cudaSuccess ? SQZ_CUDA_OK
                                                                                 : SQZ_CUDA_ECUDA;
 }
