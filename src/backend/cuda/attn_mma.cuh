@@ -103,9 +103,9 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attn_mma_kernel(RunArgs a) {
       }
     };
     auto issue = [&](int buf, int t) {
-      load_kv_rows_async<D, T, false, kAttnThreads>(
-          sK + buf * kTileRows * D, sV + buf * kTileRows * D, Kh, Vh, s_off + buf * kTileRows,
-          ve - vb - t * kTileRows);
+      load_kv_rows_async<D, T, false, kAttnThreads>(sK + buf * kTileRows * D,
+                                                    sV + buf * kTileRows * D, Kh, Vh,
+                                                    s_off + buf * kTileRows, n - t * kTileRows);
       cp_async_commit();
     };
 

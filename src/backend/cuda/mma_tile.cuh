@@ -86,19 +86,6 @@ __device__ __forceinline__ void pv_tile(float (&acc)[D / 8][4], const uint32_t (
   }
 }
 
-// Issues cp.async of 64 rows (row r from src_rows[r] elements past base, < 0 = zero row).
-template <int D, typename T, bool SW128 = false>
-__device__ __forceinline__ void load_rows_async(T* sbuf, const T* base, const int64_t* row_off) {
-  constexpr int CPR = D / 8;
-  for (int id = threadIdx.x; id < kTileRows * CPR; id += blockDim.x) {
-    const int row = id / CPR, ch = id % CPR;
-    const int64_t off = row_off[row];
-    const bool valid = off >= 0;
-    cp_async16(sbuf + (SW128 ? swz128<kTileRows>(row, ch) : swz<D>(row, ch)),
-               valid ? base + off + ch * 8 : base, valid);
-  }
-}
-
 // The prefill attention's K and V tiles together, for a CTA of NT threads: 64 rows each; row
 // r < nvalid from byte offset row_off[r] past K / V, rows from nvalid on zero-filled (their
 // offsets must still be valid, e.g. 0). Each thread copies one chunk column of rows 8 apart
