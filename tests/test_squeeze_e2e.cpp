@@ -35,10 +35,12 @@ std::string debian_text(size_t max_chars) {
   return text;
 }
 
-std::unique_ptr<Engine> engine_for(const std::string& model, int threads = 2) {
+std::unique_ptr<Engine> engine_for(const std::string& model, int threads = 2,
+                                   bool prefill_f32 = false) {
   EngineParams p;
   p.model_path = model;
   p.n_threads = threads;
+  p.prefill_f32 = prefill_f32;
   auto e = Engine::create(p);
   EXPECT_TRUE(e.ok()) << e.status().message();
   return e.ok() ? std::move(e).value() : nullptr;
@@ -187,7 +189,7 @@ class PlantedFact : public ::testing::Test {
     const std::string ctx = doc.substr(0, mid) +
                             "\n\nThe secret password for the blue vault is PELICAN-42.\n" +
                             doc.substr(mid);
-    auto e = engine_for(test::default_model_path());
+    auto e = engine_for(test::default_model_path(), 2, true);
     CompileParams cp;
     cp.n_threads = 2;
     pack_path_ = dir_ + "/planted.sqzpack";
@@ -197,8 +199,13 @@ class PlantedFact : public ::testing::Test {
                 (long long)r->n_ctx, r->prefill_s, r->stats.kmeans_s);
   }
   static void TearDownTestSuite() { fs::remove_all(dir_); }
+  // f32 prefill GEMMs (the reference numerics) for the pack and the questions: the planted
+  // answer sits on a near-tie for this 135M model (docs/cuda.md), and on AMX machines the bf16
+  // prefill GEMMs flipped it at 10% kept ("is:" for "is PELICAN-42", seen in session 13 on a
+  // Sapphire Rapids-class CPU, main included). The test is about the selection, so it uses the
+  // numerics that are the same on every CPU.
   static AskResult ask_it(AskParams ap) {
-    auto e = engine_for(test::default_model_path());
+    auto e = engine_for(test::default_model_path(), 2, true);
     auto pack = Pack::open(pack_path_);
     EXPECT_TRUE(pack.ok());
     ap.gen.max_tokens = 16;

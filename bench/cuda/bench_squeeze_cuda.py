@@ -128,7 +128,10 @@ def set_prefill_kernel(lib, which):
     rc = lib.sqz_cuda_set_prefill_kernel({"auto": 0, "mma": 1, "wgmma": 2}[which])
     if rc != 0:
         sys.exit(f"--prefill-kernel {which}: {lib.sqz_cuda_status_str(rc).decode()}")
-    PREFILL_KERNEL = "wgmma" if which == "wgmma" else "mma"
+    if hasattr(lib, "sqz_cuda_prefill_kernel"):  # what AUTO resolves to on this device
+        PREFILL_KERNEL = {1: "mma", 2: "wgmma"}[lib.sqz_cuda_prefill_kernel(128)]
+    else:
+        PREFILL_KERNEL = "wgmma" if which == "wgmma" else "mma"
 
 
 def load_lib(path):
@@ -657,7 +660,8 @@ def main():
                          "default), single (the fine level alone)")
     ap.add_argument("--prefill-kernel", default="auto", choices=["auto", "mma", "wgmma"],
                     help="sparse prefill attention kernel (sqz_cuda_set_prefill_kernel): auto = the "
-                         "library's default (mma.sync), wgmma = the sm_90a kernel")
+                         "library's default (wgmma on sm_90a, else mma.sync), mma, wgmma = the "
+                         "sm_90a kernel")
     ap.add_argument("--kmeans-heads", type=int, default=16, help="(layer, KV head) runs to time; 0 = skip")
     ap.add_argument("--kmeans-iters", type=int, default=10)
     ap.add_argument("--seed", type=int, default=1234)

@@ -968,6 +968,10 @@ int main(int argc, char** argv) {
       {501, 8, 9, 64, true, F16, 0.4, 0, 0, 2, false, true},
       {160000, 1, 1, 128, true, BF, 0.3, 0, 0, 2, true, true},
   };
+  // The first pass runs the mma.sync prefill kernel (the default on devices without sm_90a
+  // code, and for head_dim 64), the second the wgmma one where this device has it.
+  expect(sqz_cuda_set_prefill_kernel(SQZ_CUDA_PREFILL_MMA) == SQZ_CUDA_OK, "select mma.sync");
+  expect(sqz_cuda_prefill_kernel(128) == SQZ_CUDA_PREFILL_MMA, "mma.sync in use");
   for (const Case& c : cases) run_case(c, rng);
   iso_argument_checks();
   for (int mode = 0; mode < 3; mode++) {
@@ -979,9 +983,8 @@ int main(int argc, char** argv) {
   run_ranges_case(20000, 1, 1, 128, BF, 3, 1, rng);  // decode: 2 items of ~4.4K rows per head
   run_ranges_case(20000, 8, 1, 64, F16, 3, 0, rng);  // decode, G = 8
   run_ranges_case(20000, 4, 3, 128, BF, 3, 0, rng);  // prefill (row list) over the same
-  // The first pass ran the library's default prefill kernel (mma.sync). Where this device has
-  // the sm_90a warpgroup-MMA kernel, the D = 128 prefill cases run again on it, so both
-  // variants are checked on a Hopper card.
+  // Where this device has the sm_90a warpgroup-MMA kernel, the D = 128 prefill cases run again
+  // on it, so both variants are checked on a Hopper card; AUTO picks it there.
   const bool wg = sqz_cuda_set_prefill_kernel(SQZ_CUDA_PREFILL_WGMMA) == SQZ_CUDA_OK;
   std::printf("prefill kernels: mma.sync%s\n",
               wg ? ", then wgmma (D = 128)" : " (no sm_90a code for this device)");
@@ -992,10 +995,13 @@ int main(int argc, char** argv) {
     run_ranges_case(3771, 8, 12, 128, BF, 0, 0, rng);
     run_ranges_case(3771, 8, 12, 128, BF, 2, 0, rng);
     run_ranges_case(20000, 4, 3, 128, BF, 3, 0, rng);
-    expect(sqz_cuda_set_prefill_kernel(SQZ_CUDA_PREFILL_MMA) == SQZ_CUDA_OK, "select mma.sync");
-    expect(sqz_cuda_set_prefill_kernel(SQZ_CUDA_PREFILL_AUTO) == SQZ_CUDA_OK, "select default");
     g_variant = "";
   }
+  expect(sqz_cuda_set_prefill_kernel(SQZ_CUDA_PREFILL_AUTO) == SQZ_CUDA_OK, "select default");
+  expect(sqz_cuda_prefill_kernel(128) == (wg ? SQZ_CUDA_PREFILL_WGMMA : SQZ_CUDA_PREFILL_MMA),
+         "default kernel for D = 128");
+  expect(sqz_cuda_prefill_kernel(64) == SQZ_CUDA_PREFILL_MMA, "default kernel for D = 64");
+  expect(sqz_cuda_prefill_kernel(96) == SQZ_CUDA_EINVAL, "prefill kernel of D = 96");
   expect(sqz_cuda_set_prefill_kernel(7) == SQZ_CUDA_EINVAL, "bad prefill kernel id");
   run_dense_case(1, 1, 1, 128, BF, 0, 0, rng);
   run_dense_case(77, 77, 4, 128, BF, 10, 10, rng);

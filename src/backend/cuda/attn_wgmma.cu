@@ -54,6 +54,14 @@ int launch_sparse_prefill_wgmma(const sqz_cuda_shape& s, const WsLayout& L, cons
                                     attn_wgmma_smem_bytes<__half>(), kWgPerItem>(L, a, stream);
 }
 
+int prefill_wave_items_wgmma(const sqz_cuda_shape& s, const WsLayout& L) {
+  return s.dtype == SQZ_CUDA_BF16
+             ? prefill_wave_items_of<attn_wgmma_kernel<__nv_bfloat16>, kWgThreads,
+                                     attn_wgmma_smem_bytes<__nv_bfloat16>(), kWgPerItem>(L)
+             : prefill_wave_items_of<attn_wgmma_kernel<__half>, kWgThreads,
+                                     attn_wgmma_smem_bytes<__half>(), kWgPerItem>(L);
+}
+
 }  // namespace sqz::cuda
 
 extern "C" int sqz_cuda_set_prefill_kernel(int which) {

@@ -9,25 +9,29 @@
 // CTA = one warpgroup x 64 query rows: half of one of the plan's 128-row query blocks, so each
 // item is two CTAs that read the same K/V tiles (L2 has room: the session 11 profile had it at
 // 11-14%), and two CTAs share an SM. K and V tiles (row gather from the plan's row list,
-// cp.async, 16-byte chunks) go through a two-slot ring in the swz128 layout (wgmma.cuh); Q is
-// loaded once per item. Per key tile: 8 wgmma for S (K-major Q and K), online softmax in base 2
-// on the accumulators, P converted in registers to the A fragments, 4 wgmma for O (V MN-major).
+// cp.async, 16-byte chunks) go through rings in the swz128 layout (wgmma.cuh): K two slots, V
+// three; Q is loaded once per item. Per key tile: 8 wgmma for S (K-major Q and K), online
+// softmax in base 2 on the accumulators, P converted in registers to the A fragments, 4 wgmma
+// for O (V MN-major). The S of tile t and the P V of tile t - 1 are issued together and tile
+// t's softmax runs while the P V is in flight (FA3's intra-warpgroup overlap).
 //
-// History (dev/kernels/NOTES.md, sessions 11-12). Session 11's form was one CTA of two
+// History (dev/kernels/NOTES.md, sessions 11-13). Session 11's form was one CTA of two
 // warpgroups per query block, a 4-slot ring and the S of tile t + 1 issued before tile t's
 // softmax: 1.158 ms against mma.sync's 1.092 (128K, 1,024 tokens, 10% kept). ptxas serialised
 // its wgmma (C7511, 218 registers), the CTA barrier per tile kept both warpgroups in lock step,
 // and ncu found it issue-bound (976 instructions per warp and tile, 56% of them address and
-// integer work). This form drops the early S, lets the two CTAs of an SM drift apart (one's
-// softmax beside the other's MMAs), and cuts the per-tile work: copies with a fixed swizzle
-// column per thread, descriptors advanced by addition, a positional mask only on an item's
-// last tile, the scale folded into the exponent's FFMA, and the accumulator rescale skipped
-// once the warp's row maxima have settled.
+// integer work). Session 12 went to one warpgroup per CTA, dropped the early S and cut the
+// per-tile work (copies with a fixed swizzle column per thread, descriptors advanced by
+// addition, a positional mask only on an item's last tile, the scale folded into the
+// exponent's FFMA, the accumulator rescale skipped once the warp's row maxima have settled):
+// 0.83-0.85 ms, still behind mma.sync's 0.78-0.80, as every tile ran S -> wait -> softmax ->
+// P V -> wait in series. Session 13 added the overlap (v19): 0.61-0.63 ms against mma.sync's
+// 0.70 (H100, same call), 0.163 against 0.218 ms at 128 tokens, so it is the default on sm_90a.
 //
-// The item decoding, masked online softmax and write-out repeat attn_mma.cuh's on purpose for
-// now: moving them into shared helpers changed the mma.sync kernels' register allocation
-// (dense causal: 28 -> 66 spill stores), and those kernels are the default path, so that
-// refactor waits for a GPU session that can time it (dev/kernels/NOTES.md, session 11).
+// The item decoding, masked online softmax and write-out repeat attn_mma.cuh's on purpose:
+// moving them into shared helpers changed the mma.sync kernels' register allocation (dense
+// causal: 28 -> 66 spill stores), and the mma.sync kernels still serve sm_80, head_dim 64 and
+// the dense causal attention (dev/kernels/NOTES.md, session 11).
 #pragma once
 
 #include "backend/cuda/merge.cuh"
@@ -37,7 +41,8 @@
 
 namespace sqz::cuda {
 
-constexpr int kWgStages = 2;     // K/V tiles in the ring: one lands while one is used
+constexpr int kWgKSlots = 2;     // K ring: tile t + 1 scored while tile t + 2 lands
+constexpr int kWgVSlots = 3;     // V ring: tile t in P V while t + 1 waits and t + 2 lands
 constexpr int kWgThreads = 128;  // one warpgroup
 constexpr int kWgRows = 64;      // query rows per CTA
 constexpr int kWgPerItem = kPrefillBM / kWgRows;  // CTAs per plan item (query block halves)
@@ -47,8 +52,8 @@ template <typename T>
 constexpr int attn_wgmma_smem_bytes() {
   constexpr int D = 128;
   return 1024 /* 1024-byte alignment of the swizzled tiles */ + kWgRows * D * (int)sizeof(T) +
-         2 * kWgStages * kTileRows * D * (int)sizeof(T) +
-         kWgStages * kTileRows * (int)sizeof(int64_t) + kRowWin * (int)sizeof(int32_t);
+         (kWgKSlots + kWgVSlots) * kTileRows * D * (int)sizeof(T) +
+         kWgKSlots * kTileRows * (int)sizeof(int64_t) + kRowWin * (int)sizeof(int32_t);
 }
 
 // Persistent over (item, half) pairs (sparse prefill only: the dense causal attention keeps
@@ -56,7 +61,7 @@ constexpr int attn_wgmma_smem_bytes() {
 template <typename T>
 __global__ void __launch_bounds__(kWgThreads, 2) attn_wgmma_kernel(RunArgs a) {
 #ifdef SQZ_WGMMA
-  constexpr int D = 128, S = kWgStages;
+  constexpr int D = 128;
   constexpr uint32_t kTileBytes = kTileRows * D * sizeof(T);  // one K or V slot: 16 KB
   constexpr uint32_t kHalfBytes = 64 * 64 * sizeof(T);        // 64 rows x 64 elements: 8 KB
   extern __shared__ unsigned char smem_raw[];
@@ -64,10 +69,11 @@ __global__ void __launch_bounds__(kWgThreads, 2) attn_wgmma_kernel(RunArgs a) {
   // may precede the dynamic block.
   const unsigned s0 = static_cast<unsigned>(__cvta_generic_to_shared(smem_raw));
   T* sQ = reinterpret_cast<T*>(smem_raw + ((1024u - (s0 & 1023u)) & 1023u));  // [2][64][64]
-  T* sK = sQ + kWgRows * D;                                                   // [S][2][64][64]
-  T* sV = sK + S * kTileRows * D;                                             // [S][2][64][64]
-  int64_t* s_off = reinterpret_cast<int64_t*>(sV + S * kTileRows * D);        // [S][64]
-  int32_t* s_rows = reinterpret_cast<int32_t*>(s_off + S * kTileRows);        // [kRowWin]
+  T* sK = sQ + kWgRows * D;                // [kWgKSlots][2][64][64]
+  T* sV = sK + kWgKSlots * kTileRows * D;  // [kWgVSlots][2][64][64]
+  int64_t* s_off =                         // [kWgKSlots][64] byte offsets of a tile's rows
+      reinterpret_cast<int64_t*>(sV + kWgVSlots * kTileRows * D);
+  int32_t* s_rows = reinterpret_cast<int32_t*>(s_off + kWgKSlots * kTileRows);  // [kRowWin]
   pdl_wait();
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int qtot = a.qtot, group = a.o.group;
@@ -120,14 +126,15 @@ __global__ void __launch_bounds__(kWgThreads, 2) attn_wgmma_kernel(RunArgs a) {
         s_off[buf * kTileRows + tid] = off;
       }
     };
-    // Tile t into slot t % S (one cp.async group).
-    auto prefetch = [&](int t) {
-      const int buf = t % S;
-      fill_off(buf, t);
+    // Tile u: K into slot u % 2, V into slot u % 3, offsets through s_off[u % 2] (one
+    // cp.async group).
+    auto prefetch = [&](int u) {
+      const int kb = u % kWgKSlots;
+      fill_off(kb, u);
       __syncthreads();
-      load_kv_rows_async<D, T, true, kWgThreads>(sK + buf * kTileRows * D, sV + buf * kTileRows * D,
-                                                 Kh, Vh, s_off + buf * kTileRows,
-                                                 n - t * kTileRows);
+      load_kv_rows_async<D, T, true, kWgThreads>(sK + kb * kTileRows * D,
+                                                 sV + (u % kWgVSlots) * kTileRows * D, Kh, Vh,
+                                                 s_off + kb * kTileRows, n - u * kTileRows);
       cp_async_commit();
     };
 
@@ -137,37 +144,31 @@ __global__ void __launch_bounds__(kWgThreads, 2) attn_wgmma_kernel(RunArgs a) {
     float m0 = kNegInf, m1 = kNegInf, l0 = 0.0f, l1 = 0.0f;
     // This thread's rows within the CTA's 64: rA and rA + 8.
     const int rA = warp * 16 + (lane >> 2);
+    float s[32];        // S of one tile, then its P (f32)
+    uint32_t pa[4][4];  // P of the tile in P V, as the A fragments of 4 steps of 16 keys
 
-    if (nt > 0) prefetch(0);
-    for (int t = 0; t < nt; t++) {
-      const int buf = t % S;
-      // Tile t + 1 goes into the other slot, whose tile t - 1 every thread finished with (its
-      // wgmma were waited for before the barrier in prefetch). Then tile t must have landed:
-      // this thread's copies, the proxy fence, everyone's.
-      if (t + 1 < nt) {
-        prefetch(t + 1);
-        cp_async_wait<1>();
-      } else {
-        cp_async_wait<0>();
-      }
-      fence_proxy_async_smem();
-      __syncthreads();
-
-      // S = Q K^T: 64 query rows x 64 keys, K = 128 in 8 steps of 16 (32 bytes inside a
-      // 128-byte row, the second 64 dims one 8 KB half further).
-      float s[32];
-      const uint64_t dK = dK0 + ((buf * kTileBytes) >> 4);
-      wg_fence();
+    // S = Q K^T for tile u: 64 query rows x 64 keys, K = 128 in 8 steps of 16 (32 bytes inside
+    // a 128-byte row, the second 64 dims one 8 KB half further). Issued, not waited.
+    auto qk = [&](int u) {
+      const uint64_t dK = dK0 + (((u % kWgKSlots) * kTileBytes) >> 4);
 #pragma unroll
       for (int kk = 0; kk < D / 16; kk++) {
         const uint32_t o = ((kk >> 2) * kHalfBytes + (kk & 3) * 32) >> 4;
         wg_m64n64k16_ss<T>(s, dQ + o, dK + o, kk > 0);
       }
-      wg_commit();
-      wg_wait<0>();
-
-      // Columns past the item's end exist only in its last tile.
-      const int lim = n - t * kTileRows;
+    };
+    // O += P V from V slot vs: V rows 16 kk .. 16 kk + 15 (2 KB per 16 rows), both 64-column
+    // halves (8 KB apart, the descriptor's leading offset) in one 128-wide instruction.
+    auto pv = [&](int vs) {
+      const uint64_t dV = dV0 + ((vs * kTileBytes) >> 4);
+#pragma unroll
+      for (int kk = 0; kk < 4; kk++)
+        wg_m64n128k16_rs<T>(acc, pa[kk], dV + ((kk * 16 * 128) >> 4), 1);
+    };
+    // Online softmax of tile u's S in s: new maxima and sums, p = 2^(s * scale - m) in place
+    // (one FFMA each, scale > 0), c = the factors the accumulators owe.
+    auto softmax = [&](int u, float& c0, float& c1) {
+      const int lim = n - u * kTileRows;  // columns past the item's end: only its last tile
       if (lim < kTileRows) {
 #pragma unroll
         for (int j = 0; j < 8; j++)
@@ -179,7 +180,6 @@ __global__ void __launch_bounds__(kWgThreads, 2) attn_wgmma_kernel(RunArgs a) {
             }
           }
       }
-      // Max of the raw products; p = 2^(s * scale - m) by one FFMA (scale > 0).
       float mx0 = kNegInf, mx1 = kNegInf;
 #pragma unroll
       for (int j = 0; j < 8; j++) {
@@ -193,7 +193,8 @@ __global__ void __launch_bounds__(kWgThreads, 2) attn_wgmma_kernel(RunArgs a) {
       const float n0 = fmaxf(m0, mx0 * a.scale_log2), n1 = fmaxf(m1, mx1 * a.scale_log2);
       // A row with nothing visible yet keeps reference 0: every p is exp2(-inf) = 0.
       const float ref0 = n0 == kNegInf ? 0.0f : n0, ref1 = n1 == kNegInf ? 0.0f : n1;
-      const float c0 = exp2f(m0 - ref0), c1 = exp2f(m1 - ref1);
+      c0 = exp2f(m0 - ref0);
+      c1 = exp2f(m1 - ref1);
       m0 = n0;
       m1 = n1;
       float sum0 = 0.0f, sum1 = 0.0f;
@@ -208,19 +209,8 @@ __global__ void __launch_bounds__(kWgThreads, 2) attn_wgmma_kernel(RunArgs a) {
       }
       l0 = l0 * c0 + sum0;
       l1 = l1 * c1 + sum1;
-      // c is exactly 1 once a row's max has settled: skip the 64 multiplies unless some row
-      // of the warp moved (warp-uniform; the accumulators are this warp's own rows).
-      if (__any_sync(0xffffffffu, c0 != 1.0f || c1 != 1.0f)) {
-#pragma unroll
-        for (int j = 0; j < D / 8; j++) {
-          acc[4 * j + 0] *= c0;
-          acc[4 * j + 1] *= c0;
-          acc[4 * j + 2] *= c1;
-          acc[4 * j + 3] *= c1;
-        }
-      }
-      // P as the A fragments of 4 steps of 16 keys (the m16n8k16 A layout per warp).
-      uint32_t pa[4][4];
+    };
+    auto to_pa = [&]() {  // the m16n8k16 A layout per warp
 #pragma unroll
       for (int kk = 0; kk < 4; kk++) {
         pa[kk][0] = Elem<T>::from_f2(s[8 * kk + 0], s[8 * kk + 1]);
@@ -228,15 +218,49 @@ __global__ void __launch_bounds__(kWgThreads, 2) attn_wgmma_kernel(RunArgs a) {
         pa[kk][2] = Elem<T>::from_f2(s[8 * kk + 4], s[8 * kk + 5]);
         pa[kk][3] = Elem<T>::from_f2(s[8 * kk + 6], s[8 * kk + 7]);
       }
-      // O += P V: V rows 16 kk .. 16 kk + 15 (2 KB per 16 rows), both 64-column halves (8 KB
-      // apart, the descriptor's leading offset) in one 128-wide instruction.
-      const uint64_t dV = dV0 + ((buf * kTileBytes) >> 4);
-      wg_fence();
+    };
+
+    // Iteration t issues the S of tile t and the P V of tile t - 1 together, then runs tile
+    // t's softmax while the P V is in flight (FA3's intra-warpgroup overlap); the accumulators
+    // are rescaled once the P V is waited for. Every iteration issues both (ptxas serialises
+    // every wgmma of the kernel when one sits in a branch, C7520): iteration 0's P V has P = 0
+    // over tile 0's V (landed, and read by tile 0's own P V anyway), and the extra iteration nt
+    // scores a stale K slot whose S is dropped.
 #pragma unroll
-      for (int kk = 0; kk < 4; kk++)
-        wg_m64n128k16_rs<T>(acc, pa[kk], dV + ((kk * 16 * 128) >> 4), 1);
+    for (int kk = 0; kk < 4; kk++) pa[kk][0] = pa[kk][1] = pa[kk][2] = pa[kk][3] = 0u;
+    if (nt > 0) prefetch(0);
+    const int iters = nt > 0 ? nt + 1 : 0;
+    for (int t = 0; t < iters; t++) {
+      // Tile t has landed (this thread's copies, the proxy fence, everyone's), and every
+      // thread is past iteration t - 1: K slot (t + 1) % 2 (tile t - 1, scored) and V slot
+      // (t + 1) % 3 (tile t - 2, in its P V) are free for tile t + 1.
+      cp_async_wait<0>();
+      fence_proxy_async_smem();
+      __syncthreads();
+      if (t + 1 < nt) prefetch(t + 1);
+      wg_fence();
+      qk(t);
       wg_commit();
+      pv(t == 0 ? 0 : (t - 1) % kWgVSlots);
+      wg_commit();
+      float c0 = 1.0f, c1 = 1.0f;
+      wg_wait<1>();  // groups retire in order: the S is done, the P V may still run
+      if (t < nt) softmax(t, c0, c1);
       wg_wait<0>();
+      if (t < nt) {
+        // c is exactly 1 once a row's max has settled: skip the 64 multiplies unless some row
+        // of the warp moved (warp-uniform; the accumulators are this warp's own rows).
+        if (__any_sync(0xffffffffu, c0 != 1.0f || c1 != 1.0f)) {
+#pragma unroll
+          for (int j = 0; j < D / 8; j++) {
+            acc[4 * j + 0] *= c0;
+            acc[4 * j + 1] *= c0;
+            acc[4 * j + 2] *= c1;
+            acc[4 * j + 3] *= c1;
+          }
+        }
+        to_pa();
+      }
     }
 
     l0 += __shfl_xor_sync(0xffffffffu, l0, 1);

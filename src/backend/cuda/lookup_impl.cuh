@@ -537,7 +537,7 @@ __device__ void select_fine(const LookupArgs& a, int stage, int h) {
 __device__ void partition_block(const PlanDev& p, int qtot) {
   __shared__ int s_scan[33];
   __shared__ unsigned long long s_sum;
-  __shared__ int s_chunk;
+  __shared__ int s_wave;
   const int tid = threadIdx.x;
   const int n_qb = ceil_div_dev(qtot, kPrefillBM);
   const int n_groups = p.n_kv * n_qb;
@@ -548,35 +548,42 @@ __device__ void partition_block(const PlanDev& p, int qtot) {
   atomicAdd(&s_sum, local);
   __syncthreads();
   if (tid == 0) {
-    const long long R = (long long)s_sum;
-    // Enough items to fill the machine, never more than the partial buffers hold.
-    const long long W = R * n_qb;
-    const long long c1 = (W + p.prefill_target - 1) / p.prefill_target;
-    const long long room = p.prefill_max_items - n_groups > 1 ? p.prefill_max_items - n_groups : 1;
-    const long long c2 = (W + room - 1) / room;
-    long long chunk = c1 > c2 ? c1 : c2;
-    chunk = (chunk + 63) / 64 * 64;
-    if (chunk < 256) chunk = 256;
-    s_chunk = (int)chunk;
+    // One wave: at most as many items as the run's kernel holds at once (prefill_target, set at
+    // plan time from its occupancy), and never more than the partial buffers hold. The run's
+    // persistent CTAs take items by a fixed stride, so a second, partial wave doubles the time of
+    // the CTAs that get two items: 3 x SMs items against 2 x SMs resident CTAs made 128 user
+    // tokens run 1.58 waves (13 splits of 1,088 rows per group, a 2-pass merge) where one wave
+    // of 8 splits of 1,639 rows would do.
+    const int room = p.prefill_max_items - n_groups > 1 ? p.prefill_max_items - n_groups : 1;
+    s_wave = p.prefill_target < room ? p.prefill_target : room;
   }
   __syncthreads();
-  const int chunk = s_chunk;
+  // Group g gets floor(wave * R_g / W) splits (at least 1, each >= kMinSplitRows), W = all
+  // groups' rows: the splits sum to at most the wave (plus groups too small for one share), and
+  // every split holds about W / wave rows, the same in every group.
+  constexpr int kMinSplitRows = 256;
+  const unsigned long long W = s_sum * (unsigned long long)n_qb;
+  const int wave = s_wave;
   int carry = 0;
   for (int base = 0; base < n_groups; base += blockDim.x) {
     const int g = base + tid;
     const bool in = g < n_groups;
     const int h = in ? g / n_qb : 0, qb = in ? g % n_qb : 0;
     const int Rh = in ? __ldcg(p.n_rows + h) : 0;
-    int ns = in ? ceil_div_dev(Rh, chunk) : 0;
-    if (in && ns < 1) ns = 1;
+    int ns = 0;
+    if (in) {
+      const unsigned long long share = W ? (unsigned long long)Rh * wave / W : 0;
+      ns = (int)min(share, (unsigned long long)ceil_div_dev(Rh, kMinSplitRows));
+      if (ns < 1) ns = 1;
+    }
     int tot;
     const int ex = block_exclusive_scan(ns, s_scan, &tot);
     if (in) {
       const int off = carry + ex;
       p.group_off[g] = off;
-      // The group's rows in ns equal items (multiples of 64 rows but the last): cutting at
-      // `chunk` left a short last item (13107 rows -> 8512 + 4595), and persistent CTAs then
-      // idled ~25% of the prefill run at the tail (ncu, v8).
+      // The group's rows in ns equal items (multiples of 64 rows but the last): cutting at a
+      // fixed chunk left a short last item (13107 rows -> 8512 + 4595), and persistent CTAs
+      // then idled ~25% of the prefill run at the tail (ncu, v8).
       const int each = ceil_div_dev(ceil_div_dev(max(Rh, 1), ns), 64) * 64;
       for (int i = 0; i < ns && off + i < p.max_items; i++) {
         const int vb = min(Rh, i * each), ve = min(Rh, vb + each);
@@ -588,7 +595,7 @@ __device__ void partition_block(const PlanDev& p, int qtot) {
   if (tid == 0) {
     p.group_off[n_groups] = carry;
     p.meta[kMetaItems] = carry < p.max_items ? carry : p.max_items;
-    p.meta[kMetaChunk] = chunk;
+    p.meta[kMetaChunk] = (int)(W / (unsigned long long)max(wave, 1));
     p.meta[kMetaQtot] = qtot;
     p.meta[kMetaGroups] = n_groups;
     p.meta[kMetaQBlocks] = n_qb;

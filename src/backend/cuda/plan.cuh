@@ -39,7 +39,7 @@ struct WsLayout {
   int q_max = 0;  // query rows per KV head: max_q * group
   int num_sms = 0;
   int max_items = 0, max_groups = 0, max_partial_rows = 0;
-  int decode_target = 0, prefill_target = 0, prefill_max_items = 0;
+  int decode_target = 0, prefill_max_items = 0;
   int decode_iph = 0;  // decode run: split-KV items (CTAs) per KV head, fixed by the shape
   size_t counters = 0, counters_bytes = 0;  // zeroed once by workspace_init
   // uint32 [3][n_kv]: coarse / fine arrivals; fused decode plan: per-head barrier arrivals
@@ -92,6 +92,8 @@ bool make_layout(const sqz_cuda_shape& s, WsLayout* L);
 // Device view: raw pointers into one workspace plus the static dims.
 struct PlanDev {
   int n_kv, group, head_dim, n_ctx, n_fine, n_coarse, q_max, max_items, max_groups;
+  // prefill_target: work items per wave of the prefill run's kernel, set per plan
+  // (plan_dev_for); 0 in a run's view.
   int prefill_target, prefill_max_items, decode_iph;
   uint32_t* head_cnt;
   unsigned long long* ready;

@@ -60,7 +60,6 @@ bool make_layout(const sqz_cuda_shape& s, WsLayout* L) {
 #define SQZ_DECODE_ITEMS_PER_SM 6
 #endif
   l.decode_target = SQZ_DECODE_ITEMS_PER_SM * sms;
-  l.prefill_target = 3 * sms;
   const int64_t rows = (int64_t)l.n_kv * l.n_ctx;
   const int64_t decode_items =
       std::max<int64_t>(l.decode_target, (rows + kDecodeMaxChunk - 1) / kDecodeMaxChunk) + l.n_kv +
@@ -134,7 +133,7 @@ PlanDev make_plan_dev(const WsLayout& L, void* ws) {
   p.q_max = L.q_max;
   p.max_items = L.max_items;
   p.max_groups = L.max_groups;
-  p.prefill_target = L.prefill_target;
+  p.prefill_target = 0;
   p.prefill_max_items = L.prefill_max_items;
   p.decode_iph = L.decode_iph;
   p.head_cnt = reinterpret_cast<uint32_t*>(b + L.head_cnt);
@@ -173,6 +172,13 @@ PlanDev make_plan_dev(const WsLayout& L, void* ws) {
 }
 
 namespace {
+
+// A plan's view: a prefill plan partitions its rows for one wave of the run's kernel.
+PlanDev plan_dev_for(const sqz_cuda_shape& s, const WsLayout& L, void* ws, int n_q) {
+  PlanDev p = make_plan_dev(L, ws);
+  if ((int64_t)n_q * L.group > kSmallQ) p.prefill_target = prefill_wave_items(s, L);
+  return p;
+}
 
 bool check_query(const sqz_cuda_shape& s, const sqz_cuda_query* q) {
   return q && q->q && q->n_q >= 1 && q->n_q <= s.max_q;
@@ -238,7 +244,8 @@ int sqz_cuda_plan_ex(const sqz_cuda_shape* shape, const sqz_cuda_context* ctx,
   if (shape->n_coarse == 0) child = nullptr;  // one level: no coarse rule
   if (child && (!child->bound || (uintptr_t)child->bound % 16 != 0))
     return SQZ_CUDA_EINVAL;  // read as float4
-  return launch_lookup(*shape, L, make_plan_dev(L, ws), *ctx, *q, iso, child, stream);
+  return launch_lookup(*shape, L, plan_dev_for(*shape, L, ws, q->n_q), *ctx, *q, iso, child,
+                       stream);
 }
 
 int sqz_cuda_plan_ranges(const sqz_cuda_shape* shape, const int32_t* ranges,
@@ -246,7 +253,8 @@ int sqz_cuda_plan_ranges(const sqz_cuda_shape* shape, const int32_t* ranges,
   WsLayout L;
   if (!shape || !ranges || !n_ranges || !ws || !make_layout(*shape, &L)) return SQZ_CUDA_EINVAL;
   if (n_q < 1 || n_q > shape->max_q) return SQZ_CUDA_EINVAL;
-  return launch_plan_ranges(*shape, L, make_plan_dev(L, ws), ranges, n_ranges, n_q, stream);
+  return launch_plan_ranges(*shape, L, plan_dev_for(*shape, L, ws, n_q), ranges, n_ranges, n_q,
+                            stream);
 }
 
 int sqz_cuda_run(const sqz_cuda_shape* shape, const sqz_cuda_context* ctx, const sqz_cuda_query* q,

@@ -222,12 +222,16 @@ int sqz_cuda_kmeans_run(sqz_cuda_kmeans* km, const void* points, sqz_cuda_dtype 
 int sqz_cuda_debug_stamps(unsigned long long* host, int n, int reset);
 
 /* Which tensor-core kernel runs the sparse prefill attention (n_q * group > 8), for the whole
- * process. AUTO (the default) and MMA: the mma.sync kernel. WGMMA: the sm_90a warpgroup-MMA
- * kernel for head_dim 128 (other head dims keep mma.sync); it returns SQZ_CUDA_EUNSUPPORTED when
- * the current device has no sm_90a code. AUTO stays on mma.sync while wgmma measures no faster
- * (attn_wgmma.cuh). Tests and benchmarks use it to run both kernels on one machine. */
+ * process. MMA: the mma.sync kernel. WGMMA: the sm_90a warpgroup-MMA kernel for head_dim 128
+ * (other head dims keep mma.sync); it returns SQZ_CUDA_EUNSUPPORTED when the current device has
+ * no sm_90a code. AUTO (the default): wgmma where the device has its code and head_dim is 128
+ * (it measured faster, attn_wgmma.cuh), else mma.sync. Tests and benchmarks use it to run both
+ * kernels on one machine. */
 enum { SQZ_CUDA_PREFILL_AUTO = 0, SQZ_CUDA_PREFILL_MMA = 1, SQZ_CUDA_PREFILL_WGMMA = 2 };
 int sqz_cuda_set_prefill_kernel(int which);
+/* The kernel (SQZ_CUDA_PREFILL_MMA or SQZ_CUDA_PREFILL_WGMMA) the current setting runs on the
+ * current device for head_dim (64 or 128); SQZ_CUDA_EINVAL for another head_dim. */
+int sqz_cuda_prefill_kernel(int head_dim);
 
 /* Human-readable name of a status code. */
 const char* sqz_cuda_status_str(int status);
