@@ -7,9 +7,11 @@
 #   wg2/attn_wgmma.o    this tree's attn_wgmma.cu with dev/kernels/v19_wgmma_overlap.patch
 # Lwg2 = p1's objects with wg2's attn_wgmma.o, so one test run checks the partition (mma.sync
 # pass) and v19 (the test's wgmma pass).
-# Mode final (call 2): f1/*.o, f1/test_cuda_squeeze.obj = the tree with v19 applied and AUTO =
-# wgmma on sm_90a; f2 the same plus the lookup's scoring on wgmma. Checks, main against them
-# alternating, then the benchmark's grid and the plan's profile on the newest that passed.
+# Mode final (planned as call 2, not run in session 13: no device was lent after call 1):
+# f1/*.o = main (d88288b: v19 applied, AUTO = wgmma on sm_90a), f2/*.o and
+# f2/test_cuda_squeeze.obj = main with dev/kernels/v20_score_wgmma.patch (the lookup's scoring on
+# wgmma). Checks, main against them alternating, then the benchmark's grid and the plan's
+# profile on the newest that passed.
 # Usage (repo root, GPU machine): C=<carry dir> OUT=<dir> dev/kernels/s13_call.sh
 #        [all|bench|profile|final]
 set -u
