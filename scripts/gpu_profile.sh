@@ -12,8 +12,8 @@
 # Usage: scripts/gpu_profile.sh [NAME ...]   names: run128 plan128 merge128 run512 (default all),
 #        prerun128 (the prefill run's mma.sync attention, 1,024 query tokens; prerunwg128 the
 #        sm_90a wgmma one, the default there; prerun128q and prerunwg128q the same with 128
-#        tokens), preplan128 (the prefill plan's four score_mma launches, after calibration's 61
-#        plans, with the default kernels) and preplan128m (the same on mma.sync)
+#        tokens) and preplan128 (the prefill plan's four score_mma launches, after
+#        calibration's 61 plans)
 # Env:   OUT (default /tmp/sqz_gpu_out), BUILD (default build-gpu), NCU (default: ncu on PATH).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -28,20 +28,18 @@ mkdir -p "$OUT"
 declare -A KREGEX=([run128]=sparse_decode_kernel [plan128]=plan_small_fused [merge128]=decode_merge
                    [run512]=sparse_decode_kernel [prerun128]=attn_mma_kernel
                    [preplan128]=score_mma_kernel [prerunwg128]=attn_wgmma_kernel
-                   [prerun128q]=attn_mma_kernel [prerunwg128q]=attn_wgmma_kernel
-                   [preplan128m]=score_mma_kernel)
+                   [prerun128q]=attn_mma_kernel [prerunwg128q]=attn_wgmma_kernel)
 declare -A SKIP=([run128]=2 [plan128]=1 [merge128]=2 [run512]=2 [prerun128]=1 [preplan128]=244 [prerunwg128]=1
-                 [prerun128q]=1 [prerunwg128q]=1 [preplan128m]=244)
-declare -A COUNT=([preplan128]=4 [preplan128m]=4)
+                 [prerun128q]=1 [prerunwg128q]=1)
+declare -A COUNT=([preplan128]=4)
 # Extra benchmark arguments: the mma.sync prefill kernels are the default only off sm_90a.
 declare -A ARGS=([prerunwg128]="--prefill-kernel wgmma" [prerunwg128q]="--prefill-kernel wgmma"
-                 [prerun128]="--prefill-kernel mma" [prerun128q]="--prefill-kernel mma"
-                 [preplan128m]="--prefill-kernel mma")
+                 [prerun128]="--prefill-kernel mma" [prerun128q]="--prefill-kernel mma")
 declare -A SPEC=([run128]=llama2-7b,131072,1,0.1 [plan128]=llama2-7b,131072,1,0.1
                  [merge128]=llama3-8b,131072,1,0.1 [run512]=llama2-7b,524288,1,0.1
                  [prerun128]=llama2-7b,131072,1024,0.1 [preplan128]=llama2-7b,131072,1024,0.1
                  [prerunwg128]=llama2-7b,131072,1024,0.1 [prerun128q]=llama2-7b,131072,128,0.1
-                 [prerunwg128q]=llama2-7b,131072,128,0.1 [preplan128m]=llama2-7b,131072,1024,0.1)
+                 [prerunwg128q]=llama2-7b,131072,128,0.1)
 
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(run128 plan128 merge128 run512)

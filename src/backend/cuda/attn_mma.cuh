@@ -301,7 +301,7 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attn_mma_kernel(RunArgs a) {
       }
     }
     if (ns > 1 && last_of_group(a.p, grp, ns))
-      merge_split_group<true>(a.p, a.o, D, h, first, ns, kPrefillBM, qb * kPrefillBM, qtot);
+      merge_split_group(a.p, a.o, D, h, first, ns, kPrefillBM, qb * kPrefillBM, qtot);
     cp_async_wait<0>();  // an item with no key tiles never waited for its query copy
     __syncthreads();     // shared buffers are rewritten by the next item
   }

@@ -43,23 +43,12 @@ int prefill_kernel_choice() {
   return g_prefill_kernel.load(std::memory_order_relaxed);
 }
 
-int launch_sparse_prefill_wgmma(const sqz_cuda_shape& s, const WsLayout& L, const RunArgs& a,
-                                cudaStream_t stream) {
-  if (s.head_dim != 128) return SQZ_CUDA_EUNSUPPORTED;
+PrefillKernel prefill_kernel_wgmma(const sqz_cuda_shape& s) {
   return s.dtype == SQZ_CUDA_BF16
-             ? launch_prefill_items<attn_wgmma_kernel<__nv_bfloat16>, kWgThreads,
-                                    attn_wgmma_smem_bytes<__nv_bfloat16>(), kWgPerItem>(L, a,
-                                                                                        stream)
-             : launch_prefill_items<attn_wgmma_kernel<__half>, kWgThreads,
-                                    attn_wgmma_smem_bytes<__half>(), kWgPerItem>(L, a, stream);
-}
-
-int prefill_wave_items_wgmma(const sqz_cuda_shape& s, const WsLayout& L) {
-  return s.dtype == SQZ_CUDA_BF16
-             ? prefill_wave_items_of<attn_wgmma_kernel<__nv_bfloat16>, kWgThreads,
-                                     attn_wgmma_smem_bytes<__nv_bfloat16>(), kWgPerItem>(L)
-             : prefill_wave_items_of<attn_wgmma_kernel<__half>, kWgThreads,
-                                     attn_wgmma_smem_bytes<__half>(), kWgPerItem>(L);
+             ? prefill_kernel_of<attn_wgmma_kernel<__nv_bfloat16>, kWgThreads,
+                                 attn_wgmma_smem_bytes<__nv_bfloat16>(), kWgPerItem>()
+             : prefill_kernel_of<attn_wgmma_kernel<__half>, kWgThreads,
+                                 attn_wgmma_smem_bytes<__half>(), kWgPerItem>();
 }
 
 }  // namespace sqz::cuda

@@ -97,7 +97,7 @@ __global__ void __launch_bounds__(kWgThreads, 2) attn_wgmma_kernel(RunArgs a) {
     const int mq = qb * kPrefillBM + half * kWgRows;  // this CTA's first query row
     if (mq >= qtot) {  // a half past the last query row: nothing to compute, only to arrive
       if (ns > 1 && last_of_group(a.p, grp, ns * kWgPerItem))
-        merge_split_group<true>(a.p, a.o, D, h, first, ns, kPrefillBM, qb * kPrefillBM, qtot);
+        merge_split_group(a.p, a.o, D, h, first, ns, kPrefillBM, qb * kPrefillBM, qtot);
       continue;
     }
     const T* Kh = static_cast<const T*>(a.k) + (int64_t)h * a.kv_head_stride;
@@ -294,7 +294,7 @@ __global__ void __launch_bounds__(kWgThreads, 2) attn_wgmma_kernel(RunArgs a) {
     }
     // The group's last CTA (of ns items x both halves) merges all 128 rows.
     if (ns > 1 && last_of_group(a.p, grp, ns * kWgPerItem))
-      merge_split_group<true>(a.p, a.o, D, h, first, ns, kPrefillBM, qb * kPrefillBM, qtot);
+      merge_split_group(a.p, a.o, D, h, first, ns, kPrefillBM, qb * kPrefillBM, qtot);
     cp_async_wait<0>();  // a tile-less item's Q copy
     __syncthreads();     // shared buffers are rewritten by the next item
   }

@@ -595,9 +595,6 @@ __device__ void partition_block(const PlanDev& p, int qtot) {
   if (tid == 0) {
     p.group_off[n_groups] = carry;
     p.meta[kMetaItems] = carry < p.max_items ? carry : p.max_items;
-    p.meta[kMetaChunk] = (int)(W / (unsigned long long)max(wave, 1));
-    p.meta[kMetaQtot] = qtot;
-    p.meta[kMetaGroups] = n_groups;
     p.meta[kMetaQBlocks] = n_qb;
   }
 }

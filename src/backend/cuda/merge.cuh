@@ -47,8 +47,7 @@ __device__ __forceinline__ float2 split_weights(float2* ml, int n) {
 // 1024); 128 user tokens with 13 splits per group fell through to a loop with three dependent
 // L2 round trips per element, ~0.3 ms per group at the tail (prefill of 128 tokens ran slower
 // than dense attention).
-// BATCH (prefill callers): a path for few splits of many rows, batching loads across elements.
-template <bool BATCH = false>
+// Fewer than kFewSplits splits take a path that batches loads across elements.
 __device__ inline void merge_split_group(const PlanDev& p, const OutView& o, int D, int h,
                                          int first, int ns, int rows_per_item, int m0, int qtot) {
   constexpr int kStage = 1024;
@@ -79,7 +78,7 @@ __device__ inline void merge_split_group(const PlanDev& p, const OutView& o, int
       // acc row of split i for pass row rr: (first + i) * rows_per_item + r0 + rr
       const float* pa = p.pacc + ((int64_t)first * rows_per_item + r0) * D;
       const int64_t split_stride = (int64_t)rows_per_item * D;
-      if (!BATCH || ns >= kFewSplits) {  // many splits: one step's loads overlap
+      if (ns >= kFewSplits) {  // many splits: one step's loads overlap
         for (int idx = 4 * tid; idx < total; idx += 4 * blockDim.x) {
           const int rr = idx / D, d = idx - rr * D;
           float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);

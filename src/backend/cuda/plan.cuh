@@ -26,10 +26,7 @@ constexpr int kDecodeMinChunk = SQZ_DECODE_MIN_ROWS;
 // the run picks its kernel from n_q, as the plan did).
 enum MetaSlot : int {
   kMetaItems = 0,    // work items
-  kMetaChunk = 1,    // rows per split
-  kMetaQtot = 2,     // query rows per KV head of the plan (n_q * group)
-  kMetaGroups = 3,   // merge groups: KV heads x query blocks
-  kMetaQBlocks = 4,  // query blocks per KV head
+  kMetaQBlocks = 1,  // query blocks per KV head
   kMetaCount = 8
 };
 
