@@ -8,7 +8,7 @@
 # Lwg2 = p1's objects with wg2's attn_wgmma.o, so one test run checks the partition (mma.sync
 # pass) and v19 (the test's wgmma pass).
 # Mode final (planned as call 2, not run in session 13: no device was lent after call 1):
-# f1/*.o = main (d88288b: v19 applied, AUTO = wgmma on sm_90a), f2/*.o and
+# f1/*.o = main (since d88288b: v19 applied, AUTO = wgmma on sm_90a), f2/*.o and
 # f2/test_cuda_squeeze.obj = main with dev/kernels/v20_score_wgmma.patch (the lookup's scoring on
 # wgmma). Checks, main against them alternating, then the benchmark's grid and the plan's
 # profile on the newest that passed.
