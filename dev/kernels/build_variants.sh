@@ -3,7 +3,8 @@
 # times them side by side (dev/kernels/s14_call.sh), and packs them into a carry folder.
 # Each variant is a copy of src/, dev/, scripts/ and CMakeLists.txt with its patches applied in
 # order, built with scripts/gpu_check.sh build (sm_90 only; the *_wgmma.cu files sm_90a once
-# v20 is in). On the 2-core CPU machine each variant takes ~2.5-3 minutes.
+# v20 is in). On the 2-core CPU machine each variant takes ~3-4 minutes (~22 for all six in
+# session 14).
 # Usage (repo root): dev/kernels/build_variants.sh WORK CARRY
 #   WORK:  scratch folder (variants in WORK/<name>, sources in WORK/src_<name>)
 #   CARRY: folder inside the repo to pass as run's carry (gets objs.tar.xz and the patched
