@@ -18,20 +18,10 @@
 #   for, default 560), RG (seconds that must be left to start a timing run, default 100),
 #   TT (test timeout, default 200), SEED (test seed, default 20261208).
 set -u
-C=${C:?carry dir}; W=/root/w; O=${OUT:-/tmp/o}; mkdir -p $W $O
-T0=$SECONDS
-left() { echo $((${BUDGET:-560} - (SECONDS - T0))); }
-B() { local tag=$1 lib=$2; shift 2
-  SQZ_COMMIT=$tag timeout 150 python3 bench/cuda/bench_squeeze_cuda.py --lib $W/L$lib/libsqz_cuda.so \
-    --jsonl $O/cuda_squeeze.jsonl --kmeans-heads 0 "$@" 2>&1 | grep -v " sdpa \|Warn" | sed "s/^/$tag /" | tee -a $O/bench.log
-  echo "=== $tag done $((SECONDS - T0)) s"; }
-tar xJf $C/objs.tar.xz -C $W
-d=$(python3 -c 'import nvidia.cublas, os; print(os.path.join(os.path.dirname(nvidia.cublas.__file__), "lib"))' 2>/dev/null)
-if ls /usr/local/cuda/lib64/libcublas.so >/dev/null 2>&1; then CUB="-lcublas"; else CUB="-L$d -l:libcublas.so.13 -Xlinker -rpath=$d"; fi
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | tee $O/card.txt
+source dev/kernels/call_common.sh  # C, W, O, left, B, CUB, mk; unpacks $C/objs.tar.xz
 VS=${*:-f1 f2 f3 f4 f5 f6}
 for n in $VS; do
-  mkdir -p $W/L$n; cp $W/$n/*.o $W/L$n/; nvcc -shared -o $W/L$n/libsqz_cuda.so $W/L$n/*.o $CUB
+  mk $n
   nvcc -o $W/t$n $W/$n/test_cuda_squeeze.obj -L$W/L$n -lsqz_cuda $CUB -Xlinker -rpath=$W/L$n
 done
 echo "=== libs $((SECONDS - T0)) s"
