@@ -10,8 +10,8 @@
 // "write a partial, barrier, every CTA reduces the NS partials", each round depending on the
 // last (so the time per round is latency, not throughput).
 //
-//   mode ticket:  cta_ticket (common.cuh) + ld.acquire spin, partials through global (__ldcg)
-//   mode cluster: cooperative_groups cluster.sync(), partials read by ld.shared::cluster
+//   mode ticket:  head_barrier (common.cuh: cta_ticket + ld.acquire spin), partials through global
+//   (__ldcg) mode cluster: cooperative_groups cluster.sync(), partials read by ld.shared::cluster
 //
 // Build: nvcc -O3 -std=c++17 -arch=sm_90 -Isrc dev/kernels/barrier_probe.cu -o barrier_probe
 // Prints one line per (mode, NS): microseconds per round (median of 7 launches) and the first
@@ -28,13 +28,6 @@ namespace cg = cooperative_groups;
 using namespace sqz::cuda;
 
 constexpr int kG = 32;  // heads (LLaMA-2-7B KV heads)
-
-// The plan's spin load (lookup_impl.cuh's ld_acquire_gpu; that header needs the plan's types).
-__device__ __forceinline__ unsigned ld_acq(const unsigned* p) {
-  unsigned v;
-  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
-  return v;
-}
 
 __device__ __forceinline__ unsigned long long gtime() {
   unsigned long long t;
@@ -53,11 +46,7 @@ __global__ void __launch_bounds__(256) ticket_kernel(unsigned* cnt, float* part,
   for (int k = 0; k < rounds; k++) {
     float* buf = part + ((size_t)(k & 1) * kG + g) * 32;
     if (tid == 0) __stcg(buf + r, acc * 0.5f + 1.0f);
-    cta_ticket(cnt + g);  // releases the partial
-    if (tid == 0)
-      while (ld_acq(cnt + g) < (unsigned)((k + 1) * ns)) {
-      }
-    __syncthreads();
+    head_barrier(cnt + g, (unsigned)((k + 1) * ns));  // the plan's own barrier (common.cuh)
     if (tid < 32) {
       float v = tid < ns ? __ldcg(buf + tid) : 0.0f;
       for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -132,7 +121,7 @@ int main() {
       for (int rounds : {1, 64}) {
         std::vector<double> per, first;
         bool fail = false;
-        for (int rep = 0; rep < 7 && !fail; rep++) {
+        for (int rep = 0; rep < 7; rep++) {
           cudaMemset(cnt, 0, kG * sizeof(unsigned));
           cudaLaunchConfig_t cfg = {};
           cfg.gridDim = dim3(ns, kG);

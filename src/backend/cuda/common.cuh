@@ -270,6 +270,26 @@ __device__ __forceinline__ bool cta_is_last(unsigned* cnt, unsigned n) {
   __syncthreads();
   return s_last;
 }
+// gpu-scope acquire of a counter that CTAs of one grid raise with cta_ticket.
+__device__ __forceinline__ unsigned ld_acquire_gpu(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+// The CTAs of one group (the decode plan's head) meet here: barrier number k (1, 2, ...) waits
+// for target = k * (CTAs in the group). Every CTA of the grid must be resident (the caller
+// checks), so the wait cannot deadlock. `cnt` counts arrivals over all of a kernel's barriers
+// (each CTA adds one per barrier, and cannot add for barrier k + 1 before all have added for
+// k); the caller resets it once every CTA is past the last one. Memory written before the
+// barrier by any of the CTAs is visible after it.
+__device__ __forceinline__ void head_barrier(unsigned* cnt, unsigned target) {
+  cta_ticket(cnt);  // releases this CTA's writes
+  if (threadIdx.x == 0) {
+    while (ld_acquire_gpu(cnt) < target) {  // acquires every other CTA's
+    }
+  }
+  __syncthreads();
+}
 __device__ __forceinline__ void st_release_gpu_u64(unsigned long long* p, unsigned long long v) {
   asm volatile("st.release.gpu.global.u64 [%0], %1;\n" ::"l"(p), "l"(v) : "memory");
 }

@@ -318,20 +318,6 @@ __device__ float fused_lse(const LookupArgs& a, int h, int r, int nsplit, int sl
   return s.sp > 0.0f ? s.m + log2f(s.sp) : kNegInf;
 }
 
-// The CTAs of one head meet here: barrier number `k` (1, 2, ...) of this plan. Every CTA of the
-// grid is resident (host-checked), so the wait cannot deadlock. `cnt` counts arrivals over the
-// whole plan (each CTA adds one per barrier, and cannot add for barrier k + 1 before all have
-// added for k); the head's last CTA resets it once every CTA is past the last barrier. Memory
-// written before the barrier by any of the CTAs is visible after it.
-__device__ __forceinline__ void head_barrier(unsigned* cnt, unsigned target) {
-  cta_ticket(cnt);  // releases this CTA's writes
-  if (threadIdx.x == 0) {
-    while (ld_acquire_gpu(cnt) < target) {  // acquires every other CTA's
-    }
-  }
-  __syncthreads();
-}
-
 // Shared-memory compared list of one split; a longer one is read back from cmp_tmp (L2).
 constexpr int kFusedList = 2048;
 // Heads with more fine clusters than this take the parallel tail (see above). At 5% clusters

@@ -89,16 +89,6 @@ void run_stages(bool hier, Run&& run) {
   }
 }
 
-// Release / acquire of a per-head flag between CTAs of one grid (gpu scope).
-__device__ __forceinline__ unsigned ld_acquire_gpu(const unsigned* p) {
-  unsigned v;
-  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
-  return v;
-}
-__device__ __forceinline__ void st_release_gpu(unsigned* p, unsigned v) {
-  asm volatile("st.release.gpu.global.u32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
-}
-
 // Decode plans and the run (sparse_decode.cu): the run is launched with PDL and does not wait for
 // the whole plan; each of its CTAs waits on its KV head's ready word. A decode plan therefore
 // clears every head's word before it lets dependents launch (the first stage kernel, split 0, at
