@@ -1,6 +1,6 @@
 #!/bin/bash
 # Builds the CUDA objects of main and of main with kernel patches applied, for a GPU call that
-# times them side by side (dev/kernels/s14_call.sh), and packs them into a carry folder.
+# times them side by side (dev/kernels/s16_call.sh), and packs them into a carry folder.
 # Each variant is a copy of src/, dev/, scripts/ and CMakeLists.txt with its patches applied in
 # order, built with scripts/gpu_check.sh build (sm_90 only; the *_wgmma.cu files sm_90a once
 # v20 is in). On the 2-core CPU machine each variant takes ~3-4 minutes (~22 for the first six in

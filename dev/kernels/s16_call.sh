@@ -1,12 +1,17 @@
 #!/bin/bash
-# Session 16's GPU call (not run: no device was lent in session 16; ready for the next one):
-# session 14's comparison (dev/kernels/s14_call.sh: main against v20-v23) plus
-# dev/kernels/v24_prefill_ws.patch (the warp-specialised prefill attention, attn_ws.cuh) and
-# v25_ws_pingpong.patch (its two consumer warpgroups taking turns to issue).
+# Session 16's GPU call (not run: no device was lent in session 16; ready for the next one).
+# It replaces session 14's s14_call.sh, whose call never ran either. Checks and timing of main
+# against the unmeasured prefill patches, each on top of the previous:
+#   f2 v20_score_wgmma (the lookup's scoring on wgmma), f3 v21 alone, f4 v20 + v21_merge_chunks
+#   (the split merge's loads in chunks), f5 + v22_score_epilogue (the scorer's per-tile work),
+#   f6 + v23_merge_halves (the wgmma run's merge per half), f7 + v24_prefill_ws (the
+#   warp-specialised prefill attention, attn_ws.cuh), f8 + v25_ws_pingpong (its two consumer
+#   warpgroups taking turns to issue); f1 is main. Objects: dev/kernels/build_variants.sh.
 # Carried in $C: objs.tar.xz (f1-f6 of build_variants.sh), f7.tar.xz (f7/attn_wgmma.o = f6 +
 # v24 and f8/attn_wgmma.o = f7 + v25: the only object they change), gpu_profile_v20.sh (f2-f6)
 # and gpu_profile_v24.sh (f7, f8).
-# The test of f7 runs first, then f8's; if f7 fails, f6, then older trees, as in s14_call.sh.
+# The test of f7 runs first, then f8's; if f7 fails, f6, then f5, then f4; only trees whose
+# code passed are timed.
 # Timing: main and the passing trees from the newest, alternating, two rounds at 128K / 10% with
 # 128 and 1,024 user tokens; then decode, the run's and the plan's profiles, the grid.
 # Usage (repo root, GPU machine): C=<carry dir> OUT=<dir> dev/kernels/s16_call.sh

@@ -29,7 +29,12 @@ def main():
     obj, kern, opcode = sys.argv[1:4]
     min_len = int(sys.argv[4]) if len(sys.argv) == 5 else 1
     tool = os.environ.get("CUOBJDUMP", "cuobjdump")
-    sass = subprocess.run([tool, "-sass", obj], capture_output=True, text=True, check=True).stdout
+    try:
+        sass = subprocess.run([tool, "-sass", obj], capture_output=True, text=True,
+                              check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        print(f"{tool} -sass {obj} failed ({e}); set CUOBJDUMP to a cuobjdump binary")
+        return 1
     ins, on = [], False
     for line in sass.splitlines():
         if "Function :" in line:
